@@ -30,19 +30,17 @@ def info(path: tyro.conf.Positional[Path], scene: SceneConfig = SceneConfig(),
         path: dataset folder or transforms.json file.
         json_output: print a JSON summary instead of text.
     """
-    from .scene import describe_scene, load_scene
+    from .scene import describe_scene, load_scene, scene_summary
 
     events = ConsoleEvents()
     try:
         sc = load_scene(path, scene, events)
     finally:
         events.close()
-    summary = describe_scene(sc)
     if json_output:
-        print(json.dumps(summary if isinstance(summary, dict) else {"summary": summary},
-                         indent=2, default=str))
+        print(json.dumps(scene_summary(sc), indent=2, default=str))
     else:
-        print(summary if isinstance(summary, str) else json.dumps(summary, indent=2, default=str))
+        print(describe_scene(sc))
 
 
 def ingest(media: tyro.conf.Positional[Path], output: Output,

@@ -55,7 +55,7 @@ class StageReporter:
 
     def __init__(self, stage: str, events: EventCallback | None):
         self.stage = stage
-        self.events = events or null_events
+        self.events = events if events is not None else null_events
         self._t0 = time.monotonic()
         self._count_t0 = self._t0
         self._count_name = ""

@@ -66,6 +66,8 @@ class Scene:
         source_format: ``colmap`` | ``nerfstudio`` | ``blender``.
         root: the dataset folder that was read.
         background: RGB in [0, 1] that RGBA images are composited on.
+        info: reader details for ``splatforge info`` (source camera models, image folder,
+            cache folder, data_factor, ...).
     """
 
     images: list[SceneImage]
@@ -77,6 +79,7 @@ class Scene:
     source_format: str = "colmap"
     root: Path = Path(".")
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    info: dict = field(default_factory=dict)
 
     @property
     def scale(self) -> float:

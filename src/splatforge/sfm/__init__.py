@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -88,11 +89,15 @@ class SfmResult:
 
 
 def _fingerprint(images_dir: Path, config: SfmConfig) -> str:
-    """Hash of the frame names, sizes and mtimes plus the options that shape the database."""
+    """Hash of the frames (names and contents) plus the options that shape the database.
+
+    Contents rather than mtimes: a re-run of ingest rewrites identical frames.
+    """
     h = hashlib.sha256()
     for p in sorted(images_dir.iterdir()):
-        st = p.stat()
-        h.update(f"{p.name}:{st.st_size}:{int(st.st_mtime)}\n".encode())
+        h.update(p.name.encode() + b"\0")
+        with open(p, "rb") as f:
+            h.update(hashlib.file_digest(f, "sha1").digest())
     keys = ("camera_model", "single_camera", "max_image_size", "max_num_features")
     h.update(json.dumps({k: getattr(config, k) for k in keys}, sort_keys=True).encode())
     return h.hexdigest()[:16]
@@ -119,6 +124,21 @@ def _load_state(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def _ingest_is_current(manifest: dict[str, Any], media: Path, ingest: IngestConfig,
+                       workspace: Path) -> bool:
+    """True when ``<workspace>/input`` came from ``media`` with ``ingest`` and the media has
+    not changed since (the media and, for a folder, its files are older than the manifest)."""
+    if not manifest or not (workspace / "input").is_dir() or not media.exists():
+        return False
+    if manifest.get("source") != str(media.resolve()):
+        return False
+    if manifest.get("config") != ingest.model_dump(mode="json"):
+        return False
+    stamp = (workspace / "ingest.json").stat().st_mtime
+    paths = [media] + (list(media.iterdir()) if media.is_dir() else [])
+    return all(p.stat().st_mtime < stamp for p in paths)
 
 
 def read_sfm_json(workspace: Path) -> SfmResult | None:
@@ -170,13 +190,17 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
     # Ingest: frames into <workspace>/input (skipped when media already is that folder).
     input_dir = workspace / "input"
     t0 = time.monotonic()
+    ingest = ingest or IngestConfig()
+    manifest = _load_state(workspace / "ingest.json")
     if media.resolve() == input_dir.resolve():
         if not input_dir.is_dir():
             raise InputError(media, "no such folder")
-        manifest = _load_state(workspace / "ingest.json")
+        is_video = manifest.get("kind") == "video"
+    elif not force and _ingest_is_current(manifest, media, ingest, workspace):
+        rep.info(f"{workspace}/input is up to date with {media}: ingest skipped")
         is_video = manifest.get("kind") == "video"
     else:
-        res = run_ingest(ingest or IngestConfig(), media, workspace, events)
+        res = run_ingest(ingest, media, workspace, events)
         input_dir = res.images_dir
         is_video = res.kind == "video"
     seconds["ingest"] = round(time.monotonic() - t0, 3)
@@ -191,6 +215,10 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
                                   "splatforge never downloads one")
 
     import pycolmap  # lazily, after numpy (see NOTES.md)
+
+    if os.environ.get("SPLATFORGE_COLMAP_LOG", "").lower() != "info":
+        # COLMAP logs every step at INFO on stderr; progress comes through events instead.
+        pycolmap.logging.minloglevel = pycolmap.logging.WARNING
 
     work = workspace / _WORK
     if force and work.exists():
@@ -230,11 +258,19 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
         mode = pycolmap.CameraMode.SINGLE if config.single_camera else pycolmap.CameraMode.AUTO
         sub = StageReporter("sfm", events)
         sub.start_steps("extract features (images)", num_images)
-        batch = max(1, min(16, num_images // 10 or 1))
+        # Batches give progress; with one shared camera, later batches must reuse the camera
+        # the first batch created (each extract_features call would otherwise add its own).
+        # AUTO mode groups images by EXIF across the whole set, so it runs as one batch.
+        batch = max(1, min(16, num_images // 10 or 1)) if config.single_camera else num_images
         for i in range(0, num_images, batch):
             names = image_names[i:i + batch]
             pycolmap.extract_features(db_path, input_dir, image_names=names, camera_mode=mode,
                                       reader_options=reader, extraction_options=ext)
+            if config.single_camera and reader.existing_camera_id < 0:
+                with pycolmap.Database.open(db_path) as db:
+                    cams = db.read_all_cameras()
+                if cams:
+                    reader.existing_camera_id = cams[0].camera_id
             sub.step(min(i + batch, num_images))
         with pycolmap.Database.open(db_path) as db:
             n_db = db.num_images()
