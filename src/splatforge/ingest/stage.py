@@ -23,7 +23,13 @@ from .. import __version__
 from ..config import IngestConfig
 from ..errors import InputError
 from ..events import EventCallback, StageReporter
-from .images import IMAGE_EXTENSIONS, ingest_image_sources, is_image_name, list_folder, list_zip
+from .images import (
+    IMAGE_EXTENSIONS,
+    ingest_image_sources,
+    is_image_name,
+    list_folder,
+    list_zip,
+)
 from .video import VIDEO_EXTENSIONS, VideoOutcome, ingest_video, is_video_name
 
 MediaKind = Literal["images", "zip", "video"]

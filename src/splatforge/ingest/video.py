@@ -27,7 +27,12 @@ from PIL import Image
 from ..config import IngestConfig
 from ..errors import InputError
 from ..events import StageReporter
-from .sharpness import VIDEO_SHARPNESS_LONG_SIDE, laplacian_variance, scaled_size, sharpest_per_window
+from .sharpness import (
+    VIDEO_SHARPNESS_LONG_SIDE,
+    laplacian_variance,
+    scaled_size,
+    sharpest_per_window,
+)
 
 #: Video file extensions (compared case-insensitively).
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi")

@@ -35,7 +35,6 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import InputError
+from ..util import atomic_path
 
 # --------------------------------------------------------------------------------------------
 # Camera models (COLMAP src/colmap/sensor/models.h): id -> (name, number of parameters).
@@ -347,21 +347,10 @@ _IMG_HEAD = struct.Struct("<I4d3dI")
 
 def _atomic_write(path: Path, write) -> None:
     """Write through ``write(fileobj)`` into a temp file beside ``path``, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _text_lines(path: Path) -> Iterator[tuple[int, str]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,6 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
+from ..util import atomic_path, atomic_write_text
 from .types import SceneImage
 
 _JPEG_EXTS = {".jpg", ".jpeg", ".jpe", ".jfif"}
@@ -127,11 +127,8 @@ def downsampled_size(width: int, height: int, factor: int) -> tuple[int, int]:
 
 def _save_atomic(im: Image.Image, dst: Path) -> None:
     """Save with the format of ``dst``'s extension (JPEG quality 95, 4:4:4), atomically."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=dst.suffix, dir=dst.parent)
-    os.close(fd)
-    try:
-        ext = dst.suffix.lower()
+    ext = dst.suffix.lower()
+    with atomic_path(dst) as tmp:
         if ext in _JPEG_EXTS:
             if im.mode not in ("RGB", "L"):
                 im = im.convert("RGB")
@@ -139,14 +136,7 @@ def _save_atomic(im: Image.Image, dst: Path) -> None:
         elif ext == ".png":
             im.save(tmp, format="PNG", compress_level=1)
         else:
-            im.save(tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+            im.save(tmp, format=Image.registered_extensions().get(ext))
 
 
 def _resize_file(src: Path, dst: Path, factor: int) -> tuple[int, int]:
@@ -167,18 +157,7 @@ def _read_manifest(path: Path) -> dict[str, dict]:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def downsample_cached(

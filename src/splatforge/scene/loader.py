@@ -33,7 +33,12 @@ from .colmap import ColmapCamera, ColmapImage, model_format, read_model
 from .imageio import downsample_cached, image_size
 from .transforms import read_blender, read_nerfstudio, read_nerfstudio_points
 from .types import Scene, SceneImage
-from .undistort import SUPPORTED_MODELS, UNDISTORTABLE_MODELS, UndistortJob, undistort_cached
+from .undistort import (
+    SUPPORTED_MODELS,
+    UNDISTORTABLE_MODELS,
+    UndistortJob,
+    undistort_cached,
+)
 from .views import RawView
 
 #: Model folders tried under a dataset root, in order, with the image base they imply

@@ -27,7 +27,14 @@ from typing import Sequence
 import numpy as np  # noqa: F401  (must precede pycolmap, imported lazily below)
 
 from ..errors import InputError
-from .colmap import ColmapCamera, ColmapImage, ColmapModel, ColmapPoints3D, read_model, write_model
+from .colmap import (
+    ColmapCamera,
+    ColmapImage,
+    ColmapModel,
+    ColmapPoints3D,
+    read_model,
+    write_model,
+)
 
 #: Models that are undistorted to PINHOLE; SIMPLE_PINHOLE and PINHOLE are used directly.
 UNDISTORTABLE_MODELS = ("SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV", "OPENCV_FISHEYE")
