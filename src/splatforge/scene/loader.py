@@ -192,7 +192,7 @@ def _find_colmap_model(root: Path) -> tuple[Path, Path] | None:
             if rel in ("sparse", "dense/sparse"):
                 return d, d.parent
             # the model folder itself was given: sparse/0 or sparse inside a dataset
-            r = root.resolve()
+            r = Path(os.path.abspath(root))  # no symlink resolution: keep the user's path
             if r.parent.name == "sparse" and r.name.isdigit():
                 return d, r.parent.parent
             if r.name == "sparse":
