@@ -247,3 +247,29 @@ print('saved')
     assert out.returncode == 0, out.stderr[-2000:]
     assert "saved" in out.stdout
     assert (tmp_path / "x.png").stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def plush_subset(tmp_path_factory):
+    src = tmp_path_factory.mktemp("plush_subset")
+    for p in sorted((DATASETS / "plush_dog" / "images_4").iterdir())[:16]:
+        shutil.copy(p, src / p.name)
+    return src
+
+
+def test_global_mapping_glomap(plush_subset, tmp_path):
+    res = run_sfm(SfmConfig(mapping="global", max_num_features=2048), plush_subset,
+                  tmp_path / "ws")
+    assert res.mapping == "global"
+    assert res.num_registered >= 12, res.unregistered
+    assert res.mean_reprojection_error < 2.0
+    assert (tmp_path / "ws/sparse/0/images.bin").is_file()
+
+
+def test_sequential_matching_and_spatial_without_gps(plush_subset, tmp_path):
+    res = run_sfm(SfmConfig(matching="sequential", sequential_overlap=5,
+                            max_num_features=2048), plush_subset, tmp_path / "seq")
+    assert res.matching == "sequential" and res.num_registered >= 3
+    with pytest.raises(SfmError, match="GPS"):
+        run_sfm(SfmConfig(matching="spatial", max_num_features=2048), plush_subset,
+                tmp_path / "spatial")

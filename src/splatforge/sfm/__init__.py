@@ -291,7 +291,7 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
         with pycolmap.Database.open(db_path) as db:
             db.clear_matches()
             db.clear_two_view_geometries()
-            n_priors = db.num_pose_priors()
+            n_priors = sum(1 for pp in db.read_all_pose_priors() if pp.has_position())
         mopts = pycolmap.FeatureMatchingOptions()
         mopts.guided_matching = config.guided_matching
         mopts.num_threads = config.num_threads
