@@ -15,7 +15,7 @@ from typing import Annotated
 
 import tyro
 
-from .config import IngestConfig, SceneConfig, SfmConfig
+from .config import IngestConfig, SceneConfig, SfmConfig, TrainConfig
 from .errors import SplatforgeError
 from .progress import ConsoleEvents
 
@@ -82,7 +82,51 @@ def sfm(media: tyro.conf.Positional[Path], output: Output, sfm: SfmConfig = SfmC
         print(f"unregistered: {', '.join(res.unregistered)}")
 
 
-COMMANDS = {"info": info, "ingest": ingest, "sfm": sfm}
+ModelDir = Annotated[Path, tyro.conf.arg(aliases=["-o"], help="Model folder to write.")]
+
+
+def train(scene_path: tyro.conf.Positional[Path], output: ModelDir,
+          train: TrainConfig = TrainConfig(), scene: SceneConfig = SceneConfig(),
+          resume: bool = False, resume_from: Path | None = None) -> None:
+    """Train a 3D Gaussian Splatting scene from a posed dataset (COLMAP, transforms.json,
+    splatforge workspace) into <output>: point_cloud/iteration_N/point_cloud.ply, ckpts/,
+    train_log.jsonl, metrics.json.
+
+    Args:
+        scene_path: dataset folder (or transforms.json).
+        resume: continue from the latest checkpoint in <output>/ckpts (fresh when none).
+        resume_from: continue from this checkpoint file (or the latest in this folder).
+    """
+    from .train import TrainingInterrupted, run_train
+
+    events = ConsoleEvents()
+    try:
+        res = run_train(train, scene_path, output, events, scene_config=scene,
+                        resume=resume_from if resume_from is not None else (resume or None))
+    except TrainingInterrupted as e:
+        events.close()
+        where = f"; checkpoint {e.checkpoint}" if e.checkpoint else ""
+        print(f"interrupted after step {e.step}{where}\nresume with: splatforge train "
+              f"{scene_path} -o {output} --resume (and the same options)", file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        events.close()
+    m = res.metrics
+    test = m.get("test", {})
+    lines = [(f"trained {res.step} steps in {res.train_seconds:.1f} s "
+              f"({res.steps_per_second:.2f} steps/s this session, {res.backend} on "
+              f"{res.device}), {res.num_gaussians} Gaussians -> {output}")]
+    if test.get("num_images"):
+        lines.append(f"held-out views: {test['num_images']}, PSNR {test['psnr']:.2f} dB, "
+                     f"SSIM {test['ssim']:.4f}")
+    else:
+        lines.append("no held-out views (test_every 0): no test metrics")
+    for step, path in sorted(res.ply_paths.items()):
+        lines.append(f"step {step}: {path}")
+    print("\n".join(lines))
+
+
+COMMANDS = {"info": info, "ingest": ingest, "sfm": sfm, "train": train}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
+        print("interrupted; run the same command again to resume (train: add --resume)",
+              file=sys.stderr)
         return 130
     return 0
 

@@ -205,3 +205,210 @@ def parse_config(model: type[M], data: dict[str, Any] | None = None, prefix: str
         return model.model_validate(merged)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, model, prefix)) from None
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+from typing import Annotated
+
+import tyro  # CLI alias metadata only; tyro is a core dependency
+from pydantic import AliasChoices
+
+#: Steps at which INRIA 3DGS and gsplat save by default (besides the last step).
+DEFAULT_SAVE_STEPS = (7000,)
+
+
+def _alias(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class TrainConfig(StageConfig):
+    """Training a 3D Gaussian Splatting scene (Kerbl et al. 2023) with gsplat's strategies.
+
+    Defaults follow the INRIA recipe (gaussian-splatting arguments/__init__.py, train.py) and
+    gsplat examples/simple_trainer.py where INRIA has none. Steps are 1-based like INRIA
+    iterations: "saved at step k" means after k optimiser steps. JSON, HTTP and job files also
+    accept the INRIA/gsplat names iterations, save_iterations, position_lr_init,
+    position_lr_final, feature_lr, opacity_lr, scaling_lr, rotation_lr and lambda_dssim; the
+    CLI accepts --iterations and --save-iterations. The image downsampling factor is the
+    scene's data_factor.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False,
+                              populate_by_name=True)
+
+    # -- schedule ---------------------------------------------------------------------------
+    max_steps: Annotated[int, tyro.conf.arg(aliases=("--iterations",))] = Field(
+        30_000, ge=1, le=10_000_000, validation_alias=_alias("max_steps", "iterations"),
+        description="Number of optimiser steps (INRIA --iterations, gsplat max_steps).")
+    save_steps: Annotated[list[Annotated[int, Field(ge=1)]] | None,
+                          tyro.conf.arg(aliases=("--save-iterations",))] = Field(
+        None, validation_alias=_alias("save_steps", "save_iterations"),
+        description="Steps after which point_cloud/iteration_N/point_cloud.ply and "
+                    "ckpts/step_N.pt are written (default: 7000 when <= max_steps); the last "
+                    "step is always saved, as INRIA appends --iterations to its list.")
+    sh_degree: int = Field(3, ge=0, le=3, description="Final spherical-harmonics degree.")
+    sh_degree_interval: int = Field(
+        1000, ge=1, le=10_000_000,
+        description="Raise the SH degree by one every this many steps (INRIA: 1000).")
+    # -- densification ----------------------------------------------------------------------
+    strategy: Literal["default", "mcmc"] = Field(
+        "default", description="default = gsplat DefaultStrategy (INRIA clone/split/prune and "
+                               "opacity reset); mcmc = gsplat MCMCStrategy (Kheradmand et al. "
+                               "2024), capped at cap_max Gaussians.")
+    densify_from_iter: int = Field(
+        500, ge=0, le=10_000_000, description="Refinement starts after this step.")
+    densify_until_iter: int = Field(
+        15_000, ge=0, le=10_000_000,
+        description="Refinement (and opacity reset) stops at this step.")
+    densification_interval: int = Field(
+        100, ge=1, le=1_000_000, description="Refine every this many steps.")
+    densify_grad_threshold: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="Mean screen-space gradient above which Gaussians are cloned/split "
+                    "(default 0.0002; 0.0008 with absgrad, gsplat's AbsGS value).")
+    opacity_reset_interval: int = Field(
+        3000, ge=1, le=10_000_000,
+        description="default strategy: clamp opacities to 0.01 every this many steps.")
+    cap_max: int = Field(
+        1_000_000, ge=1, le=100_000_000, description="mcmc: maximum number of Gaussians.")
+    opacity_reg: float | None = Field(
+        None, ge=0.0, le=100.0,
+        description="Weight of mean(opacity) in the loss (default 0.01 with mcmc, else 0; "
+                    "gsplat simple_trainer's mcmc preset).")
+    scale_reg: float | None = Field(
+        None, ge=0.0, le=100.0,
+        description="Weight of mean(scale) in the loss (default 0.01 with mcmc, else 0).")
+    # -- optimiser --------------------------------------------------------------------------
+    means_lr: float = Field(
+        1.6e-4, gt=0.0, le=1.0, validation_alias=_alias("means_lr", "position_lr_init"),
+        description="Initial learning rate of the means, times the scene extent.")
+    means_lr_final: float = Field(
+        1.6e-6, gt=0.0, le=1.0, validation_alias=_alias("means_lr_final", "position_lr_final"),
+        description="Final learning rate of the means, times the scene extent (log-linear "
+                    "decay over max_steps, INRIA get_expon_lr_func).")
+    sh0_lr: float = Field(2.5e-3, gt=0.0, le=1.0,
+                          validation_alias=_alias("sh0_lr", "feature_lr"),
+                          description="Learning rate of the SH DC colour.")
+    shN_lr: float = Field(2.5e-3 / 20, gt=0.0, le=1.0,
+                          description="Learning rate of the higher SH coefficients.")
+    opacities_lr: float = Field(5e-2, gt=0.0, le=1.0,
+                                validation_alias=_alias("opacities_lr", "opacity_lr"),
+                                description="Learning rate of the opacity logits.")
+    scales_lr: float = Field(5e-3, gt=0.0, le=1.0,
+                             validation_alias=_alias("scales_lr", "scaling_lr"),
+                             description="Learning rate of the log scales.")
+    quats_lr: float = Field(1e-3, gt=0.0, le=1.0,
+                            validation_alias=_alias("quats_lr", "rotation_lr"),
+                            description="Learning rate of the rotation quaternions.")
+    ssim_lambda: float = Field(0.2, ge=0.0, le=1.0,
+                               validation_alias=_alias("ssim_lambda", "lambda_dssim"),
+                               description="Loss = (1 - l) * L1 + l * (1 - SSIM).")
+    # -- initialisation ---------------------------------------------------------------------
+    init_type: Literal["auto", "sfm", "random"] = Field(
+        "auto", description="auto = SfM points unless there are fewer than "
+                            "SceneConfig.min_points, then random.")
+    init_num_pts: int = Field(
+        100_000, ge=1, le=100_000_000,
+        description="Random initialisation: number of Gaussians (gsplat init_num_pts).")
+    init_extent: float = Field(
+        3.0, gt=0.0, le=1000.0,
+        description="Random initialisation: half-size of the cube, times the scene extent "
+                    "(gsplat init_extent).")
+    init_opacity: float | None = Field(
+        None, gt=0.0, lt=1.0, description="Initial opacity (default 0.1; 0.5 with mcmc).")
+    init_scale: float | None = Field(
+        None, gt=0.0, le=1000.0,
+        description="Multiplier of the nearest-neighbour scale (default 1; 0.1 with mcmc).")
+    # -- rasterization ----------------------------------------------------------------------
+    absgrad: bool = Field(False, description="AbsGS absolute screen gradients for densifying.")
+    antialiased: bool = Field(False, description="Mip-Splatting antialiased rasterization.")
+    packed: bool = Field(False, description="gsplat packed mode (less memory).")
+    sparse_grad: bool = Field(False, description="Sparse gradients (needs packed).")
+    random_background: bool = Field(
+        False, description="Render on a random background colour each step (INRIA "
+                           "--random_background).")
+    backend: Literal["auto", "gsplat", "torch"] = Field(
+        "auto", description="Rasterizer: gsplat (CUDA), torch (any device), auto = gsplat on "
+                            "CUDA when available, else torch.")
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+        description="auto | cpu | cuda | cuda:N | mps (auto = cuda when available, else cpu).")
+    seed: int = Field(42, ge=0, le=2**31 - 1, description="Random seed.")
+    # -- logging, evaluation, memory --------------------------------------------------------
+    log_every: int = Field(
+        100, ge=1, le=1_000_000,
+        description="Compute loss/PSNR on the host and append to train_log.jsonl every this "
+                    "many steps.")
+    eval_every: int = Field(
+        0, ge=0, le=10_000_000,
+        description="Evaluate on the held-out views every this many steps (0 = only at the "
+                    "end).")
+    image_cache_mb: float = Field(
+        4096.0, ge=0.0, le=1_048_576.0,
+        description="Host memory for decoded training images, in MiB (least recently used "
+                    "beyond it are decoded again on demand).")
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "TrainConfig":
+        if self.save_steps is not None:
+            bad = [s for s in self.save_steps if s > self.max_steps]
+            if bad:
+                raise ValueError(
+                    f"save_steps {bad} lie beyond max_steps ({self.max_steps}); every save step "
+                    f"must be in 1..{self.max_steps}")
+        if self.sparse_grad and not self.packed:
+            raise ValueError("sparse_grad needs packed=True (gsplat computes sparse gradients "
+                             "only in packed mode)")
+        return self
+
+    # -- resolved values --------------------------------------------------------------------
+    def resolved_save_steps(self) -> list[int]:
+        """Sorted steps to save at: ``save_steps`` (or 7000 when it is <= max_steps) plus
+        ``max_steps``."""
+        steps = self.save_steps if self.save_steps is not None else DEFAULT_SAVE_STEPS
+        return sorted({s for s in steps if s <= self.max_steps} | {self.max_steps})
+
+    def grow_grad2d(self) -> float:
+        """Densification gradient threshold: the field, else 2e-4 (8e-4 with absgrad)."""
+        if self.densify_grad_threshold is not None:
+            return self.densify_grad_threshold
+        return 8e-4 if self.absgrad else 2e-4
+
+    def regularization(self) -> tuple[float, float]:
+        """(opacity_reg, scale_reg): the fields, else 0.01 each with mcmc and 0 otherwise."""
+        d = 0.01 if self.strategy == "mcmc" else 0.0
+        return (self.opacity_reg if self.opacity_reg is not None else d,
+                self.scale_reg if self.scale_reg is not None else d)
+
+    def initial_opacity(self) -> float:
+        """Initial opacity: the field, else 0.1 (INRIA) or 0.5 with mcmc (gsplat preset)."""
+        if self.init_opacity is not None:
+            return self.init_opacity
+        return 0.5 if self.strategy == "mcmc" else 0.1
+
+    def initial_scale(self) -> float:
+        """Nearest-neighbour scale multiplier: the field, else 1 or 0.1 with mcmc."""
+        if self.init_scale is not None:
+            return self.init_scale
+        return 0.1 if self.strategy == "mcmc" else 1.0
+
+    def notes(self) -> list[str]:
+        """Cross-field combinations that are allowed but probably not meant."""
+        out = []
+        if self.densify_from_iter >= min(self.densify_until_iter, self.max_steps):
+            out.append(f"densify_from_iter ({self.densify_from_iter}) >= min(densify_until_iter "
+                       f"({self.densify_until_iter}), max_steps ({self.max_steps})): no "
+                       "densification happens")
+        elif self.densify_until_iter > self.max_steps:
+            out.append(f"densify_until_iter ({self.densify_until_iter}) > max_steps "
+                       f"({self.max_steps}): densification runs until the end")
+        if self.sh_degree * self.sh_degree_interval > self.max_steps:
+            out.append(f"sh_degree {self.sh_degree} is reached at step "
+                       f"{self.sh_degree * self.sh_degree_interval}, after max_steps "
+                       f"({self.max_steps})")
+        if self.strategy == "mcmc" and self.densify_grad_threshold is not None:
+            out.append("densify_grad_threshold is not used by the mcmc strategy")
+        return out

@@ -1,0 +1,789 @@
+"""The 3DGS trainer: ``run_train(config, scene, model_dir, events) -> TrainResult``.
+
+The recipe is Kerbl et al. 2023, "3D Gaussian Splatting for Real-Time Radiance Field
+Rendering" (INRIA ``train.py`` and ``arguments/__init__.py``), with densification by gsplat's
+``DefaultStrategy`` (INRIA's clone/split/prune/opacity-reset) or ``MCMCStrategy`` (Kheradmand
+et al. 2024), used as gsplat 1.5.3 ``examples/simple_trainer.py`` uses them:
+
+* one image per step, drawn epoch by epoch in a seeded random order;
+* loss ``(1 - 0.2) L1 + 0.2 (1 - SSIM)`` (+ MCMC opacity/scale regularisers);
+* one Adam per parameter (eps 1e-15): means ``1.6e-4 -> 1.6e-6`` times the scene extent with
+  INRIA's log-linear decay over the run, sh0 ``2.5e-3``, shN ``2.5e-3 / 20``, opacities
+  ``5e-2``, scales ``5e-3``, quats ``1e-3``;
+* SH degree raised every 1000 steps up to ``sh_degree``;
+* steps are 1-based as INRIA's iterations: step ``k`` renders with SH degree
+  ``min(k // 1000, sh_degree)``, uses the means learning rate ``lr(k)``, and the strategies
+  see ``step=k`` (refine when ``densify_from_iter < k < densify_until_iter`` and
+  ``k % densification_interval == 0``, opacity reset when ``k % opacity_reset_interval == 0``).
+
+Model folder layout::
+
+    <model_dir>/ckpts/step_N.pt                           checkpoints (save steps, Ctrl-C)
+    <model_dir>/point_cloud/iteration_N/point_cloud.ply   splats in the source frame (INRIA)
+    <model_dir>/train_log.jsonl                           one JSON object per logged step
+    <model_dir>/train_config.json                         the configuration used
+    <model_dir>/metrics.json                              held-out PSNR/SSIM at the end
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import SceneConfig, TrainConfig
+from ..errors import ConfigError, InputError
+from ..events import Event, EventCallback, StageReporter
+from ..metrics import psnr as psnr_fn
+from ..splats import PARAM_NAMES, init_splats, splats_to_source_frame
+from ..util import atomic_write_text
+from .checkpoint import (
+    capture_rng_state,
+    checkpoint_path,
+    find_latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from .data import ImageCache, ViewSampler
+from .evaluate import camera_tensors, evaluate_splats, render_view
+from .losses import mcmc_regularization, photometric_loss
+from .schedule import expon_lr, sh_degree_at
+
+STAGE = "train"
+LOG_NAME = "train_log.jsonl"
+METRICS_NAME = "metrics.json"
+CONFIG_NAME = "train_config.json"
+ADAM_EPS = 1e-15  # INRIA scene/gaussian_model.py training_setup
+
+#: Config fields that change the shape of the parameters or the optimiser: a checkpoint made
+#: with other values cannot be resumed.
+_INCOMPATIBLE = ("sh_degree", "strategy")
+
+#: Config fields that do not change the optimisation (no warning when they differ on resume).
+_NO_EFFECT = ("log_every", "eval_every", "image_cache_mb", "save_steps")
+
+#: The numbers of a logged step that progress events carry (train_log.jsonl has more).
+PROGRESS_KEYS = ("loss", "psnr", "num_gaussians", "steps_per_second")
+
+#: Parameters whose gradients gsplat makes sparse with ``sparse_grad`` (optimised with
+#: ``torch.optim.SparseAdam``: only Gaussians with a gradient update their moments).
+SPARSE_GRAD_PARAMS = ("means", "quats", "scales")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or a KeyboardInterrupt from an events callback) stopped training.
+
+    Attributes:
+        step: the last completed step.
+        checkpoint: the checkpoint written at ``step`` (None when none could be written).
+    """
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        self.step = step
+        self.checkpoint = checkpoint
+        where = f"; checkpoint {checkpoint}" if checkpoint else ""
+        super().__init__(f"training interrupted after step {step}{where}")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`run_train` produced.
+
+    Attributes:
+        model_dir: the model folder.
+        step: steps done (== ``config.max_steps`` after a complete run).
+        num_gaussians: Gaussians at the end.
+        train_seconds: optimisation wall time over all sessions (resumes add up), seconds;
+            excludes saving and evaluation.
+        steps_per_second: mean speed of this session's steps.
+        backend, device: the rasterizer backend and torch device used.
+        init: ``sfm``, ``random`` or ``checkpoint``.
+        resumed_from: the checkpoint this session started from, if any.
+        ply_paths: step -> ``point_cloud/iteration_N/point_cloud.ply`` written in this session.
+        checkpoints: step -> checkpoint written in this session.
+        metrics: the content of ``metrics.json``.
+    """
+
+    model_dir: Path
+    step: int
+    num_gaussians: int
+    train_seconds: float
+    steps_per_second: float
+    backend: str
+    device: str
+    init: str
+    resumed_from: Path | None = None
+    ply_paths: dict[int, Path] = field(default_factory=dict)
+    checkpoints: dict[int, Path] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def log_path(self) -> Path:
+        return self.model_dir / LOG_NAME
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.model_dir / METRICS_NAME
+
+
+# --------------------------------------------------------------------------------------------
+# Devices, backends, strategies
+# --------------------------------------------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; other names are checked.
+
+    Raises:
+        ConfigError: the device does not exist on this machine.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device: {name!r} requested but CUDA is not available on this "
+                              f"machine (torch {torch.__version__}); use device 'cpu' or 'auto'")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device: {name!r} does not exist; this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s)")
+        return dev
+    if name == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ConfigError("device: 'mps' requested but Metal is not available here")
+        return torch.device("mps")
+    return torch.device(name)
+
+
+def resolve_backend(requested: str, device: torch.device) -> str:
+    """The rasterizer backend for ``device`` (:func:`splatforge.raster.select_backend`).
+
+    Raises:
+        ConfigError: the backend cannot run on ``device`` (gsplat needs CUDA).
+    """
+    from ..errors import SplatforgeError
+    from ..raster import select_backend
+
+    try:
+        return str(select_backend(requested, device))
+    except SplatforgeError:
+        raise
+    except (ValueError, RuntimeError, ImportError) as e:
+        raise ConfigError(f"backend: {e}") from None
+
+
+def _install_cpu_mcmc_ops() -> None:
+    """Let gsplat's MCMC relocation and position-noise ops run on non-CUDA tensors
+    (:func:`splatforge.raster.mcmc.install_torch_relocation`: CUDA tensors keep gsplat's
+    kernels, others use the PyTorch versions)."""
+    from ..raster.mcmc import install_torch_relocation
+
+    install_torch_relocation()
+
+
+def make_strategy(config: TrainConfig, scene_scale: float):
+    """gsplat strategy for ``config`` and its initial state.
+
+    Returns:
+        (strategy, state).
+    """
+    from gsplat.strategy import MCMCStrategy
+
+    if config.strategy == "mcmc":
+        strat = MCMCStrategy(cap_max=config.cap_max, refine_start_iter=config.densify_from_iter,
+                             refine_stop_iter=config.densify_until_iter,
+                             refine_every=config.densification_interval, min_opacity=0.005)
+        return strat, strat.initialize_state()
+    strat = InriaDefaultStrategy(
+        prune_opa=0.005, grow_grad2d=config.grow_grad2d(), grow_scale3d=0.01,
+        prune_scale3d=0.1, refine_start_iter=config.densify_from_iter,
+        refine_stop_iter=config.densify_until_iter, reset_every=config.opacity_reset_interval,
+        refine_every=config.densification_interval, absgrad=config.absgrad)
+    return strat, strat.initialize_state(scene_scale=scene_scale)
+
+
+def _default_strategy_cls():
+    from gsplat.strategy import DefaultStrategy
+    from gsplat.strategy.ops import reset_opa
+
+    @dataclass
+    class _InriaDefaultStrategy(DefaultStrategy):
+        """gsplat 1.5.3 ``DefaultStrategy`` with its opacity reset restored and refinement
+        counts recorded.
+
+        gsplat 1.5.3 tests ``step % reset_every == 0 & step > 0``, which Python reads as
+        ``step % reset_every == (0 & step) > 0``: always False, so opacities are never reset
+        (gsplat PR #776). INRIA resets inside the densification window
+        (``iteration < densify_until_iter``) whenever ``iteration % opacity_reset_interval
+        == 0``; this subclass does the same (``reset_opa`` to ``2 * prune_opa`` = 0.01, INRIA's
+        value). Should gsplat fix the test, the second reset is a no-op (a clamp and zeroed
+        Adam moments, both idempotent).
+        """
+
+        def __post_init__(self) -> None:
+            self.counts = {"duplicated": 0, "split": 0, "pruned": 0, "refines": 0,
+                           "opacity_resets": 0}
+
+        def _grow_gs(self, params, optimizers, state, step):
+            n_dupli, n_split = super()._grow_gs(params, optimizers, state, step)
+            self.counts["duplicated"] += int(n_dupli)
+            self.counts["split"] += int(n_split)
+            self.counts["refines"] += 1
+            return n_dupli, n_split
+
+        def _prune_gs(self, params, optimizers, state, step):
+            n = super()._prune_gs(params, optimizers, state, step)
+            self.counts["pruned"] += int(n)
+            return n
+
+        def step_post_backward(self, params, optimizers, state, step, info, packed=False):
+            super().step_post_backward(params, optimizers, state, step, info, packed=packed)
+            if 0 < step < self.refine_stop_iter and step % self.reset_every == 0:
+                reset_opa(params=params, optimizers=optimizers, state=state,
+                          value=self.prune_opa * 2.0)
+                self.counts["opacity_resets"] += 1
+
+    return _InriaDefaultStrategy
+
+
+def InriaDefaultStrategy(**kwargs):
+    """gsplat ``DefaultStrategy`` with INRIA's opacity reset (see ``_default_strategy_cls``)."""
+    return _default_strategy_cls()(**kwargs)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's (CPU and CUDA) global generators."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+class _SigintFlag:
+    requested = False
+
+
+@contextmanager
+def _deferred_sigint(flag: _SigintFlag) -> Iterator[None]:
+    """In the main thread, make the first Ctrl-C set ``flag`` (the loop stops at the next step
+    boundary, where the state is consistent); a second Ctrl-C interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if flag.requested:
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        flag.requested = True
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not allowed here (embedded interpreter)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _scene_fingerprint(scene, train_indices: list[int]) -> dict[str, Any]:
+    names = "\n".join(im.name for im in scene.images)
+    return {"num_images": len(scene.images),
+            "names_sha1": hashlib.sha1(names.encode()).hexdigest(),
+            "train_indices": list(train_indices),
+            "extent": float(scene.extent())}
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------
+
+class Trainer:
+    """One training run over a scene into a model folder (see :func:`run_train`)."""
+
+    def __init__(self, config: TrainConfig, scene: Any, model_dir: str | Path,
+                 events: EventCallback | None = None, scene_config: SceneConfig | None = None):
+        self.config = config
+        self.scene_config = scene_config or SceneConfig()
+        self.model_dir = Path(model_dir)
+        self.rep = StageReporter(STAGE, events)
+        self._scene_arg = scene
+        self.scene = None
+
+    # ---- setup -----------------------------------------------------------------------------
+    def _load_scene(self):
+        from ..scene import Scene, load_scene
+
+        if isinstance(self._scene_arg, Scene):
+            return self._scene_arg
+        return load_scene(self._scene_arg, self.scene_config, self.rep.events)
+
+    def _resume_checkpoint(self, resume: bool | str | Path | None) -> Path | None:
+        existing = list_checkpoints(self.model_dir)
+        if resume is None or resume is False:
+            if existing:
+                raise InputError(
+                    self.model_dir,
+                    f"already holds training checkpoints (latest: step {existing[-1][0]})",
+                    "resume with --resume (run_train(..., resume=True)), or train into an "
+                    "empty folder")
+            return None
+        if resume is True:
+            latest = find_latest_checkpoint(self.model_dir)
+            if latest is None:
+                self.rep.info(f"no checkpoint in {self.model_dir / 'ckpts'}; starting from "
+                              "scratch")
+            return latest
+        path = Path(resume)
+        if path.is_dir():
+            latest = find_latest_checkpoint(path)
+            if latest is None:
+                raise InputError(path, "no checkpoint (ckpts/step_N.pt) in this folder")
+            return latest
+        if not path.is_file():
+            raise InputError(path, "checkpoint not found")
+        return path
+
+    def _make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        cfg = self.config
+        lrs = {"means": cfg.means_lr * self.scene_scale, "scales": cfg.scales_lr,
+               "quats": cfg.quats_lr, "opacities": cfg.opacities_lr, "sh0": cfg.sh0_lr,
+               "shN": cfg.shN_lr}
+        # gsplat's sparse_grad makes only the means/quats/scales gradients sparse (COO); the
+        # torch backend ignores it (dense gradients everywhere).
+        sparse = set(SPARSE_GRAD_PARAMS) if self.use_sparse_grad else set()
+        return {name: (torch.optim.SparseAdam if name in sparse else torch.optim.Adam)(
+                    [{"params": [self.params[name]], "lr": lrs[name], "name": name}],
+                    eps=ADAM_EPS, betas=(0.9, 0.999))
+                for name in PARAM_NAMES}
+
+    def _setup(self, ckpt_path: Path | None) -> None:
+        cfg = self.config
+        rep = self.rep
+        self.device = resolve_device(cfg.device)
+        self.backend = resolve_backend(cfg.backend, self.device)
+        scene = self.scene = self._load_scene()
+        if not scene.train_indices:
+            raise InputError(scene.root, "the scene has no training images")
+        self.scene_scale = float(scene.extent())
+        for note in cfg.notes():
+            rep.info(f"note: {note}")
+        self.save_steps = cfg.resolved_save_steps()
+        self.use_sparse_grad = cfg.sparse_grad and self.backend == "gsplat"
+        if cfg.sparse_grad and not self.use_sparse_grad:
+            rep.warning("sparse_grad is a gsplat (CUDA) feature; the torch backend computes "
+                        "dense gradients, so dense Adam is used")
+        if cfg.strategy == "mcmc":
+            _install_cpu_mcmc_ops()
+
+        ckpt = None
+        if ckpt_path is not None:
+            ckpt = load_checkpoint(ckpt_path, map_location="cpu")
+            self._check_compatible(ckpt, ckpt_path)
+        seed_everything(cfg.seed)
+        if ckpt is None:
+            init = init_splats(scene, cfg.sh_degree, cfg.init_type, self.scene_config.min_points,
+                               cfg.init_num_pts, cfg.init_extent, cfg.initial_opacity(),
+                               cfg.initial_scale(), seed=cfg.seed, device=self.device)
+            self.init_method = init.method
+            rep.info(f"initialised {len(init.params['means'])} Gaussians from {init.reason}",
+                     init=init.method, num_gaussians=len(init.params["means"]))
+            tensors = init.params
+            self.start_step = 0
+        else:
+            self.init_method = "checkpoint"
+            tensors = ckpt["splats"]
+            self.start_step = int(ckpt["step"])
+        self.params = {name: torch.nn.Parameter(tensors[name].to(self.device).contiguous())
+                       for name in PARAM_NAMES}
+        self.optimizers = self._make_optimizers()
+        self.strategy, self.strategy_state = make_strategy(cfg, self.scene_scale)
+        self.strategy.check_sanity(self.params, self.optimizers)
+        self.sampler = ViewSampler(scene.train_indices, cfg.seed)
+        self.bg_generator = torch.Generator().manual_seed(cfg.seed + 1)
+        self.train_seconds = 0.0
+        if ckpt is not None:
+            for name, opt in self.optimizers.items():
+                opt.load_state_dict(ckpt["optimizers"][name])
+            st = ckpt["strategy_state"]
+            for k, v in st.items():
+                self.strategy_state[k] = v.to(self.device) if isinstance(v, torch.Tensor) else v
+            if hasattr(self.strategy, "counts") and ckpt.get("strategy_counts"):
+                self.strategy.counts.update(ckpt["strategy_counts"])
+            self.sampler.load_state_dict(ckpt["sampler"])
+            self.bg_generator.set_state(ckpt["background_rng"])
+            self.train_seconds = float(ckpt.get("train_seconds", 0.0))
+            restore_rng_state(ckpt["rng"])
+        self.step = self.start_step
+        budget = int(cfg.image_cache_mb * 1024 * 1024)
+        self.images = ImageCache(scene, scene.train_indices, budget, self.device)
+        self.cameras = {i: camera_tensors(scene, i, self.device) for i in scene.train_indices}
+        self.background = torch.tensor(scene.background, dtype=torch.float32, device=self.device)
+
+    def _check_compatible(self, ckpt: dict[str, Any], path: Path) -> None:
+        cfg = self.config
+        old = ckpt.get("config") or {}
+        new = cfg.model_dump(mode="json")
+        bad = [k for k in _INCOMPATIBLE if k in old and old[k] != new[k]]
+        if bad:
+            raise ConfigError(f"cannot resume from {path}: it was trained with "
+                              + ", ".join(f"{k}={old[k]!r}" for k in bad)
+                              + " and this run asks for "
+                              + ", ".join(f"{k}={new[k]!r}" for k in bad))
+        changed = [k for k in new if k in old and old[k] != new[k] and k not in _NO_EFFECT]
+        if changed:
+            self.rep.warning("resuming with changed settings (the run will differ from an "
+                             "uninterrupted one): "
+                             + ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in changed))
+        fp_old = ckpt.get("scene") or {}
+        fp_new = _scene_fingerprint(self.scene, self.scene.train_indices)
+        for key, what in (("names_sha1", "images"), ("train_indices", "training views")):
+            if key in fp_old and fp_old[key] != fp_new[key]:
+                raise InputError(path, f"was trained on other {what} than this scene has "
+                                       f"({self.scene.root})",
+                                 "resume with the same dataset and scene options "
+                                 "(data_factor, test_every, images)")
+        step = int(ckpt["step"])
+        if step > cfg.max_steps:
+            raise ConfigError(f"max_steps: the checkpoint {path} is at step {step}, beyond "
+                              f"max_steps ({cfg.max_steps})")
+
+    # ---- outputs ---------------------------------------------------------------------------
+    def _checkpoint_payload(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "splats": {k: v.detach().cpu() for k, v in self.params.items()},
+            "optimizers": {k: _state_to_cpu(o.state_dict()) for k, o in self.optimizers.items()},
+            "strategy_state": {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v)
+                               for k, v in self.strategy_state.items()},
+            "strategy_counts": dict(getattr(self.strategy, "counts", {}) or {}),
+            "rng": capture_rng_state(),
+            "sampler": self.sampler.state_dict(),
+            "background_rng": self.bg_generator.get_state(),
+            "config": self.config.model_dump(mode="json"),
+            "scene": _scene_fingerprint(self.scene, self.scene.train_indices),
+            "train_seconds": self.train_seconds,
+            "backend": self.backend,
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write ``ckpts/step_<step>.pt`` for the current step (atomically)."""
+        path = save_checkpoint(checkpoint_path(self.model_dir, self.step),
+                               self._checkpoint_payload())
+        self.checkpoints[self.step] = path
+        return path
+
+    def save_ply(self) -> Path:
+        """Write ``point_cloud/iteration_<step>/point_cloud.ply`` in the source frame."""
+        from ..export.ply import write_ply
+
+        path = (self.model_dir / "point_cloud" / f"iteration_{self.step}" / "point_cloud.ply")
+        write_ply(path, splats_to_source_frame(self.params, self.scene))
+        self.ply_paths[self.step] = path
+        return path
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.model_dir / LOG_NAME, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, allow_nan=False, default=_json_default) + "\n")
+
+    def _truncate_log(self, step: int) -> None:
+        """Keep only log records of steps <= ``step`` (a resumed run rewrites the rest)."""
+        path = self.model_dir / LOG_NAME
+        if not path.is_file():
+            return
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if int(json.loads(line).get("step", 0)) <= step:
+                    keep.append(line)
+            except (ValueError, AttributeError):
+                continue
+        atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+    # ---- one step --------------------------------------------------------------------------
+    def _train_step(self, k: int) -> dict[str, Any]:
+        cfg = self.config
+        idx = self.sampler.next()
+        nxt = self.sampler.peek()
+        if nxt is not None:
+            self.images.prefetch(nxt)
+        gt = self.images.get(idx).float() / 255.0
+        sh_degree = sh_degree_at(k, cfg.sh_degree, cfg.sh_degree_interval)
+        means_lr = self.scene_scale * expon_lr(k, cfg.means_lr, cfg.means_lr_final,
+                                               cfg.max_steps)
+        for group in self.optimizers["means"].param_groups:
+            group["lr"] = means_lr
+        if cfg.random_background:
+            bg = torch.rand(3, generator=self.bg_generator).to(self.device)
+        else:
+            bg = self.background
+        viewmat, K = self.cameras[idx]
+        render, _, info = render_view(
+            self.params, self.scene, idx, sh_degree, self.backend, background=bg,
+            antialiased=cfg.antialiased, packed=cfg.packed, viewmat=viewmat, K=K,
+            absgrad=cfg.absgrad, sparse_grad=self.use_sparse_grad)
+        if cfg.strategy == "default":
+            self.strategy.step_pre_backward(self.params, self.optimizers, self.strategy_state,
+                                            k, info)
+        loss, l1, ssim_val = photometric_loss(render[0], gt, cfg.ssim_lambda)
+        reg = mcmc_regularization(self.params, *self.regularization)
+        total = loss + reg if reg is not None else loss
+        total.backward()
+        if self.use_sparse_grad:
+            # gsplat's sparse_grad gives COO gradients for the projection's inputs, but a
+            # dense one still reaches means through the SH view directions (and scales
+            # through the MCMC regulariser): SparseAdam takes the rows that have one.
+            for name in SPARSE_GRAD_PARAMS:
+                g = self.params[name].grad
+                if g is not None and not g.is_sparse:
+                    self.params[name].grad = g.to_sparse(1)
+        for opt in self.optimizers.values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if cfg.strategy == "default":
+            self.strategy.step_post_backward(self.params, self.optimizers, self.strategy_state,
+                                             k, info, packed=cfg.packed)
+        else:
+            self.strategy.step_post_backward(self.params, self.optimizers, self.strategy_state,
+                                             k, info, lr=means_lr)
+        return {"render": render.detach(), "gt": gt, "loss": total.detach(), "l1": l1.detach(),
+                "ssim": ssim_val.detach(), "sh_degree": sh_degree, "means_lr": means_lr,
+                "index": idx}
+
+    # ---- the run ---------------------------------------------------------------------------
+    def run(self, resume: bool | str | Path | None = None) -> TrainResult:
+        cfg = self.config
+        rep = self.rep
+        rep.started(f"training into {self.model_dir}", model_dir=str(self.model_dir))
+        ckpt_path = self._resume_checkpoint(resume)
+        self._setup(ckpt_path)
+        self.regularization = cfg.regularization()
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoints: dict[int, Path] = {}
+        self.ply_paths: dict[int, Path] = {}
+        if ckpt_path is not None:
+            stale = [(s, p) for s, p in list_checkpoints(self.model_dir) if s > self.start_step]
+            for _, p in stale:
+                p.unlink(missing_ok=True)
+            if stale:
+                rep.warning(f"removed {len(stale)} checkpoint(s) after step {self.start_step} "
+                            f"from an earlier run: "
+                            + ", ".join(str(p.name) for _, p in stale))
+            self._truncate_log(self.start_step)
+            rep.info(f"resuming from {ckpt_path} at step {self.start_step} of {cfg.max_steps}",
+                     checkpoint=str(ckpt_path), step=self.start_step)
+        else:
+            (self.model_dir / LOG_NAME).unlink(missing_ok=True)
+        atomic_write_text(self.model_dir / CONFIG_NAME, json.dumps({
+            "train": cfg.model_dump(mode="json"),
+            "scene": self.scene_config.model_dump(mode="json"),
+            "scene_path": str(self.scene.root), "backend": self.backend,
+            "device": str(self.device), "save_steps": self.save_steps}, indent=2) + "\n")
+        rep.info(f"{len(self.params['means'])} Gaussians, {len(self.scene.train_indices)} "
+                 f"training / {len(self.scene.test_indices)} held-out views, backend "
+                 f"{self.backend} on {self.device}, scene extent {self.scene_scale:.4g}",
+                 backend=self.backend, device=str(self.device))
+
+        flag = _SigintFlag()
+        session_steps = 0
+        session_time = 0.0
+        try:
+            with _deferred_sigint(flag):
+                session_steps, session_time = self._loop(flag)
+        except KeyboardInterrupt:
+            path = None
+            if self._consistent:
+                path = self.checkpoints.get(self.step) or self.save_checkpoint()
+            rep.warning(f"interrupted after step {self.step} of {cfg.max_steps}"
+                        + (f"; checkpoint {path} (resume with --resume)" if path else ""),
+                        step=self.step, checkpoint=str(path) if path else None)
+            raise TrainingInterrupted(self.step, path) from None
+        finally:
+            self.images.close()
+
+        if self.step == cfg.max_steps and self.step not in self.ply_paths:
+            ply = self.model_dir / "point_cloud" / f"iteration_{self.step}" / "point_cloud.ply"
+            if not ply.is_file():
+                self.save_ply()
+        speed = session_steps / session_time if session_time > 0 else 0.0
+        metrics = self._final_metrics(speed)
+        rep.finished(
+            f"{self.step} steps, {metrics['num_gaussians']} Gaussians"
+            + (f", test PSNR {metrics['test']['psnr']:.2f} dB" if metrics["test"]["psnr"]
+               is not None else ""),
+            step=self.step, num_gaussians=metrics["num_gaussians"],
+            train_seconds=round(self.train_seconds, 3), psnr=metrics["test"]["psnr"],
+            ssim=metrics["test"]["ssim"])
+        return TrainResult(
+            model_dir=self.model_dir, step=self.step,
+            num_gaussians=len(self.params["means"]), train_seconds=self.train_seconds,
+            steps_per_second=speed, backend=self.backend, device=str(self.device),
+            init=self.init_method, resumed_from=ckpt_path, ply_paths=dict(self.ply_paths),
+            checkpoints=dict(self.checkpoints), metrics=metrics)
+
+    def _loop(self, flag: _SigintFlag) -> tuple[int, float]:
+        cfg = self.config
+        n = cfg.max_steps
+        save = set(self.save_steps)
+        self._consistent = True
+        self.rep.start_steps("training", n)
+        t_session = time.monotonic()
+        session_steps = 0
+        session_time = 0.0
+        window_time = 0.0
+        window_steps = 0
+        last_event = 0.0
+        for k in range(self.start_step + 1, n + 1):
+            t0 = time.perf_counter()
+            self._consistent = False
+            out = self._train_step(k)
+            self.step = k
+            self._consistent = True
+            logged = k % cfg.log_every == 0 or k == n
+            if logged and self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            dt = time.perf_counter() - t0
+            self.train_seconds += dt
+            session_time += dt
+            session_steps += 1
+            window_time += dt
+            window_steps += 1
+            data: dict[str, Any] = {}
+            if logged:
+                sps = window_steps / max(window_time, 1e-9)
+                window_time, window_steps = 0.0, 0
+                with torch.no_grad():
+                    p = float(psnr_fn(out["render"][0].clamp(0, 1), out["gt"]))
+                data = {"loss": float(out["loss"]), "l1": float(out["l1"]),
+                        "ssim": float(out["ssim"]), "psnr": p,
+                        "num_gaussians": len(self.params["means"]),
+                        "sh_degree": out["sh_degree"], "means_lr": out["means_lr"],
+                        "steps_per_second": sps}
+            done = k - self.start_step
+            elapsed = time.monotonic() - t_session
+            eta = elapsed / done * (n - k) if done else None
+            if logged:
+                rec = {"step": k, "max_steps": n, **data, "eta_s": eta,
+                       "train_seconds": self.train_seconds, "time": time.time()}
+                counts = getattr(self.strategy, "counts", None)
+                if counts:
+                    rec["densification"] = dict(counts)
+                self._log(rec)
+            if k in save:
+                self.save_ply()
+                self.save_checkpoint()
+            if cfg.eval_every and k % cfg.eval_every == 0 and k != n and self.scene.test_indices:
+                ev = self._evaluate()
+                self._log({"step": k, "kind": "eval", "psnr": ev["psnr"], "ssim": ev["ssim"],
+                           "num_images": ev["num_images"], "time": time.time()})
+                self.rep.info(f"step {k}: held-out PSNR {ev['psnr']:.2f} dB, "
+                              f"SSIM {ev['ssim']:.4f}", step=k, psnr=ev["psnr"],
+                              ssim=ev["ssim"])
+            wall = time.monotonic()
+            if logged or k == self.start_step + 1 or wall - last_event >= 1.0:
+                last_event = wall
+                if not data:
+                    data = {"num_gaussians": len(self.params["means"])}
+                shown = {key: data[key] for key in PROGRESS_KEYS if key in data}
+                self.rep.events(Event("progress", STAGE, "training", step=k, total=n,
+                                      eta_s=eta, data=shown))
+            if flag.requested:
+                raise KeyboardInterrupt
+        return session_steps, session_time
+
+    def _evaluate(self) -> dict[str, Any]:
+        sh = sh_degree_at(self.step, self.config.sh_degree, self.config.sh_degree_interval)
+        params = {k: v.detach() for k, v in self.params.items()}
+        return evaluate_splats(params, self.scene, self.scene.test_indices, sh, self.backend,
+                               antialiased=self.config.antialiased)
+
+    def _final_metrics(self, speed: float) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        ev = self._evaluate()
+        metrics = {
+            "step": self.step,
+            "max_steps": self.config.max_steps,
+            "num_gaussians": len(self.params["means"]),
+            "train_seconds": self.train_seconds,
+            "steps_per_second": speed,
+            "test": {"psnr": ev["psnr"], "ssim": ev["ssim"], "num_images": ev["num_images"],
+                     "images": ev["images"]},
+            "eval_seconds": time.perf_counter() - t0,
+            "backend": self.backend,
+            "device": str(self.device),
+            "strategy": self.config.strategy,
+            "init": self.init_method,
+            "image_cache": {"gpu_resident": self.images.gpu_resident,
+                            "decodes": self.images.decodes,
+                            "train_image_bytes": self.images.total_bytes},
+        }
+        if ev["num_images"]:
+            self._log({"step": self.step, "kind": "eval", "psnr": ev["psnr"], "ssim": ev["ssim"],
+                       "num_images": ev["num_images"], "time": time.time()})
+        atomic_write_text(self.model_dir / METRICS_NAME,
+                          json.dumps(metrics, indent=2, default=_json_default) + "\n")
+        return metrics
+
+
+def _state_to_cpu(sd: dict[str, Any]) -> dict[str, Any]:
+    state = {k: {kk: (vv.detach().cpu() if isinstance(vv, torch.Tensor) else vv)
+                 for kk, vv in v.items()} for k, v in sd["state"].items()}
+    return {"state": state, "param_groups": sd["param_groups"]}
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def run_train(config: TrainConfig, scene: Any, model_dir: str | Path,
+              events: EventCallback | None = None, scene_config: SceneConfig | None = None,
+              resume: bool | str | Path | None = None) -> TrainResult:
+    """Train a 3DGS scene into ``model_dir`` (see the module docstring for the recipe/layout).
+
+    Args:
+        config: :class:`~splatforge.config.TrainConfig`.
+        scene: a dataset path (read with ``scene_config``) or a loaded
+            :class:`~splatforge.scene.Scene`.
+        model_dir: output folder (created).
+        events: progress callback (stage ``train``): ``progress`` events "training" with
+            step k of ``max_steps``, ETA, and on logged steps loss, l1, ssim, psnr (training
+            view), num_gaussians, steps_per_second; ``info``/``warning`` events.
+        scene_config: how the scene is read (``data_factor``, ``test_every``, ...) and
+            ``min_points`` for random initialisation.
+        resume: None/False = fresh run (an error when ``model_dir`` already has checkpoints);
+            True = continue from the latest ``ckpts/step_N.pt`` in ``model_dir`` (fresh when
+            there is none); a path = that checkpoint (or the latest in that folder).
+
+    Returns:
+        :class:`TrainResult`.
+
+    Raises:
+        ConfigError: a device or backend that this machine lacks (``backend="gsplat"`` without
+            CUDA), or a checkpoint made with an incompatible config.
+        InputError: unreadable scene, images or checkpoint; checkpoints in ``model_dir``
+            without ``resume``.
+        TrainingInterrupted: (a ``KeyboardInterrupt``) Ctrl-C or a KeyboardInterrupt from
+            ``events``; a checkpoint of the last completed step was written first.
+    """
+    return Trainer(config, scene, model_dir, events, scene_config).run(resume)

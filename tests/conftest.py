@@ -1,0 +1,90 @@
+"""Session fixtures shared by the test modules.
+
+Training on CPU is slow, so the training tests share a few small runs made once per session
+(``plush_dog`` at ``data_factor`` 8, 94x62 pixels, 3122 SfM points), with outputs under
+pytest's session temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+#: The shared datasets; ``SPLATFORGE_DATASETS`` points elsewhere (e.g. a copy on a GPU machine).
+DATASETS = Path(os.environ.get("SPLATFORGE_DATASETS")
+                or Path(__file__).resolve().parents[2] / "shared" / "datasets")
+PLUSH_DOG = DATASETS / "plush_dog"
+
+#: The session training run (see :func:`trained_plush`): steps, save steps and densification
+#: schedule small enough for CI on 2 CPU cores.
+SESSION_STEPS = 300
+SESSION_SAVE_STEPS = [100, SESSION_STEPS]
+
+
+@dataclass
+class TrainedRun:
+    """A finished training run and what was observed while it ran."""
+
+    config: Any
+    scene_config: Any
+    scene: Any
+    model_dir: Path
+    result: Any
+    events: list = field(default_factory=list)
+    initial_train_psnr: float = 0.0
+    eval_indices: list = field(default_factory=list)
+
+    def log(self) -> list[dict]:
+        lines = (self.model_dir / "train_log.jsonl").read_text().splitlines()
+        return [json.loads(x) for x in lines if x.strip()]
+
+
+@pytest.fixture(scope="session")
+def plush_cache(tmp_path_factory) -> Path:
+    """One image cache (data_factor 8 copies of plush_dog) for the whole session."""
+    return tmp_path_factory.mktemp("plush_cache")
+
+
+@pytest.fixture(scope="session")
+def plush_scene_config(plush_cache):
+    from splatforge.config import SceneConfig
+
+    return SceneConfig(data_factor=8, cache_dir=plush_cache)
+
+
+@pytest.fixture(scope="session")
+def plush_scene(plush_scene_config):
+    """plush_dog at data_factor 8 (94x62 pixels), normalised, 73 train / 11 test views."""
+    from splatforge.scene import load_scene
+
+    return load_scene(PLUSH_DOG, plush_scene_config)
+
+
+@pytest.fixture(scope="session")
+def trained_plush(tmp_path_factory, plush_scene, plush_scene_config) -> TrainedRun:
+    """plush_dog trained once for SESSION_STEPS steps on CPU with the default strategy and a
+    compressed schedule (refinement at steps 100, 150 and 200; SH degree 1 from step 100; no
+    opacity reset, which would need more steps to recover than CI can afford), logging every
+    10 steps; saves at SESSION_SAVE_STEPS. About 1.5 minutes on 2 idle cores."""
+    from splatforge.config import TrainConfig
+    from splatforge.splats import init_splats
+    from splatforge.train import evaluate_splats, run_train
+
+    cfg = TrainConfig(
+        max_steps=SESSION_STEPS, save_steps=SESSION_SAVE_STEPS, sh_degree=1,
+        sh_degree_interval=100, densify_from_iter=50, densification_interval=50,
+        densify_until_iter=250, log_every=10, seed=0, device="cpu")
+    scene = plush_scene
+    eval_indices = scene.train_indices[::9]
+    init = init_splats(scene, cfg.sh_degree)
+    before = evaluate_splats(init.params, scene, eval_indices, 0, "torch")
+    events: list = []
+    model_dir = tmp_path_factory.mktemp("plush_model")
+    result = run_train(cfg, scene, model_dir, events.append, scene_config=plush_scene_config)
+    return TrainedRun(cfg, plush_scene_config, scene, model_dir, result, events,
+                      before["psnr"], eval_indices)
