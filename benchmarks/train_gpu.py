@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import tempfile
@@ -26,6 +27,8 @@ import splatforge  # noqa: F401  (import-order guard)
 
 
 def git_commit() -> str:
+    if os.environ.get("GIT_COMMIT"):  # set by callers that copy the tree without .git
+        return os.environ["GIT_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, cwd=Path(__file__).parent, timeout=10).stdout.strip()
