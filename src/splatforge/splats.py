@@ -51,126 +51,27 @@ def sh_to_rgb(sh: torch.Tensor | np.ndarray):
     return sh * SH_C0 + 0.5
 
 
-def _knn_brute(x: torch.Tensor, q: torch.Tensor, k: int, max_pairs: int) -> torch.Tensor:
-    """[len(q)] mean of the k smallest squared distances from each ``q`` to ``x`` excluding the
-    nearest one (the point itself), by chunked ``torch.cdist``."""
-    n = len(x)
-    out = torch.empty(len(q), dtype=torch.float64, device=x.device)
-    rows = max(1, max_pairs // max(n, 1))
-    for i in range(0, len(q), rows):
-        d2 = torch.cdist(q[i:i + rows], x).pow_(2)
-        near = torch.topk(d2, k + 1, dim=1, largest=False).values
-        out[i:i + rows] = near[:, 1:].double().mean(dim=1)
-    return out
-
-
-def _knn_grid_level(x: torch.Tensor, queries: torch.Tensor, k: int, h: float,
-                    max_pairs: int) -> torch.Tensor:
-    """k-NN mean squared distance of ``x[queries]`` using cells of side ``h``; ``inf`` where
-    the 27 cells around a query cannot prove the result exact (k-th distance > h)."""
-    lo = x.min(0).values
-    cell = ((x - lo) / h).floor().long()
-    dims = cell.max(0).values + 3
-    key = ((cell[:, 0] + 1) * dims[1] + (cell[:, 1] + 1)) * dims[2] + (cell[:, 2] + 1)
-    order = torch.argsort(key)
-    ukey, counts = torch.unique_consecutive(key[order], return_counts=True)
-    starts = torch.cumsum(counts, 0) - counts
-    offs = torch.tensor([(a * dims[1] + b) * dims[2] + c for a in (-1, 0, 1)
-                         for b in (-1, 0, 1) for c in (-1, 0, 1)], device=x.device)
-    result = torch.full((len(queries),), float("inf"), dtype=torch.float64, device=x.device)
-    ar = torch.arange(k, device=x.device)
-    i = 0
-    while i < len(queries):
-        # grow the chunk while its candidate count stays within max_pairs
-        qi = queries[i:i + max(1, min(len(queries) - i, max_pairs // 256))]
-        nb = key[qi, None] + offs[None, :]                            # [q, 27] neighbour keys
-        pos = torch.searchsorted(ukey, nb).clamp_max(len(ukey) - 1)
-        cnt = torch.where(ukey[pos] == nb, counts[pos], torch.zeros_like(pos))
-        per_q = cnt.sum(1)
-        total = int(per_q.sum())
-        if total > max_pairs and len(qi) > 1:
-            # too many candidates (dense cells): the caller retries with smaller chunks
-            qi = qi[: max(1, len(qi) * max_pairs // total)]
-            nb, pos, cnt = nb[: len(qi)], pos[: len(qi)], cnt[: len(qi)]
-            per_q = cnt.sum(1)
-            total = int(per_q.sum())
-        pair_cnt = cnt.flatten()
-        first = torch.cumsum(pair_cnt, 0) - pair_cnt
-        within = torch.arange(total, device=x.device) - first.repeat_interleave(pair_cnt)
-        cand = order[starts[pos].flatten().repeat_interleave(pair_cnt) + within]
-        rep = torch.arange(len(qi), device=x.device).repeat_interleave(per_q)
-        d2 = ((x[qi][rep] - x[cand]) ** 2).sum(1).double()
-        # k+1 smallest per query (the query itself is among its candidates, at distance 0):
-        # one sort by (query, distance), distances scaled into [0, 1) below the query index
-        o = torch.sort(rep.double() + d2 / (float(d2.max()) * 2.0 + 1e-30)).indices
-        d2s = d2[o]
-        qstart = torch.cumsum(per_q, 0) - per_q
-        enough = per_q >= k + 1
-        idx = (qstart[:, None] + 1 + ar[None, :]).clamp_max(max(total - 1, 0))
-        near = d2s[idx] if total else torch.zeros((len(qi), k), device=x.device)
-        ok = enough & (near[:, -1] <= h * h)
-        res = near.double().mean(1)
-        result[i:i + len(qi)] = torch.where(ok, res, torch.full_like(res, float("inf")))
-        i += len(qi)
-    return result
-
-
-def _knn_grid(x: torch.Tensor, k: int, max_pairs: int) -> torch.Tensor:
-    """Exact k-NN mean squared distance with uniform grids of growing cell size.
-
-    Points are bucketed into cubic cells of side ``h``; a query's candidates are the points
-    of the 27 cells around its own. Any point outside that block is farther than ``h``, so
-    when the k-th candidate distance is <= ``h`` the result is exact. ``h`` starts at the
-    median k-th neighbour distance of a sample (so dense regions see few candidates) and
-    doubles for the queries not yet proven; what remains when ``h`` covers the whole cloud is
-    searched by brute force.
-    """
-    n = len(x)
-    g = torch.Generator().manual_seed(0)
-    sample = torch.randperm(n, generator=g)[: min(n, 512)].to(x.device)
-    d2 = torch.cdist(x[sample], x).pow_(2)
-    kth = torch.topk(d2, k + 1, dim=1, largest=False).values[:, -1]
-    span = float((x.max(0).values - x.min(0).values).max())
-    h = max(float(kth.median().sqrt()), span / 4096.0, 1e-12)
-    result = torch.full((n,), float("inf"), dtype=torch.float64, device=x.device)
-    todo = torch.arange(n, device=x.device)
-    while len(todo) and h <= span:
-        result[todo] = _knn_grid_level(x, todo, k, h, max_pairs)
-        todo = todo[torch.isinf(result[todo])]
-        h *= 4.0
-    if len(todo):
-        result[todo] = _knn_brute(x, x[todo], k, max_pairs)
-    return result
-
-
-def knn_mean_sq_dist(points: np.ndarray, k: int = 3, device: str | torch.device = "cpu",
-                     max_pairs: int = 1 << 24) -> np.ndarray:
+def knn_mean_sq_dist(points: np.ndarray, k: int = 3) -> np.ndarray:
     """[N] mean squared distance of each point to its ``k`` nearest other points.
 
-    The quantity of INRIA's ``distCUDA2`` (simple-knn, k = 3; computed exactly here). Uses
-    :class:`scipy.spatial.cKDTree` when SciPy is installed, else an exact uniform-grid search
-    in PyTorch on ``device`` (:func:`_knn_grid`), at most about ``max_pairs`` candidate
-    distances at once. Duplicate points give 0; callers clamp.
+    The quantity of INRIA's ``distCUDA2`` (simple-knn, k = 3), computed exactly with
+    :class:`scipy.spatial.cKDTree`. Duplicate points give 0; callers clamp.
 
     Args:
-        points: [N, 3] positions (any float dtype).
+        points: [N, 3] positions (any float dtype), scene units.
+
+    Returns:
+        [N] float64 squared distances (scene units^2); ones when N < 2.
     """
+    from scipy.spatial import cKDTree
+
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     n = len(pts)
     if n < 2:
         return np.ones(n)
     kk = min(k, n - 1)
-    try:
-        from scipy.spatial import cKDTree
-    except ImportError:
-        cKDTree = None
-    if cKDTree is not None:
-        dist, _ = cKDTree(pts).query(pts, k=kk + 1)  # the first neighbour is the point itself
-        return (dist[:, 1:] ** 2).mean(axis=1)
-    x = torch.from_numpy(pts).to(device=device, dtype=torch.float32)
-    if n * n <= max_pairs:
-        return _knn_brute(x, x, kk, max_pairs).cpu().numpy()
-    return _knn_grid(x, kk, max_pairs).cpu().numpy()
+    dist, _ = cKDTree(pts).query(pts, k=kk + 1)  # the first neighbour is the point itself
+    return (np.asarray(dist).reshape(n, -1)[:, 1:] ** 2).mean(axis=1)
 
 
 @dataclass
@@ -211,7 +112,7 @@ def splats_from_points(points: np.ndarray, rgb: np.ndarray, sh_degree: int,
     col = np.asarray(rgb)
     col = col.astype(np.float32) / 255.0 if col.dtype == np.uint8 else col.astype(np.float32)
     n = len(pts)
-    d2 = np.maximum(knn_mean_sq_dist(pts, 3, device=device), 1e-7)
+    d2 = np.maximum(knn_mean_sq_dist(pts, 3), 1e-7)
     scales = np.log(init_scale * np.sqrt(d2)).astype(np.float32)
     k = num_sh_bases(sh_degree)
     quats = np.zeros((n, 4), np.float32)
