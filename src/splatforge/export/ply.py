@@ -10,15 +10,22 @@ with ``K = (sh_degree + 1)^2``. Values are the raw parameters: opacity logits, l
 unnormalised wxyz quaternions; normals are zero. ``f_rest`` is channel-major, as INRIA's
 ``_features_rest.transpose(1, 2).flatten(1)``: the K-1 red coefficients, then green, then blue.
 This is what the INRIA viewer, SuperSplat, gsplat's exporter and most tools read.
+
+:func:`read_ply` reads this layout as written by INRIA, gsplat (with or without normals),
+nerfstudio and SuperSplat, and the PlayCanvas/SuperSplat compressed PLY.
 """
 
 from __future__ import annotations
 
+import io
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
+from ..events import Event, EventCallback
 from ..util import atomic_path
 
 
@@ -77,3 +84,286 @@ def write_ply(path: str | Path, splats: Mapping[str, np.ndarray]) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+#: SH band-0 constant, ``1 / (2 sqrt(pi))``: colour = 0.5 + SH_C0 * f_dc.
+SH_C0 = 0.28209479177387814
+
+#: Splats per chunk in the PlayCanvas compressed PLY.
+COMPRESSED_CHUNK_SIZE = 256
+
+
+def canonical_splats(splats: Mapping[str, np.ndarray], path: str | Path | None = None
+                     ) -> dict[str, np.ndarray]:
+    """Return ``splats`` as float32 arrays of the canonical shapes.
+
+    ``means [N, 3]``, ``scales [N, 3]``, ``quats [N, 4]``, ``opacities [N]``,
+    ``sh0 [N, 1, 3]``, ``shN [N, K-1, 3]`` (``[N, 0, 3]`` when absent).
+
+    Raises:
+        InputError: a required array is missing or the lengths disagree (``path`` names the
+            source, when there is one).
+    """
+    missing = [k for k in ("means", "scales", "quats", "opacities", "sh0") if k not in splats]
+    if missing:
+        raise InputError(path, f"splats lack {', '.join(missing)}")
+    try:
+        means = np.asarray(splats["means"], np.float32).reshape(-1, 3)
+        n = len(means)
+        out = {
+            "means": means,
+            "scales": np.asarray(splats["scales"], np.float32).reshape(n, 3),
+            "quats": np.asarray(splats["quats"], np.float32).reshape(n, 4),
+            "opacities": np.asarray(splats["opacities"], np.float32).reshape(n),
+            "sh0": np.asarray(splats["sh0"], np.float32).reshape(n, 1, 3),
+        }
+        shN = splats.get("shN")
+        out["shN"] = (np.zeros((n, 0, 3), np.float32) if shN is None
+                      else np.asarray(shN, np.float32).reshape(n, -1, 3))
+    except ValueError as e:
+        raise InputError(path, f"inconsistent splat array shapes ({e})") from None
+    k = out["shN"].shape[1] + 1
+    if math.isqrt(k) ** 2 != k:
+        raise InputError(path, f"shN has {k - 1} coefficients per channel; expected "
+                         "(d+1)^2-1 for an SH degree d (0, 3, 8 or 15)")
+    return out
+
+
+def sh_degree_of(splats: Mapping[str, np.ndarray]) -> int:
+    """SH degree ``d`` of a splats dict: ``(d+1)^2 = 1 + shN.shape[1]``."""
+    shN = splats.get("shN")
+    k = 1 + (0 if shN is None else np.asarray(shN).reshape(len(splats["means"]), -1, 3).shape[1])
+    return math.isqrt(k) - 1
+
+
+def drop_nonfinite(splats: dict[str, np.ndarray], path: str | Path | None,
+                   events: EventCallback | None = None, stage: str = "export"
+                   ) -> dict[str, np.ndarray]:
+    """Drop rows holding NaN or +-Inf in any array; report how many through ``events``
+    (one ``warning`` event naming the file)."""
+    n = len(splats["means"])
+    ok = np.ones(n, bool)
+    for v in splats.values():
+        ok &= np.isfinite(v.reshape(n, -1)).all(axis=1)
+    bad = int(n - ok.sum())
+    if bad:
+        if events is not None:
+            events(Event("warning", stage,
+                         f"{path}: dropped {bad} of {n} splats holding NaN or Inf values",
+                         data={"path": str(path), "dropped": bad, "total": n}))
+        splats = {k: v[ok] for k, v in splats.items()}
+    return splats
+
+
+def _check_byte_count(path: Path, raw: bytes, ply) -> None:
+    """Binary PLYs without list properties: the body must be exactly the declared size."""
+    if ply.text:
+        return
+    size = 0
+    for el in ply.elements:
+        for prop in el.properties:
+            if hasattr(prop, "len_dtype"):  # list property: size not fixed
+                return
+        size += el.count * np.dtype(el.dtype()).itemsize
+    end = raw.find(b"end_header")
+    nl = raw.find(b"\n", end)
+    body = len(raw) - (nl + 1)
+    if body != size:
+        raise InputError(path, f"PLY body is {body} bytes but the header declares {size} bytes "
+                         f"({', '.join(f'{e.name} x{e.count}' for e in ply.elements)})",
+                         "the file is truncated or was written with a wrong header")
+
+
+def read_ply(path: str | Path, events: EventCallback | None = None) -> dict[str, np.ndarray]:
+    """Read a Gaussian splat PLY into a splats dict of raw parameters.
+
+    Reads the INRIA layout (see the module docstring) as written by INRIA's
+    ``save_ply``, gsplat's exporter (with or without normals), nerfstudio's ``ns-export
+    gaussian-splat``, SuperSplat's uncompressed PLY and :func:`write_ply` -- properties are
+    found by name, in any order, float or double -- and the PlayCanvas/SuperSplat compressed
+    PLY (``*.compressed.ply``, see :func:`_decode_compressed`).
+
+    Returns:
+        ``means [N, 3]``, ``scales [N, 3]`` (log), ``quats [N, 4]`` (wxyz, as stored,
+        unnormalised), ``opacities [N]`` (logit), ``sh0 [N, 1, 3]``, ``shN [N, K-1, 3]``
+        (``[N, 0, 3]`` at degree 0), float32, in the file's frame (INRIA/COLMAP: x right,
+        y down, z forward).
+
+    Rows holding NaN or Inf are dropped; a ``warning`` event (through ``events``) says how
+    many.
+
+    Raises:
+        InputError: missing or unreadable file, not a PLY, malformed header, body shorter or
+            longer than the header declares, no ``vertex`` element, missing properties, or an
+            ``f_rest_*`` count that is not ``3 * ((d+1)^2 - 1)``.
+    """
+    from plyfile import PlyData
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except OSError as e:
+        raise InputError(path, f"cannot read file ({e.strerror or e})") from None
+    if not raw.startswith(b"ply"):
+        raise InputError(path, "not a PLY file (it does not start with 'ply')",
+                         "splatforge reads .ply, .splat and .spz splat files")
+    if b"end_header" not in raw[:1 << 20]:
+        raise InputError(path, "malformed PLY header (no 'end_header' line)")
+    try:
+        ply = PlyData.read(io.BytesIO(raw))
+    except Exception as e:  # noqa: BLE001  (plyfile raises several types for bad input)
+        raise InputError(path, f"malformed or truncated PLY ({type(e).__name__}: {e})") from None
+    _check_byte_count(path, raw, ply)
+    names = [el.name for el in ply.elements]
+    if "vertex" not in names:
+        raise InputError(path, f"PLY has no 'vertex' element (elements: {', '.join(names)})")
+    vertex = ply["vertex"]
+    props = [p.name for p in vertex.properties]
+    if "chunk" in names and "packed_position" in props:
+        splats = _decode_compressed(path, ply)
+    else:
+        splats = _decode_inria(path, vertex.data, props)
+    return drop_nonfinite(splats, path, events)
+
+
+def _decode_inria(path: Path, data: np.ndarray, props: list[str]) -> dict[str, np.ndarray]:
+    required = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
+                "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    missing = [p for p in required if p not in props]
+    if missing:
+        raise InputError(path, f"not a Gaussian splat PLY: vertex lacks {', '.join(missing)}",
+                         "expected the INRIA 3DGS layout (x y z f_dc_* f_rest_* opacity "
+                         "scale_* rot_*) or a PlayCanvas compressed PLY")
+    n_rest = sum(1 for p in props if p.startswith("f_rest_"))
+    rest_names = [f"f_rest_{i}" for i in range(n_rest)]
+    k = n_rest // 3 + 1
+    if n_rest % 3 or math.isqrt(k) ** 2 != k or any(p not in props for p in rest_names):
+        raise InputError(path, f"vertex has {n_rest} f_rest_* properties; expected "
+                         "f_rest_0 .. f_rest_{3((d+1)^2-1)-1} (0, 9, 24 or 45 of them)")
+
+    def cols(names: list[str]) -> np.ndarray:
+        if not names:
+            return np.zeros((len(data), 0), np.float32)
+        return np.stack([np.asarray(data[p], np.float32) for p in names], axis=1)
+
+    n = len(data)
+    rest = cols(rest_names).reshape(n, 3, k - 1).transpose(0, 2, 1)  # channel-major -> [N,K-1,3]
+    return {
+        "means": cols(["x", "y", "z"]),
+        "scales": cols(["scale_0", "scale_1", "scale_2"]),
+        "quats": cols(["rot_0", "rot_1", "rot_2", "rot_3"]),
+        "opacities": cols(["opacity"]).reshape(n),
+        "sh0": cols(["f_dc_0", "f_dc_1", "f_dc_2"]).reshape(n, 1, 3),
+        "shN": np.ascontiguousarray(rest),
+    }
+
+
+def _unorm(v: np.ndarray, shift: int, bits: int) -> np.ndarray:
+    return ((v >> np.uint32(shift)) & np.uint32((1 << bits) - 1)).astype(np.float32) / (
+        (1 << bits) - 1)
+
+
+def _decode_compressed(path: Path, ply) -> dict[str, np.ndarray]:
+    """Decode the PlayCanvas/SuperSplat compressed PLY.
+
+    Format (PlayCanvas engine ``gsplat-compressed-data`` and ``splat-transform``'s
+    compressed-PLY reader/writer; SuperSplat "compressed PLY" docs): element ``chunk``, one row
+    per 256 consecutive splats, with float ``min_x .. max_z`` (position bounds),
+    ``min_scale_x .. max_scale_z`` (log-scale bounds) and optionally ``min_r .. max_b``
+    (colour bounds; colour = 0.5 + SH_C0 * f_dc); element ``vertex`` with uint32
+    ``packed_position`` (x 11 / y 10 / z 11 bits, from the high bits, unorm in the chunk's
+    bounds), ``packed_rotation`` (2-bit index of the largest component, then the other three
+    in ``rot_0..rot_3`` (wxyz) order as 10-bit unorms of ``q * sqrt(1/2) + 0.5``; the largest is non-negative and
+    recovered from unit length), ``packed_scale`` (11/10/11 in the chunk's log-scale bounds)
+    and ``packed_color`` (RGBA 8/8/8/8: colour in the chunk's colour bounds, A =
+    sigmoid(opacity)); optional element ``sh`` with uint8 ``f_rest_*`` (channel-major as in
+    the INRIA layout) decoded as ``(t - 0.5) * 8`` with ``t = (u + 0.5) / 256``, except
+    ``t = 0`` for u = 0 and ``t = 1`` for u = 255 (the range -4..4).
+
+    Opacity: an alpha byte of 0 or 255 would give an infinite logit; it is clamped to
+    0.5/255 .. 254.5/255 first (PlayCanvas's own reader returns +-inf there).
+
+    Quantisation: positions within (max - min) / 2047 (x, z) or / 1023 (y) / 2 of the true
+    value, likewise log scales; colour within its chunk range / 510; opacity within 1/510 in
+    sigmoid space (plus the clamp above); SH within 4/256 (+ the 1/256 rounding).
+    """
+    try:
+        chunk = ply["chunk"].data
+        vert = ply["vertex"].data
+        n = len(vert)
+        need_c = [f"{m}_{a}" for m in ("min", "max") for a in "xyz"] + [
+            f"{m}_scale_{a}" for m in ("min", "max") for a in "xyz"]
+        missing = [p for p in need_c if p not in chunk.dtype.names]
+        missing += [p for p in ("packed_position", "packed_rotation", "packed_scale",
+                                "packed_color") if p not in vert.dtype.names]
+        if missing:
+            raise InputError(path, f"compressed PLY lacks {', '.join(missing)}")
+        nchunks = (n + COMPRESSED_CHUNK_SIZE - 1) // COMPRESSED_CHUNK_SIZE
+        if len(chunk) < nchunks:
+            raise InputError(path, f"compressed PLY has {len(chunk)} chunks for {n} splats; "
+                             f"expected {nchunks} (one per {COMPRESSED_CHUNK_SIZE})")
+        ci = np.arange(n) // COMPRESSED_CHUNK_SIZE
+
+        def c(name: str) -> np.ndarray:
+            return np.asarray(chunk[name], np.float32)[ci]
+
+        def lerp(t: np.ndarray, lo: str, hi: str) -> np.ndarray:
+            a, b = c(lo), c(hi)
+            return a + t * (b - a)
+
+        pp = np.asarray(vert["packed_position"], np.uint32)
+        means = np.stack([lerp(_unorm(pp, 21, 11), "min_x", "max_x"),
+                          lerp(_unorm(pp, 11, 10), "min_y", "max_y"),
+                          lerp(_unorm(pp, 0, 11), "min_z", "max_z")], axis=1)
+        ps = np.asarray(vert["packed_scale"], np.uint32)
+        scales = np.stack([lerp(_unorm(ps, 21, 11), "min_scale_x", "max_scale_x"),
+                           lerp(_unorm(ps, 11, 10), "min_scale_y", "max_scale_y"),
+                           lerp(_unorm(ps, 0, 11), "min_scale_z", "max_scale_z")], axis=1)
+        pc = np.asarray(vert["packed_color"], np.uint32)
+        rgb = [_unorm(pc, 24, 8), _unorm(pc, 16, 8), _unorm(pc, 8, 8)]
+        if all(f"{m}_{ch}" in chunk.dtype.names for m in ("min", "max") for ch in "rgb"):
+            rgb = [lerp(t, f"min_{ch}", f"max_{ch}") for t, ch in zip(rgb, "rgb")]
+        sh0 = ((np.stack(rgb, axis=1) - 0.5) / SH_C0).reshape(n, 1, 3)
+        alpha = np.clip(_unorm(pc, 0, 8), 0.5 / 255, 1 - 0.5 / 255)
+        opacities = -np.log(1.0 / alpha - 1.0)
+
+        pr = np.asarray(vert["packed_rotation"], np.uint32)
+        norm = np.float32(np.sqrt(2.0))
+        small = [(_unorm(pr, s, 10) - 0.5) * norm for s in (20, 10, 0)]
+        largest = (pr >> np.uint32(30)).astype(np.int64)
+        m = np.sqrt(np.clip(1.0 - sum(t * t for t in small), 0.0, None))
+        q = np.empty((n, 4), np.float32)
+        rows = np.arange(n)
+        # The three small components fill the slots other than ``largest``, in order.
+        slots = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])[largest]
+        for j in range(3):
+            q[rows, slots[:, j]] = small[j]
+        q[rows, largest] = m
+        quats = q  # slots are rot_0..rot_3, i.e. wxyz
+
+        shN = np.zeros((n, 0, 3), np.float32)
+        if "sh" in ply:
+            sh = ply["sh"].data
+            names = [f"f_rest_{i}" for i in range(len(sh.dtype.names))]
+            k = len(names) // 3 + 1
+            if (len(sh) != n or len(names) % 3 or math.isqrt(k) ** 2 != k
+                    or list(sh.dtype.names) != names):
+                raise InputError(path, f"compressed PLY 'sh' element has {len(sh)} rows and "
+                                 f"{len(names)} properties; expected {n} rows of f_rest_0 .. "
+                                 "f_rest_{3((d+1)^2-1)-1}")
+            u = np.stack([np.asarray(sh[p], np.float32) for p in names], axis=1)
+            t = np.where(u == 0, 0.0, np.where(u == 255, 1.0, (u + 0.5) / 256.0))
+            shN = ((t - 0.5) * 8.0).astype(np.float32).reshape(n, 3, k - 1).transpose(0, 2, 1)
+    except InputError:
+        raise
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(path, f"malformed compressed PLY ({e})") from None
+    return {"means": means.astype(np.float32), "scales": scales.astype(np.float32),
+            "quats": quats.astype(np.float32), "opacities": opacities.astype(np.float32),
+            "sh0": sh0.astype(np.float32), "shN": np.ascontiguousarray(shN, np.float32)}
