@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -126,7 +126,142 @@ def train(scene_path: tyro.conf.Positional[Path], output: ModelDir,
     print("\n".join(lines))
 
 
-COMMANDS = {"info": info, "ingest": ingest, "sfm": sfm, "train": train}
+def convert(input: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="INPUT")],
+            output: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="OUTPUT")]
+            ) -> None:
+    """Convert a splat file between .ply (INRIA; reads PlayCanvas compressed PLY too), .splat
+    (antimatter15) and .spz (Niantic v3), chosen by extension. The output is written
+    atomically; the input is never overwritten.
+
+    Args:
+        input: splat file to read (.ply, .splat, .spz).
+        output: splat file to write (.ply, .splat, .spz).
+    """
+    from .export import convert as convert_file
+
+    events = ConsoleEvents()
+    try:
+        res = convert_file(input, output, events)
+    finally:
+        events.close()
+    print(f"{res.num_splats} splats, SH degree {res.sh_degree_out} -> {res.output}")
+
+
+def eval_cmd(model_dir: tyro.conf.Positional[Path], lpips_weights: Path | None = None,
+         iteration: int | None = None, device: str = "auto") -> None:
+    """Score a trained model on its held-out views: <model_dir>/eval/metrics.csv, one
+    ground truth | render | error PNG per view in <model_dir>/eval/, means merged into
+    <model_dir>/metrics.json.
+
+    Args:
+        model_dir: a model folder written by `splatforge train` or `reconstruct` (<out>/model).
+        lpips_weights: local LPIPS weights file (never downloaded); without it LPIPS is skipped.
+        iteration: saved step to evaluate (default: the latest point_cloud/iteration_N).
+        device: auto | cpu | cuda | cuda:N | mps.
+    """
+    from .eval import run_eval
+
+    events = ConsoleEvents()
+    try:
+        rec = run_eval(model_dir, events, iteration=iteration, lpips_weights=lpips_weights,
+                       device=device)
+    finally:
+        events.close()
+    if rec["num_images"]:
+        print(f"iteration {rec['iteration']}: {rec['num_images']} held-out views, PSNR "
+              f"{rec['psnr']:.2f} dB, SSIM {rec['ssim']:.4f} -> {model_dir}/eval/metrics.csv")
+    else:
+        print("no held-out views in this dataset: nothing evaluated")
+    print(f"LPIPS: {rec['lpips_skipped']}")
+
+
+def render(model_dir: tyro.conf.Positional[Path],
+           output: Annotated[Path, tyro.conf.arg(aliases=["-o"], help="Video file to write "
+                                                 "(.mp4).")],
+           path: Literal["orbit", "train", "test"] = "orbit", frames: int | None = None,
+           seconds: float | None = None, fps: float = 30.0, width: int | None = None,
+           frames_between: int = 8, iteration: int | None = None,
+           device: str = "auto") -> None:
+    """Render a camera-path video (H.264 MP4) of a trained model.
+
+    Args:
+        model_dir: a model folder (<out>/model of `reconstruct`).
+        path: orbit (a circle around the cameras' centre), train or test (the dataset's
+            cameras in name order, interpolated).
+        frames: number of frames (default: seconds x fps; train/test without --seconds:
+            frames-between per pair of cameras; orbit: 8 s).
+        seconds: video length when --frames is not given.
+        frames_between: train/test paths: frames per pair of consecutive cameras.
+        fps: frames per second.
+        width: output width in pixels (default: the training images' width).
+        iteration: saved step to render (default: the latest).
+        device: auto | cpu | cuda | cuda:N | mps.
+    """
+    from .render import run_render
+
+    events = ConsoleEvents()
+    try:
+        res = run_render(model_dir, output, path, frames=frames, seconds=seconds, fps=fps,
+                         width=width, iteration=iteration, device=device,
+                         frames_between=frames_between, events=events)
+    finally:
+        events.close()
+    print(f"{res['frames']} frames, {res['width']}x{res['height']} at {res['fps']:g} fps "
+          f"-> {res['output']} ({res['seconds']:.1f} s)")
+
+
+class _ReconstructSfmConfig(SfmConfig):
+    """Structure from motion with pycolmap (``--sfm-seed``: TrainConfig has ``--seed``)."""
+
+    seed: Annotated[int, tyro.conf.arg(name="sfm-seed")] = SfmConfig.model_fields["seed"]
+
+
+def reconstruct(media: tyro.conf.Positional[Path], output: Output,
+                preset: Literal["preview", "default", "quality"] = "default",
+                force: bool = False, lpips_weights: Path | None = None,
+                ingest: IngestConfig = IngestConfig(),
+                sfm: _ReconstructSfmConfig = _ReconstructSfmConfig(),
+                scene: SceneConfig = SceneConfig(), train: TrainConfig = TrainConfig()
+                ) -> None:
+    """Photos, a zip, a video, a COLMAP folder or a transforms.json dataset in; a trained,
+    evaluated and exported 3DGS scene out: ingest -> sfm -> train -> eval -> export.
+
+    Writes <output>/workspace/ (ingest + SfM), <output>/model/ (INRIA model folder),
+    <output>/scene.splat and .spz (when available) and <output>/reconstruct.json. Finished
+    stages are skipped when run again (an interrupted training resumes from its checkpoint);
+    --force redoes everything. The preset fills every option left at its default; options
+    given on the command line win (an option given with its default value counts as not
+    given).
+
+    Args:
+        media: photos folder, .zip, video, COLMAP folder or transforms.json dataset.
+        preset: preview (minutes on a CPU, small images), default (INRIA recipe, 30000 steps),
+            quality (more features, antialiased, 40000 steps).
+        force: redo every stage.
+        lpips_weights: local LPIPS weights for eval (never downloaded).
+    """
+    from .pipeline import format_summary, run_reconstruct
+    from .train import TrainingInterrupted
+
+    events = ConsoleEvents()
+    try:
+        res = run_reconstruct(media, output, preset=preset, ingest=ingest,
+                              sfm=SfmConfig.model_validate(sfm.model_dump()),
+                              scene=scene, train=train, events=events, force=force,
+                              lpips_weights=lpips_weights)
+    except TrainingInterrupted as e:
+        events.close()
+        print(f"interrupted during training after step {e.step}; run the same command again "
+              "to resume", file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        events.close()
+    print(format_summary(res))
+
+
+COMMANDS = {"info": info, "ingest": ingest, "sfm": sfm, "train": train,
+            "convert": convert,
+            "eval": eval_cmd, "render": render, "reconstruct": reconstruct}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -622,6 +622,13 @@ class Trainer:
                 self.save_ply()
         speed = session_steps / session_time if session_time > 0 else 0.0
         metrics = self._final_metrics(speed)
+        # INRIA model-folder companions (cameras.json, cfg_args, input.ply), source frame
+        from ..export.model_dir import write_model_dir_files
+
+        write_model_dir_files(self.model_dir, self.scene, source_path=self.scene.root,
+                              sh_degree=cfg.sh_degree,
+                              data_factor=self.scene_config.data_factor,
+                              device=str(self.device))
         rep.finished(
             f"{self.step} steps, {metrics['num_gaussians']} Gaussians"
             + (f", test PSNR {metrics['test']['psnr']:.2f} dB" if metrics["test"]["psnr"]

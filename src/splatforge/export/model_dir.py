@@ -1,0 +1,192 @@
+"""The INRIA 3DGS model-directory files besides the splat PLYs.
+
+INRIA's ``train.py`` / ``scene/__init__.py`` write, next to
+``point_cloud/iteration_N/point_cloud.ply`` (written by the trainer here)::
+
+    <model_dir>/cameras.json   every camera (``utils/camera_utils.py`` ``camera_to_JSON``)
+    <model_dir>/cfg_args       str(Namespace(...)) of the model parameters (``train.py``
+                               ``prepare_output_and_logger``)
+    <model_dir>/input.ply      the SfM points (``scene/dataset_readers.py`` ``storePly``)
+
+Downstream converters and viewers (SIBR, SuperSplat's importer, nerfstudio's ``ns-export``
+readers, 3DGS-to-mesh tools) read these. Everything is written in the ORIGINAL source frame
+(COLMAP's world, or the transforms.json world), the frame of the trainer's PLYs: the reader's
+normalisation (``Scene.transform``, translation + uniform scale) is undone.
+"""
+
+from __future__ import annotations
+
+import json
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..util import atomic_path, atomic_write_text
+
+CAMERAS_NAME = "cameras.json"
+CFG_ARGS_NAME = "cfg_args"
+INPUT_PLY_NAME = "input.ply"
+
+
+def camera_entries(scene: Any) -> list[dict[str, Any]]:
+    """``cameras.json`` entries of every image of ``scene``, as INRIA's ``camera_to_JSON``.
+
+    INRIA lists the test cameras first, then the training cameras (``scene/__init__.py``:
+    ``camlist.extend(test_cameras); camlist.extend(train_cameras)``), ids counting from 0 over
+    that list. Each entry::
+
+        {"id": int, "img_name": name without extension (INRIA's image_name),
+         "width": px, "height": px,                  # the images as trained (data_factor)
+         "position": [3] camera centre in world (the C2W translation), source units,
+         "rotation": [[3], [3], [3]] C2W rotation (OpenCV axes: x right, y down, z forward),
+         "fy": px, "fx": px}
+
+    (INRIA calls the matrix ``W2C`` but it is ``inv([R^T | T])``, the camera-to-world.)
+
+    Args:
+        scene: a :class:`splatforge.scene.Scene` (normalised or not).
+
+    Returns:
+        list of dicts in INRIA's order.
+    """
+    order = list(scene.test_indices) + list(scene.train_indices)
+    seen = set(order)
+    order += [i for i in range(len(scene.images)) if i not in seen]
+    inv = np.linalg.inv(np.asarray(scene.transform, np.float64))
+    s = scene.scale
+    out = []
+    for cid, i in enumerate(order):
+        im = scene.images[i]
+        c2w = np.linalg.inv(np.asarray(im.viewmat, np.float64))
+        pos = inv[:3, :3] @ c2w[:3, 3] + inv[:3, 3]
+        rot = (inv[:3, :3] * s) @ c2w[:3, :3]  # a pure scale transform leaves it unchanged
+        out.append({
+            "id": cid,
+            "img_name": Path(im.name).stem,
+            "width": int(im.width),
+            "height": int(im.height),
+            "position": [float(v) for v in pos],
+            "rotation": [[float(v) for v in row] for row in rot],
+            "fy": float(im.K[1, 1]),
+            "fx": float(im.K[0, 0]),
+        })
+    return out
+
+
+def write_cameras_json(model_dir: str | Path, scene: Any) -> Path:
+    """Write ``<model_dir>/cameras.json`` (see :func:`camera_entries`), atomically."""
+    path = Path(model_dir) / CAMERAS_NAME
+    atomic_write_text(path, json.dumps(camera_entries(scene)) + "\n")
+    return path
+
+
+def cfg_args_text(*, source_path: str | Path, model_path: str | Path, sh_degree: int,
+                  images: str = "images", resolution: int = -1,
+                  white_background: bool = False, data_device: str = "cuda",
+                  eval: bool = True) -> str:
+    """INRIA's ``cfg_args`` text: ``str(Namespace(...))`` of ``arguments/__init__.py``
+    ``ModelParams`` in its field order, e.g. ``Namespace(sh_degree=3, source_path='/data',
+    model_path='/out', images='images', resolution=-1, white_background=False,
+    data_device='cuda', eval=True)``. INRIA's ``render.py`` and SIBR parse it with ``eval``."""
+    ns = Namespace(sh_degree=int(sh_degree), source_path=str(source_path),
+                   model_path=str(model_path), images=str(images), resolution=int(resolution),
+                   white_background=bool(white_background), data_device=str(data_device),
+                   eval=bool(eval))
+    return str(ns)
+
+
+def parse_cfg_args(path: str | Path) -> dict[str, Any]:
+    """Read a ``cfg_args`` file (``Namespace(k=v, ...)``) into a dict, without ``eval``.
+
+    Raises:
+        ValueError: the text is not a ``Namespace(...)`` of Python literals.
+    """
+    import ast
+
+    text = Path(path).read_text().strip()
+    tree = ast.parse(text, mode="eval")
+    call = tree.body
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+            and call.func.id == "Namespace"):
+        raise ValueError(f"{path}: not a Namespace(...) text")
+    return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+
+
+def write_cfg_args(model_dir: str | Path, **kwargs: Any) -> Path:
+    """Write ``<model_dir>/cfg_args`` (see :func:`cfg_args_text` for the arguments)."""
+    model_dir = Path(model_dir)
+    kwargs.setdefault("model_path", model_dir.resolve())
+    path = model_dir / CFG_ARGS_NAME
+    atomic_write_text(path, cfg_args_text(**kwargs))
+    return path
+
+
+def write_input_ply(path: str | Path, points: np.ndarray, rgb: np.ndarray) -> Path:
+    """Write SfM points as INRIA's ``storePly``: one ``vertex`` element with ``x y z nx ny nz``
+    (float32, normals zero) and ``red green blue`` (uchar), binary little-endian.
+
+    Args:
+        points: [P, 3] positions (source frame). rgb: [P, 3] uint8 colours.
+    """
+    from plyfile import PlyData, PlyElement
+
+    xyz = np.asarray(points, np.float32).reshape(-1, 3)
+    col = np.asarray(rgb).reshape(-1, 3)
+    if len(col) != len(xyz):
+        raise ValueError(f"{len(xyz)} points but {len(col)} colours")
+    dtype = [("x", "f4"), ("y", "f4"), ("z", "f4"), ("nx", "f4"), ("ny", "f4"), ("nz", "f4"),
+             ("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    arr = np.zeros(len(xyz), dtype=dtype)
+    arr["x"], arr["y"], arr["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+    arr["red"], arr["green"], arr["blue"] = (np.clip(col[:, k], 0, 255).astype(np.uint8)
+                                             for k in range(3))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        PlyData([PlyElement.describe(arr, "vertex")]).write(str(tmp))
+    return path
+
+
+def write_model_dir_files(model_dir: str | Path, scene: Any, *, source_path: str | Path,
+                          sh_degree: int, data_factor: int = 1, images: str | None = None,
+                          device: str = "cuda", config: dict[str, Any] | None = None
+                          ) -> dict[str, Path]:
+    """Write ``cameras.json``, ``cfg_args``, ``input.ply`` (and ``config.json`` when
+    ``config`` is given) into ``model_dir``, all in the source frame.
+
+    Args:
+        scene: the :class:`~splatforge.scene.Scene` the model was trained on.
+        source_path: the dataset folder (cfg_args ``source_path``).
+        sh_degree: the model's SH degree. data_factor: cfg_args ``resolution`` (-1 when 1).
+        images: image folder name (default: the folder the scene read, else ``images``).
+        device: the training device (cfg_args ``data_device``: ``cuda`` or ``cpu``).
+        config: the full pipeline configuration for ``config.json``.
+
+    Returns:
+        name -> path of each file written.
+    """
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if images is None:
+        folder = scene.info.get("image_folder") if isinstance(scene.info, dict) else None
+        images = Path(folder).name if folder else "images"
+    white = tuple(float(c) for c in scene.background) == (1.0, 1.0, 1.0)
+    out = {
+        CAMERAS_NAME: write_cameras_json(model_dir, scene),
+        CFG_ARGS_NAME: write_cfg_args(
+            model_dir, source_path=Path(source_path).resolve(), sh_degree=sh_degree,
+            images=images, resolution=int(data_factor) if data_factor > 1 else -1,
+            white_background=white,
+            data_device="cuda" if str(device).startswith("cuda") else "cpu",
+            eval=bool(scene.test_indices)),
+        INPUT_PLY_NAME: write_input_ply(model_dir / INPUT_PLY_NAME,
+                                        scene.to_source(np.asarray(scene.points, np.float64))
+                                        if len(scene.points) else np.zeros((0, 3)),
+                                        scene.points_rgb),
+    }
+    if config is not None:
+        p = model_dir / "config.json"
+        atomic_write_text(p, json.dumps(config, indent=2, default=str) + "\n")
+        out["config.json"] = p
+    return out

@@ -1,0 +1,432 @@
+"""``splatforge reconstruct``: media in, a trained, evaluated and exported scene out.
+
+Stages, in order, over one output folder::
+
+    <out>/workspace/        ingest + sfm: input/, ingest.json, images/, sparse/0/, sfm.json
+    <out>/model/            the INRIA model folder: point_cloud/iteration_N/point_cloud.ply,
+                            ckpts/, train_log.jsonl, train_config.json, metrics.json,
+                            cameras.json, cfg_args, input.ply, config.json, eval/
+    <out>/scene.splat       export (when splatforge.export.write_splat exists)
+    <out>/scene.spz         export (when splatforge.export.write_spz exists)
+    <out>/reconstruct.json  the summary: per-stage status and seconds, registered images,
+                            Gaussians, held-out PSNR/SSIM, output files and sizes
+
+Inputs: a folder of photos, a zip, a video (ingest + sfm run), or a posed dataset -- a COLMAP
+folder, a ``transforms.json`` dataset or a splatforge workspace (detected with
+:func:`splatforge.scene.detect_format`; ingest and sfm are skipped and the dataset is read in
+place).
+
+Resuming: each stage is skipped when its outputs are complete (ingest: ``ingest.json`` current
+for the media; sfm: ``sfm.json`` complete; train: the final ``point_cloud/iteration_<max_steps>``
+and ``metrics.json`` at that step; eval: ``eval/metrics.csv`` for that iteration; export: every
+export file present). An interrupted training run continues from its last checkpoint
+(``run_train(resume=True)``). When a stage runs, every later stage runs again (training starts
+afresh after a new SfM). ``force=True`` redoes everything. A failing stage raises and leaves the
+outputs of earlier runs in place (stages write to temporary files and rename).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np  # noqa: F401  (import-order guard: numpy before pycolmap, see NOTES.md)
+
+from .config import IngestConfig, SceneConfig, SfmConfig, TrainConfig
+from .errors import ConfigError, InputError
+from .events import EventCallback, StageReporter
+from .presets import apply_preset, preview_data_factor
+from .util import atomic_write_text
+
+STAGES = ("ingest", "sfm", "train", "eval", "export")
+SUMMARY_NAME = "reconstruct.json"
+
+#: TrainConfig fields that do not change the result (a finished model trained with other
+#: values of these is still current).
+_TRAIN_COSMETIC = {"log_every", "eval_every", "image_cache_mb", "device", "backend",
+                   "save_steps"}
+
+
+@dataclass
+class ReconstructResult:
+    """What :func:`run_reconstruct` produced (also ``<out>/reconstruct.json``).
+
+    Attributes:
+        output: the output folder. model_dir: ``<out>/model``. dataset: the posed dataset
+            trained on (``<out>/workspace`` or the input dataset).
+        input_kind: ``images`` | ``zip`` | ``video`` | ``colmap`` | ``nerfstudio`` |
+            ``blender``.
+        stages: stage -> ``{"status": "ran" | "skipped", "seconds": float, "reason": str}``.
+        num_images / num_registered: images given to / posed by SfM (the dataset's images
+            when SfM was skipped).
+        num_gaussians: Gaussians in the final model. step: its training step.
+        psnr / ssim: held-out means (None without held-out views).
+        outputs: file path -> size in bytes.
+        config: the resolved configuration of every stage (``config.json``).
+    """
+
+    output: Path
+    model_dir: Path
+    dataset: Path
+    input_kind: str
+    preset: str
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    num_images: int | None = None
+    num_registered: int | None = None
+    num_gaussians: int | None = None
+    step: int | None = None
+    psnr: float | None = None
+    ssim: float | None = None
+    outputs: dict[str, int] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        d["view_command"] = view_command(self.model_dir)
+        return d
+
+
+def view_command(model_dir: Path) -> str:
+    """How to look at the result (the built-in viewer is coming; SuperSplat opens the PLY)."""
+    return f"splatforge view {model_dir}"
+
+
+def _export_writers() -> dict[str, Any]:
+    """``{".splat": write_splat, ".spz": write_spz}`` for the writers that exist."""
+    out: dict[str, Any] = {}
+    try:
+        from .export import write_splat  # type: ignore[attr-defined]
+        out[".splat"] = write_splat
+    except ImportError:
+        pass
+    try:
+        from .export import write_spz  # type: ignore[attr-defined]
+        out[".spz"] = write_spz
+    except ImportError:
+        pass
+    return out
+
+
+def classify_input(media: Path) -> tuple[str, Path | None]:
+    """``(kind, dataset)``: a posed dataset (``colmap`` | ``nerfstudio`` | ``blender``, and the
+    path to read) or media for ingest (``images`` | ``zip`` | ``video``, None).
+
+    Raises:
+        InputError: the path does not exist, or is neither a dataset nor supported media.
+    """
+    from .ingest import detect_media_kind
+    from .scene import detect_format
+
+    media = Path(media)
+    if not media.exists():
+        raise InputError(media, "does not exist",
+                         "give a folder of photos, a .zip, a video, a COLMAP folder or a "
+                         "transforms.json dataset")
+    try:
+        fmt, _, _ = detect_format(media)
+        return fmt, media
+    except InputError:
+        pass
+    return detect_media_kind(media), None
+
+
+def media_folder(media: Path) -> Path:
+    """``media``, or ``media/images`` when ``media`` is a folder without photos of its own
+    but with an ``images/`` folder (a sample or capture folder with a license beside it)."""
+    from .ingest import IMAGE_EXTENSIONS
+
+    if media.is_dir() and (media / "images").is_dir():
+        own = [p for p in media.iterdir()
+               if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        if not own:
+            return media / "images"
+    return media
+
+
+def _image_width(dataset: Path) -> int | None:
+    """Width in pixels of the dataset's (first camera's) full-resolution images, or None."""
+    from .scene import detect_format
+    from .scene.colmap import model_format, read_model
+    from .scene.imageio import image_size
+
+    try:
+        fmt, root, desc = detect_format(dataset)
+        if fmt == "colmap":
+            model = read_model(desc, ext=model_format(desc), read_points2D=False)
+            return max(int(c.width) for c in model.cameras.values())
+        data = json.loads(Path(desc).read_text())
+        if "w" in data:
+            return int(data["w"])
+        fr = data["frames"][0]
+        if "w" in fr:
+            return int(fr["w"])
+        p = root / fr["file_path"]
+        for cand in (p, p.with_suffix(".png"), Path(str(p) + ".png")):
+            if cand.is_file():
+                return image_size(cand)[0]
+    except Exception:  # noqa: BLE001  (a best guess; the preset falls back to factor 1)
+        return None
+    return None
+
+
+def _sizes(paths: list[Path]) -> dict[str, int]:
+    return {str(p): p.stat().st_size for p in paths if p.is_file()}
+
+
+def _train_is_current(model_dir: Path, train: TrainConfig, scene: SceneConfig) -> bool:
+    """True when ``model_dir`` holds a finished run of ``train`` on ``scene`` options."""
+    ply = model_dir / "point_cloud" / f"iteration_{train.max_steps}" / "point_cloud.ply"
+    try:
+        metrics = json.loads((model_dir / "metrics.json").read_text())
+        tc = json.loads((model_dir / "train_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not ply.is_file() or metrics.get("step") != train.max_steps:
+        return False
+    old = {k: v for k, v in (tc.get("train") or {}).items() if k not in _TRAIN_COSMETIC}
+    new = {k: v for k, v in train.model_dump(mode="json").items() if k not in _TRAIN_COSMETIC}
+    if old != new:
+        raise ConfigError(f"{model_dir} holds a finished model trained with other options "
+                          "(" + ", ".join(sorted(k for k in new if old.get(k) != new[k]))
+                          + "): run with --force to train again, or choose another -o folder")
+    return (tc.get("scene") or {}).get("data_factor") == scene.data_factor
+
+
+def _eval_is_current(model_dir: Path, step: int) -> bool:
+    try:
+        metrics = json.loads((model_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    ev = metrics.get("eval") or {}
+    return (model_dir / "eval" / "metrics.csv").is_file() and ev.get("iteration") == step
+
+
+def _source_splats(model_dir: Path, step: int, scene: Any) -> Any:
+    """Splats of ``iteration_<step>`` in the source frame, as the export writers take them:
+    what ``read_ply`` returns, else numpy arrays from the checkpoint."""
+    try:
+        from .export import read_ply  # type: ignore[attr-defined]
+        return read_ply(model_dir / "point_cloud" / f"iteration_{step}" / "point_cloud.ply")
+    except ImportError:
+        pass
+    from .splats import splats_to_source_frame
+    from .train.checkpoint import checkpoint_path, load_checkpoint
+
+    ck = load_checkpoint(checkpoint_path(model_dir, step), map_location="cpu")
+    return splats_to_source_frame(ck["splats"], scene)
+
+
+def resolve_configs(preset: str, ingest: IngestConfig | None = None,
+                    sfm: SfmConfig | None = None, scene: SceneConfig | None = None,
+                    train: TrainConfig | None = None
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Apply ``preset`` to the fields left at their defaults (see :mod:`splatforge.presets`).
+
+    Returns:
+        ``(configs, deferred)``: stage -> config, and values resolved from the data later.
+    """
+    configs = {"ingest": ingest or IngestConfig(), "sfm": sfm or SfmConfig(),
+               "scene": scene or SceneConfig(), "train": train or TrainConfig()}
+    return apply_preset(preset, configs)
+
+
+def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "preview",
+                    ingest: IngestConfig | None = None, sfm: SfmConfig | None = None,
+                    scene: SceneConfig | None = None, train: TrainConfig | None = None,
+                    events: EventCallback | None = None, force: bool = False,
+                    lpips_weights: str | Path | None = None) -> ReconstructResult:
+    """ingest -> sfm -> train -> eval -> export over ``output`` (see the module docstring).
+
+    Args:
+        media: photos folder, .zip, video, COLMAP folder or transforms.json dataset.
+        output: the output folder (created).
+        preset: ``preview`` | ``default`` | ``quality``; fills the config fields left at
+            their defaults.
+        ingest, sfm, scene, train: stage configs (None = defaults).
+        events: progress callback; every stage reports under its own name, the pipeline as
+            ``reconstruct``.
+        force: redo every stage.
+        lpips_weights: passed to :func:`splatforge.eval.run_eval`.
+
+    Returns:
+        :class:`ReconstructResult`, also written to ``<output>/reconstruct.json``.
+
+    Raises:
+        InputError: unusable media or dataset (naming the file); earlier outputs are kept.
+        ConfigError: an unknown preset, invalid values, or a finished model trained with
+            other options (without ``force``).
+        SfmError: fewer than 3 images registered.
+        TrainingInterrupted: Ctrl-C during training (a checkpoint was written; run again).
+    """
+    from .eval import run_eval
+    from .export.model_dir import write_model_dir_files
+    from .scene import load_scene
+    from .train import run_train
+
+    media = Path(media)
+    out = Path(output)
+    rep = StageReporter("reconstruct", events)
+    configs, deferred = resolve_configs(preset, ingest, sfm, scene, train)
+    kind, dataset = classify_input(media)
+    if dataset is None:
+        media = media_folder(media)
+    out.mkdir(parents=True, exist_ok=True)
+    ws = out / "workspace"
+    model_dir = out / "model"
+    rep.started(f"{media} ({kind}) -> {out}, preset {preset}", input_kind=kind, preset=preset)
+    res = ReconstructResult(output=out, model_dir=model_dir, dataset=ws, input_kind=kind,
+                            preset=preset)
+    upstream_ran = force
+
+    def mark(stage: str, status: str, t0: float, reason: str = "") -> None:
+        res.stages[stage] = {"status": status, "seconds": round(time.monotonic() - t0, 3),
+                             "reason": reason}
+        if status == "skipped":
+            rep.info(f"{stage}: skipped ({reason})", stage=stage)
+
+    # -- ingest + sfm ---------------------------------------------------------------------
+    if dataset is not None:
+        res.dataset = dataset
+        t = time.monotonic()
+        mark("ingest", "skipped", t, f"input is a {kind} dataset")
+        mark("sfm", "skipped", t, f"input is a {kind} dataset")
+    else:
+        from .ingest import run_ingest
+        from .sfm import _ingest_is_current, _load_state, read_sfm_json, run_sfm
+
+        t = time.monotonic()
+        manifest = _load_state(ws / "ingest.json")
+        if not force and _ingest_is_current(manifest, media, configs["ingest"], ws):
+            mark("ingest", "skipped", t, f"{ws / 'input'} is up to date")
+        else:
+            run_ingest(configs["ingest"], media, ws, events)
+            upstream_ran = True
+            mark("ingest", "ran", t)
+        t = time.monotonic()
+        done = read_sfm_json(ws)
+        if done is not None and not upstream_ran:
+            sfm_res = done
+            mark("sfm", "skipped", t, f"{ws / 'sfm.json'} is complete")
+        else:
+            sfm_res = run_sfm(configs["sfm"], ws / "input", ws, events,
+                              ingest=configs["ingest"], force=upstream_ran)
+            upstream_ran = True
+            mark("sfm", "ran", t)
+        res.num_images, res.num_registered = sfm_res.num_images, sfm_res.num_registered
+
+    # -- scene options resolved from the data ---------------------------------------------
+    scene_cfg: SceneConfig = configs["scene"]
+    if deferred.get("scene.data_factor") == "auto":
+        w = _image_width(res.dataset)
+        f = preview_data_factor(w) if w else 1
+        scene_cfg = scene_cfg.model_copy(update={"data_factor": f})
+        rep.info(f"preset {preset}: data_factor {f} (images {w} px wide)")
+    if scene_cfg.cache_dir is None and dataset is not None:
+        scene_cfg = scene_cfg.model_copy(update={"cache_dir": (out / "cache").resolve()})
+    configs["scene"] = scene_cfg
+    train_cfg: TrainConfig = configs["train"]
+    res.config = {"preset": preset, "input": str(media.resolve()),
+                  **{k: v.model_dump(mode="json") for k, v in configs.items()}}
+
+    # -- train ------------------------------------------------------------------------------
+    t = time.monotonic()
+    if force and model_dir.exists():
+        shutil.rmtree(model_dir)
+    sc = load_scene(res.dataset, scene_cfg, events)
+    if res.num_images is None:
+        res.num_images = res.num_registered = len(sc.images)
+    if not upstream_ran and _train_is_current(model_dir, train_cfg, scene_cfg):
+        mark("train", "skipped", t, f"{model_dir} holds step {train_cfg.max_steps}")
+        metrics = json.loads((model_dir / "metrics.json").read_text())
+        res.num_gaussians = metrics.get("num_gaussians")
+        train_ran = False
+    else:
+        if upstream_ran and model_dir.exists() and not force:
+            shutil.rmtree(model_dir)  # a model of an earlier SfM is stale
+        tr = run_train(train_cfg, sc, model_dir, events, scene_config=scene_cfg, resume=True)
+        res.num_gaussians = tr.num_gaussians
+        train_ran = True
+        mark("train", "ran", t)
+    res.step = train_cfg.max_steps
+    upstream_ran = upstream_ran or train_ran
+
+    # -- eval -------------------------------------------------------------------------------
+    t = time.monotonic()
+    if not upstream_ran and _eval_is_current(model_dir, res.step):
+        ev = json.loads((model_dir / "metrics.json").read_text())["eval"]
+        mark("eval", "skipped", t, f"{model_dir / 'eval'} is current")
+    else:
+        ev = run_eval(model_dir, events, iteration=res.step, lpips_weights=lpips_weights,
+                      device=train_cfg.device)
+        upstream_ran = True
+        mark("eval", "ran", t)
+    res.psnr, res.ssim = ev.get("psnr"), ev.get("ssim")
+
+    # -- export -----------------------------------------------------------------------------
+    t = time.monotonic()
+    writers = _export_writers()
+    targets = {ext: out / f"scene{ext}" for ext in writers}
+    model_files = [model_dir / n for n in ("cameras.json", "cfg_args", "input.ply",
+                                           "config.json")]
+    if (not upstream_ran and all(p.is_file() for p in targets.values())
+            and all(p.is_file() for p in model_files)):
+        mark("export", "skipped", t, "every export file exists")
+    else:
+        from .train.trainer import resolve_device
+
+        write_model_dir_files(model_dir, sc, source_path=res.dataset,
+                              sh_degree=train_cfg.sh_degree,
+                              data_factor=scene_cfg.data_factor,
+                              device=str(resolve_device(train_cfg.device)), config=res.config)
+        if targets:
+            splats = _source_splats(model_dir, res.step, sc)
+            for ext, path in targets.items():
+                writers[ext](path, splats)
+        missing = sorted({".splat", ".spz"} - set(writers))
+        if missing:
+            rep.warning(f"export: no writer for {', '.join(missing)} in this version; "
+                        "skipped")
+        mark("export", "ran", t)
+
+    files = [model_dir / "point_cloud" / f"iteration_{res.step}" / "point_cloud.ply",
+             *model_files, model_dir / "metrics.json", model_dir / "eval" / "metrics.csv",
+             *targets.values()]
+    res.outputs = _sizes(files)
+    atomic_write_text(out / SUMMARY_NAME, json.dumps(res.to_json(), indent=2) + "\n")
+    rep.finished(f"{res.num_gaussians} Gaussians"
+                 + (f", held-out PSNR {res.psnr:.2f} dB" if res.psnr is not None else ""),
+                 stages=res.stages)
+    return res
+
+
+def format_summary(res: ReconstructResult) -> str:
+    """The text ``splatforge reconstruct`` prints at the end."""
+    lines = [f"reconstruct: {res.output} (preset {res.preset}, input {res.input_kind})"]
+    total = 0.0
+    for st in STAGES:
+        s = res.stages.get(st)
+        if s is None:
+            continue
+        total += s["seconds"]
+        extra = f" ({s['reason']})" if s["status"] == "skipped" else ""
+        lines.append(f"  {st:<7} {s['status']:<8} {s['seconds']:8.1f} s{extra}")
+    lines.append(f"  total            {total:8.1f} s")
+    if res.num_images is not None:
+        lines.append(f"registered images: {res.num_registered}/{res.num_images}")
+    lines.append(f"Gaussians: {res.num_gaussians} (step {res.step})")
+    if res.psnr is not None:
+        lines.append(f"held-out PSNR {res.psnr:.2f} dB, SSIM {res.ssim:.4f} "
+                     f"(LPIPS not computed: no weights given)")
+    else:
+        lines.append("no held-out views: no test metrics")
+    lines.append("outputs:")
+    for p, n in res.outputs.items():
+        lines.append(f"  {p}  ({n / 1e6:.2f} MB)" if n >= 1e5 else f"  {p}  ({n} B)")
+    lines.append(f"view: {view_command(res.model_dir)}  (the viewer is coming; meanwhile open "
+                 f"{res.model_dir}/point_cloud/iteration_{res.step}/point_cloud.ply in "
+                 "SuperSplat, https://superspl.at/editor)")
+    return "\n".join(lines)
