@@ -15,7 +15,14 @@ from .convert import (
                       splat_format,
                       write_splats,
 )
-from .ply import SH_C0, canonical_splats, inria_ply_properties, read_ply, sh_degree_of, write_ply
+from .ply import (
+                      SH_C0,
+                      canonical_splats,
+                      inria_ply_properties,
+                      read_ply,
+                      sh_degree_of,
+                      write_ply,
+)
 from .splat import decode_splat, encode_splat, read_splat, write_splat
 from .spz import encode_spz, read_spz, read_spz_header, write_spz
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..events import Event, EventCallback
-from ..util import atomic_path
+from ..util import atomic_path, read_input_bytes
 
 
 def inria_ply_properties(num_rest_coeffs: int) -> list[str]:
@@ -204,12 +204,7 @@ def read_ply(path: str | Path, events: EventCallback | None = None) -> dict[str,
     from plyfile import PlyData
 
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except OSError as e:
-        raise InputError(path, f"cannot read file ({e.strerror or e})") from None
+    raw = read_input_bytes(path)
     if not raw.startswith(b"ply"):
         raise InputError(path, "not a PLY file (it does not start with 'ply')",
                          "splatforge reads .ply, .splat and .spz splat files")

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..events import EventCallback
-from ..util import atomic_write_bytes
+from ..util import atomic_write_bytes, read_input_bytes
 from .ply import SH_C0, canonical_splats, drop_nonfinite
 
 #: One row of a ``.splat`` file.
@@ -129,12 +129,7 @@ def read_splat(path: str | Path, events: EventCallback | None = None) -> dict[st
         InputError: missing/unreadable file, or a size that is not a multiple of 32 bytes.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except OSError as e:
-        raise InputError(path, f"cannot read file ({e.strerror or e})") from None
+    data = read_input_bytes(path)
     if data[:3] == b"ply" or data[:2] == b"\x1f\x8b":
         raise InputError(path, "this is a PLY or gzip (.spz) file, not a .splat file",
                          "rename it to the right extension")

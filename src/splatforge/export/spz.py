@@ -56,7 +56,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..events import EventCallback
-from ..util import atomic_write_bytes
+from ..util import atomic_write_bytes, read_input_bytes
 from .ply import canonical_splats, drop_nonfinite, sh_degree_of
 
 SPZ_MAGIC = 0x5053474E
@@ -206,12 +206,7 @@ def read_spz_header(path: str | Path) -> dict[str, int]:
 
 
 def _gunzip(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except OSError as e:
-        raise InputError(path, f"cannot read file ({e.strerror or e})") from None
+    data = read_input_bytes(path)
     if data[:2] != b"\x1f\x8b":
         raise InputError(path, "not an .spz file (not gzip-compressed)",
                          "spz files are gzip streams starting with bytes 1f 8b")
