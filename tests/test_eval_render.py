@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_eval_writes_csv_png_and_merges_metrics(evaluated, model_copy, trained_p
 
 
 def test_eval_errors(tmp_path, model_copy):
-    from splatforge.errors import ConfigError, InputError
+    from splatforge.errors import InputError
     from splatforge.eval import run_eval
 
     with pytest.raises(InputError, match="no point_cloud"):
@@ -68,8 +69,36 @@ def test_eval_errors(tmp_path, model_copy):
         run_eval(model_copy, lpips_weights=tmp_path / "alex.pth")
     w = tmp_path / "alex.pth"
     w.write_bytes(b"x")
-    with pytest.raises(ConfigError):
+    with pytest.raises(InputError, match="alex.pth"):
         run_eval(model_copy, lpips_weights=w)
+
+
+def test_eval_with_lpips_weights(tmp_path, model_copy, trained_plush):
+    from splatforge.eval import run_eval
+
+    # random AlexNet + lin weights of the right shapes (format: splatforge.metrics.LPIPS)
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for i, (idx, cout, cin, k) in enumerate(((0, 64, 3, 11), (3, 192, 64, 5), (6, 384, 192, 3),
+                                             (8, 256, 384, 3), (10, 256, 256, 3))):
+        sd[f"features.{idx}.weight"] = (torch.randn(cout, cin, k, k, generator=g)
+                                         / (cin * k * k) ** 0.5)
+        sd[f"features.{idx}.bias"] = 0.1 * torch.randn(cout, generator=g)
+        sd[f"lin{i}.model.1.weight"] = torch.rand(1, cout, 1, 1, generator=g) / cout
+    w = tmp_path / "alex.pth"
+    torch.save(sd, w)
+    model = tmp_path / "model"
+    shutil.copytree(model_copy, model)
+    rec = run_eval(model, lpips_weights=w, save_images=False)
+    with open(model / "eval" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(trained_plush.scene.test_indices) > 0
+    assert all(float(r["lpips"]) > 0 for r in rows)
+    metrics = json.loads((model / "metrics.json").read_text())
+    assert metrics["lpips_skipped"] is None
+    assert metrics["lpips"] == pytest.approx(sum(float(r["lpips"]) for r in rows) / len(rows),
+                                             abs=1e-5)
+    assert metrics["eval"]["lpips"] == pytest.approx(rec["lpips"])
 
 
 def test_cli_eval_prints_lpips_skip(model_copy, capsys):

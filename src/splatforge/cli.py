@@ -155,7 +155,8 @@ def eval_cmd(model_dir: tyro.conf.Positional[Path], lpips_weights: Path | None =
 
     Args:
         model_dir: a model folder written by `splatforge train` or `reconstruct` (<out>/model).
-        lpips_weights: local LPIPS weights file (never downloaded); without it LPIPS is skipped.
+        lpips_weights: local LPIPS (alex, v0.1) weights file, never downloaded; its format and
+            how to build it: splatforge.metrics.LPIPS. Without it LPIPS is skipped.
         iteration: saved step to evaluate (default: the latest point_cloud/iteration_N).
         device: auto | cpu | cuda | cuda:N | mps.
     """
@@ -172,7 +173,10 @@ def eval_cmd(model_dir: tyro.conf.Positional[Path], lpips_weights: Path | None =
               f"{rec['psnr']:.2f} dB, SSIM {rec['ssim']:.4f} -> {model_dir}/eval/metrics.csv")
     else:
         print("no held-out views in this dataset: nothing evaluated")
-    print(f"LPIPS: {rec['lpips_skipped']}")
+    if rec.get("lpips") is not None:
+        print(f"LPIPS (alex): {rec['lpips']:.4f}")
+    else:
+        print(f"LPIPS: not computed: {rec['lpips_skipped']}")
 
 
 def render(model_dir: tyro.conf.Positional[Path],

@@ -7,7 +7,7 @@ trainer's checkpoint ``ckpts/step_N.pt`` when no PLY reader is available), rende
 held-out view (every 8th image by name, or the dataset's own split: the views the trainer never
 trained on) and writes::
 
-    <model_dir>/eval/metrics.csv        name, psnr, ssim (and lpips when computed), per image
+    <model_dir>/eval/metrics.csv        name, psnr, ssim (and lpips with weights), per image
     <model_dir>/eval/<name>.png         ground truth | render | absolute error x 4, side by side
     <model_dir>/metrics.json            merged: "eval" (per image and means, the iteration) and
                                         top-level "psnr", "ssim", "lpips", "lpips_skipped";
@@ -15,7 +15,9 @@ trained on) and writes::
 
 PSNR is per image, then averaged (INRIA ``metrics.py``); SSIM is
 :func:`splatforge.metrics.ssim` (Gaussian window 11, sigma 1.5). Renders use the torch
-rasterizer on CPU and gsplat on CUDA (``backend="auto"``).
+rasterizer on CPU and gsplat on CUDA (``backend="auto"``). LPIPS (:class:`splatforge.metrics.LPIPS`,
+AlexNet v0.1) is computed per image when a local weights file is given (its format is in that
+class's docstring); otherwise ``"lpips": null`` and the reason in ``"lpips_skipped"``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 
 from .config import SceneConfig
-from .errors import ConfigError, InputError
+from .errors import InputError
 from .events import EventCallback, StageReporter
 from .util import atomic_path, atomic_write_text
 
@@ -215,21 +217,6 @@ def _save_png(path: Path, arr: np.ndarray) -> None:
         tmp.write_bytes(buf.getvalue())
 
 
-def _check_lpips(weights: Path | None) -> None:
-    if weights is None:
-        return
-    weights = Path(weights)
-    if not weights.is_file():
-        raise InputError(weights, "LPIPS weights file not found")
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        raise ConfigError("--lpips-weights needs torchvision (the AlexNet/VGG backbone), which "
-                          "is not installed: pip install torchvision") from None
-    raise ConfigError("LPIPS is not implemented in this version of splatforge; run eval "
-                      "without --lpips-weights (PSNR and SSIM are computed)")
-
-
 @torch.no_grad()
 def run_eval(model_dir: str | Path, events: EventCallback | None = None, *,
              iteration: int | None = None, lpips_weights: str | Path | None = None,
@@ -240,32 +227,36 @@ def run_eval(model_dir: str | Path, events: EventCallback | None = None, *,
         model_dir: a model folder (``point_cloud/iteration_N``, ``train_config.json``).
         events: progress callback (stage ``eval``, counter "views").
         iteration: the saved step to evaluate (default: the latest).
-        lpips_weights: local LPIPS weights; without them LPIPS is skipped and said so.
+        lpips_weights: local LPIPS weights (see :class:`splatforge.metrics.LPIPS` for the
+            format); without them LPIPS is skipped and said so.
         device: ``auto`` | ``cpu`` | ``cuda[:N]`` | ``mps``.
         save_images: write the side-by-side PNGs.
 
     Returns:
         the ``eval`` record merged into ``metrics.json``: ``iteration``, ``psnr`` (dB),
-        ``ssim``, ``lpips`` (None), ``lpips_skipped``, ``num_images``, ``images`` (per view
-        ``name``, ``psnr``, ``ssim``), ``seconds``.
+        ``ssim``, ``lpips`` (mean, or None without weights), ``lpips_skipped`` (the reason, or
+        None when computed), ``num_images``, ``images`` (per view ``name``, ``psnr``, ``ssim``
+        and ``lpips`` with weights), ``seconds``.
 
     Raises:
-        InputError: see :func:`read_model_info`; a missing weights file.
-        ConfigError: LPIPS weights given but torchvision missing / LPIPS unavailable.
+        InputError: see :func:`read_model_info`; a missing or malformed LPIPS weights file.
     """
     import time
 
-    from .metrics import psnr, ssim
+    from .metrics import LPIPS, psnr, ssim
     from .scene import load_image
     from .train.evaluate import render_view
 
-    _check_lpips(Path(lpips_weights) if lpips_weights else None)
+    # A bad weights file fails before any scene loading.
+    lp_model = LPIPS.from_file(lpips_weights) if lpips_weights else None
     rep = StageReporter("eval", events)
     t0 = time.monotonic()
     model_dir = Path(model_dir)
     rep.started(f"evaluating {model_dir}")
     info, scene, params, dev, backend = open_model(model_dir, iteration, events, device)
     sh = sh_degree_of(params)
+    if lp_model is not None:
+        lp_model = lp_model.to(dev)
     idx = list(scene.test_indices)
     if not idx:
         rep.warning("the dataset has no held-out views (test_every 0): nothing to evaluate")
@@ -280,6 +271,8 @@ def run_eval(model_dir: str | Path, events: EventCallback | None = None, *,
         r = render[0].clamp(0.0, 1.0)
         row = {"name": scene.images[i].name, "psnr": float(psnr(r, gt)),
                "ssim": float(ssim(r, gt))}
+        if lp_model is not None:
+            row["lpips"] = float(lp_model(r, gt))
         rows.append(row)
         if save_images:
             r_u8 = (r.cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
@@ -291,8 +284,9 @@ def run_eval(model_dir: str | Path, events: EventCallback | None = None, *,
         "iteration": info.iteration,
         "psnr": sum(r["psnr"] for r in rows) / n if n else None,
         "ssim": sum(r["ssim"] for r in rows) / n if n else None,
-        "lpips": None,
-        "lpips_skipped": LPIPS_SKIPPED,
+        "lpips": (sum(r["lpips"] for r in rows) / n if n and lp_model is not None
+                  else None),
+        "lpips_skipped": None if lp_model is not None else LPIPS_SKIPPED,
         "num_images": n,
         "backend": backend,
         "images": rows,
@@ -300,9 +294,10 @@ def run_eval(model_dir: str | Path, events: EventCallback | None = None, *,
     }
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["name", "psnr", "ssim"])
+    w.writerow(["name", "psnr", "ssim"] + (["lpips"] if lp_model is not None else []))
     for r in rows:
-        w.writerow([r["name"], f"{r['psnr']:.4f}", f"{r['ssim']:.6f}"])
+        w.writerow([r["name"], f"{r['psnr']:.4f}", f"{r['ssim']:.6f}"]
+                   + ([f"{r['lpips']:.6f}"] if lp_model is not None else []))
     atomic_write_text(out_dir / "metrics.csv", buf.getvalue())
     mpath = model_dir / "metrics.json"
     metrics: dict[str, Any] = {}
@@ -315,8 +310,11 @@ def run_eval(model_dir: str | Path, events: EventCallback | None = None, *,
     for key in ("psnr", "ssim", "lpips", "lpips_skipped"):
         metrics[key] = record[key]
     atomic_write_text(mpath, json.dumps(metrics, indent=2) + "\n")
-    rep.info(f"LPIPS skipped: {LPIPS_SKIPPED}")
+    if lp_model is None:
+        rep.info(f"LPIPS skipped: {LPIPS_SKIPPED}")
     rep.finished(f"{n} held-out views" + (f": PSNR {record['psnr']:.2f} dB, SSIM "
-                                          f"{record['ssim']:.4f}" if n else ""),
-                 psnr=record["psnr"], ssim=record["ssim"], num_images=n)
+                                          f"{record['ssim']:.4f}" if n else "")
+                 + (f", LPIPS {record['lpips']:.4f}" if record["lpips"] is not None else ""),
+                 psnr=record["psnr"], ssim=record["ssim"], lpips=record["lpips"],
+                 num_images=n)
     return record
