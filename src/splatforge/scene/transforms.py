@@ -199,6 +199,21 @@ def _assign_camera_ids(views: list[RawView]) -> None:
         c.id = v.camera_id
 
 
+def _frame_view(meta: dict, frame: Any, idx: int, json_path: Path, base: Path) -> RawView:
+    """The posed view of ``frames[idx]`` of a transforms file (camera id assigned later).
+
+    Raises:
+        InputError: the frame is not an object, or its image, camera or matrix is bad.
+    """
+    if not isinstance(frame, dict):
+        raise InputError(json_path, f"frame {idx} is not a JSON object")
+    path, name = _resolve_image(base, _file_path(frame, json_path, idx))
+    cam = frame_camera(meta, frame, path, json_path, idx)
+    viewmat = c2w_gl_to_viewmat(_frame_matrix(frame, json_path, idx))
+    return RawView(name=name, path=path, camera=cam, viewmat=viewmat, camera_id=0,
+                   source=json_path, camera_source=json_path)
+
+
 def read_nerfstudio(json_path: Path, data_factor: int = 1) -> tuple[list[RawView], dict]:
     """Read a nerfstudio / instant-ngp ``transforms.json``.
 
@@ -216,16 +231,11 @@ def read_nerfstudio(json_path: Path, data_factor: int = 1) -> tuple[list[RawView
     base = json_path.parent
     views: list[RawView] = []
     for idx, frame in enumerate(meta["frames"]):
-        if not isinstance(frame, dict):
-            raise InputError(json_path, f"frame {idx} is not a JSON object")
-        path, name = _resolve_image(base, _file_path(frame, json_path, idx))
-        cam = frame_camera(meta, frame, path, json_path, idx)
-        viewmat = c2w_gl_to_viewmat(_frame_matrix(frame, json_path, idx))
+        view = _frame_view(meta, frame, idx, json_path, base)
         mask = frame.get("mask_path")
-        views.append(RawView(name=name, path=path, camera=cam, viewmat=viewmat, camera_id=0,
-                             source=json_path, camera_source=json_path,
-                             mask_path=(base / _clean_name(mask)) if isinstance(mask, str)
-                             else None))
+        if isinstance(mask, str):
+            view.mask_path = base / _clean_name(mask)
+        views.append(view)
     _assign_camera_ids(views)
     if data_factor > 1:
         scaled = [base / f"images_{data_factor}" / v.path.name for v in views]
@@ -294,12 +304,8 @@ def read_blender(root: Path) -> list[RawView]:
             continue
         meta = load_json(jp)
         for idx, frame in enumerate(meta["frames"]):
-            if not isinstance(frame, dict):
-                raise InputError(jp, f"frame {idx} is not a JSON object")
-            path, name = _resolve_image(root, _file_path(frame, jp, idx))
-            cam = frame_camera(meta, frame, path, jp, idx)
-            viewmat = c2w_gl_to_viewmat(_frame_matrix(frame, jp, idx))
-            views.append(RawView(name=name, path=path, camera=cam, viewmat=viewmat,
-                                 camera_id=0, source=jp, camera_source=jp, split=split))
+            view = _frame_view(meta, frame, idx, jp, root)
+            view.split = split
+            views.append(view)
     _assign_camera_ids(views)
     return views
