@@ -20,7 +20,8 @@ Resuming: each stage is skipped when its outputs are complete (ingest: ``ingest.
 for the media; sfm: ``sfm.json`` complete; train: the final ``point_cloud/iteration_<max_steps>``
 and ``metrics.json`` at that step; eval: ``eval/metrics.csv`` for that iteration; export: every
 export file present). An interrupted training run continues from its last checkpoint
-(``run_train(resume=True)``). When a stage runs, every later stage runs again (training starts
+(``run_train(resume=True,
+                       step_hook=step_hook)``). When a stage runs, every later stage runs again (training starts
 afresh after a new SfM). ``force=True`` redoes everything. A failing stage raises and leaves the
 outputs of earlier runs in place (stages write to temporary files and rename).
 """
@@ -238,7 +239,8 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "pre
                     ingest: IngestConfig | None = None, sfm: SfmConfig | None = None,
                     scene: SceneConfig | None = None, train: TrainConfig | None = None,
                     events: EventCallback | None = None, force: bool = False,
-                    lpips_weights: str | Path | None = None) -> ReconstructResult:
+                    lpips_weights: str | Path | None = None,
+                    step_hook: Any = None) -> ReconstructResult:
     """ingest -> sfm -> train -> eval -> export over ``output`` (see the module docstring).
 
     Args:
@@ -251,6 +253,7 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "pre
             ``reconstruct``.
         force: redo every stage.
         lpips_weights: passed to :func:`splatforge.eval.run_eval`.
+        step_hook: passed to :func:`splatforge.train.run_train` (the live viewer's hook).
 
     Returns:
         :class:`ReconstructResult`, also written to ``<output>/reconstruct.json``.
@@ -347,7 +350,8 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "pre
     else:
         if upstream_ran and model_dir.exists() and not force:
             shutil.rmtree(model_dir)  # a model of an earlier SfM is stale
-        tr = run_train(train_cfg, sc, model_dir, events, scene_config=scene_cfg, resume=True)
+        tr = run_train(train_cfg, sc, model_dir, events, scene_config=scene_cfg, resume=True,
+                       step_hook=step_hook)
         res.num_gaussians = tr.num_gaussians
         train_ran = True
         mark("train", "ran", t)

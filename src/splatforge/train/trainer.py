@@ -34,7 +34,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +75,12 @@ _INCOMPATIBLE = ("sh_degree", "strategy")
 
 #: Config fields that do not change the optimisation (no warning when they differ on resume).
 _NO_EFFECT = ("log_every", "eval_every", "image_cache_mb", "save_steps")
+
+#: ``step_hook(trainer, step)``: called after every completed step (parameters consistent, in
+#: the training thread). It may block (the loop really pauses while it does), read
+#: ``trainer.params`` (detach before use), or raise ``KeyboardInterrupt`` to stop training with
+#: a checkpoint. Used by the live viewer (pause/resume, splat refresh).
+StepHook = Callable[["Trainer", int], None]
 
 #: The numbers of a logged step that progress events carry (train_log.jsonl has more).
 PROGRESS_KEYS = ("loss", "psnr", "num_gaussians", "steps_per_second")
@@ -317,8 +323,10 @@ class Trainer:
     """One training run over a scene into a model folder (see :func:`run_train`)."""
 
     def __init__(self, config: TrainConfig, scene: Any, model_dir: str | Path,
-                 events: EventCallback | None = None, scene_config: SceneConfig | None = None):
+                 events: EventCallback | None = None, scene_config: SceneConfig | None = None,
+                 step_hook: StepHook | None = None):
         self.config = config
+        self.step_hook = step_hook
         self.scene_config = scene_config or SceneConfig()
         self.model_dir = Path(model_dir)
         self.rep = StageReporter(STAGE, events)
@@ -709,6 +717,8 @@ class Trainer:
                 shown = {key: data[key] for key in PROGRESS_KEYS if key in data}
                 self.rep.events(Event("progress", STAGE, "training", step=k, total=n,
                                       eta_s=eta, data=shown))
+            if self.step_hook is not None:
+                self.step_hook(self, k)
             if flag.requested:
                 raise KeyboardInterrupt
         return session_steps, session_time
@@ -765,7 +775,8 @@ def _json_default(o: Any) -> Any:
 
 def run_train(config: TrainConfig, scene: Any, model_dir: str | Path,
               events: EventCallback | None = None, scene_config: SceneConfig | None = None,
-              resume: bool | str | Path | None = None) -> TrainResult:
+              resume: bool | str | Path | None = None,
+              step_hook: StepHook | None = None) -> TrainResult:
     """Train a 3DGS scene into ``model_dir`` (see the module docstring for the recipe/layout).
 
     Args:
@@ -781,6 +792,8 @@ def run_train(config: TrainConfig, scene: Any, model_dir: str | Path,
         resume: None/False = fresh run (an error when ``model_dir`` already has checkpoints);
             True = continue from the latest ``ckpts/step_N.pt`` in ``model_dir`` (fresh when
             there is none); a path = that checkpoint (or the latest in that folder).
+        step_hook: ``step_hook(trainer, step)`` after every step (see :data:`StepHook`);
+            the time it blocks is not counted as training time.
 
     Returns:
         :class:`TrainResult`.
@@ -793,4 +806,4 @@ def run_train(config: TrainConfig, scene: Any, model_dir: str | Path,
         TrainingInterrupted: (a ``KeyboardInterrupt``) Ctrl-C or a KeyboardInterrupt from
             ``events``; a checkpoint of the last completed step was written first.
     """
-    return Trainer(config, scene, model_dir, events, scene_config).run(resume)
+    return Trainer(config, scene, model_dir, events, scene_config, step_hook).run(resume)
