@@ -1,0 +1,177 @@
+"""The FastAPI application: :func:`create_app`.
+
+Routers live in small modules: :mod:`.routes_scenes` (scenes, media, artifacts),
+:mod:`.routes_jobs` (jobs, progress events, logs, cancel), :mod:`.routes_compat` (the
+baking-server routes an existing frontend calls) and, when present, ``routes_view`` (the
+viewer). ``app.state`` carries ``settings``, ``storage`` and ``executor``.
+
+Two pure-ASGI middlewares run before any route: the bearer API key (when
+``SPLATFORGE_API_KEY`` is set, every path but ``/healthz`` needs ``Authorization: Bearer
+<key>``; 401 otherwise) and the request-size limit (``Content-Length`` above the limit, or a
+streamed body that grows past it, is answered 413 before the body is read or stored).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from ..errors import ConfigError
+from .db import get_engine, init_db
+from .settings import ServiceSettings
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _send_json(send: Any, status: int, body: dict[str, Any],
+                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(data)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": data})
+
+
+class GuardMiddleware:
+    """API-key check and request-size limit (see the module docstring)."""
+
+    def __init__(self, app: Any, api_key: str | None, max_bytes: int):
+        self.app = app
+        self.api_key = api_key
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        if self.api_key and scope.get("path") != "/healthz":
+            auth = headers.get("authorization", "")
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                    token.strip().encode(), self.api_key.encode()):
+                await _send_json(send, 401, {"detail": "missing or wrong API key "
+                                             "(Authorization: Bearer <key>)"},
+                                 [(b"www-authenticate", b"Bearer")])
+                return
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await _send_json(send, 413, {"detail": f"request body of {length} bytes exceeds "
+                                         f"the limit of {self.max_bytes} bytes "
+                                         "(SPLATFORGE_MAX_UPLOAD_MB)"})
+            return
+        seen = 0
+        started = False
+
+        async def counting_receive() -> dict[str, Any]:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge()
+            return msg
+
+        async def tracking_send(msg: dict[str, Any]) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _send_json(send, 413, {"detail": "request body exceeds the limit of "
+                                             f"{self.max_bytes} bytes "
+                                             "(SPLATFORGE_MAX_UPLOAD_MB)"})
+
+
+def create_app(settings: ServiceSettings | None = None, *, start_executor: bool = True
+               ) -> FastAPI:
+    """The job service's FastAPI application.
+
+    Args:
+        settings: service settings (default :meth:`ServiceSettings.from_env`).
+        start_executor: start the executor at startup (recover queued and orphaned jobs);
+            False serves the API only (jobs stay queued).
+
+    Startup runs the Alembic migrations (:func:`splatforge.service.db.init_db`), opens the
+    artifact store and starts the executor (``recover()``); shutdown stops it.
+    """
+    from .executors import make_executor
+    from .routes_compat import router as compat_router
+    from .routes_jobs import router as jobs_router
+    from .routes_scenes import router as scenes_router
+    from .store import get_store
+
+    settings = settings or ServiceSettings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        init_db(settings)
+        app.state.storage = get_store(settings)
+        app.state.executor = None
+        if start_executor:
+            app.state.executor = make_executor(settings)
+            app.state.executor.recover()
+        app.state.started_at = time.time()
+        try:
+            yield
+        finally:
+            if app.state.executor is not None:
+                app.state.executor.shutdown()
+
+    app = FastAPI(
+        title="splatforge job service",
+        version="0.1.0",
+        description="Upload media, start reconstruction jobs, watch their progress and "
+                    "download the trained Gaussian splats.",
+        lifespan=lifespan)
+    app.state.settings = settings
+    app.state.executor = None
+
+    @app.exception_handler(ConfigError)
+    async def config_error(request: Request, exc: ConfigError) -> JSONResponse:
+        return JSONResponse({"detail": [{"loc": ["body"], "msg": str(exc),
+                                         "type": "config_error"}]}, status_code=422)
+    app.add_middleware(GuardMiddleware, api_key=settings.api_key,
+                       max_bytes=settings.max_upload_bytes)
+
+    @app.get("/healthz", tags=["service"])
+    def healthz() -> dict[str, Any]:
+        """Liveness and database reachability (no API key needed)."""
+        try:
+            with get_engine(settings).connect() as conn:
+                conn.execute(text("SELECT 1"))
+            db_ok = True
+        except Exception:  # noqa: BLE001
+            db_ok = False
+        body = {"status": "ok" if db_ok else "degraded", "database": db_ok,
+                "executor": settings.executor}
+        if not db_ok:
+            return JSONResponse(body, status_code=503)  # type: ignore[return-value]
+        return body
+
+    app.include_router(scenes_router)
+    app.include_router(jobs_router)
+    app.include_router(compat_router)
+    try:
+        from .routes_view import router as view_router
+    except ImportError:
+        view_router = None
+    if view_router is not None:
+        app.include_router(view_router)
+    return app

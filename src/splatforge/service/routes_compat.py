@@ -1,0 +1,105 @@
+"""The baking-server routes an existing frontend already calls.
+
+* ``POST /scene/{id}/train_gsplat?data_factor=1|2|4|8&max_steps=30000`` trains on the scene's
+  COLMAP model (``colmap/{id}/`` in the artifact store, or a COLMAP dataset uploaded as
+  media) and images (beside the model, or the scene's media): 202 with the job id; 404 when
+  the scene has no COLMAP model, 400 when images are missing. A scene id the database does
+  not know yet but the store holds (``colmap/{id}/`` written by another service) is adopted.
+* ``GET /scene/{id}/train_gsplat/status`` -> ``not_started`` | ``processing`` (progress) |
+  ``complete`` (model size, config, download_url) | ``failed`` (error).
+* ``GET /scene/{id}/gsplat/model`` -> the PLY as ``{id}_gaussian_splatting.ply``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import select
+
+from .db import Job, Scene, job_to_json, session_scope
+from .routes_jobs import create_job
+from .routes_scenes import serve_object
+from .store import SCENE_ID_RE, colmap_prefix, media_prefix, outputs_prefix
+
+router = APIRouter(tags=["compat"])
+
+_IMAGE_EXT = (".jpg", ".jpeg", ".png")
+
+
+def _check_id(scene_id: str) -> None:
+    if not SCENE_ID_RE.match(scene_id):
+        raise HTTPException(400, f"invalid scene id {scene_id!r}")
+
+
+def _model_and_images(store: Any, scene_id: str) -> tuple[bool, bool]:
+    """(has a COLMAP model, has images) from ``colmap/{id}/`` and ``media/{id}/``."""
+    keys = [o.key for o in store.list(colmap_prefix(scene_id))]
+    keys += [o.key for o in store.list(media_prefix(scene_id))]
+    has_model = any(k.rsplit("/", 1)[-1] in ("cameras.bin", "cameras.txt") for k in keys)
+    has_images = any(k.lower().endswith(_IMAGE_EXT) for k in keys)
+    return has_model, has_images
+
+
+@router.post("/scene/{scene_id}/train_gsplat", status_code=202)
+def train_gsplat(request: Request, scene_id: str,
+                 data_factor: Literal[1, 2, 4, 8] = Query(1, description="1 | 2 | 4 | 8"),
+                 max_steps: int = Query(30_000, ge=1, le=10_000_000)) -> JSONResponse:
+    """Train Gaussian splats on the scene's COLMAP model (preset ``default``)."""
+    _check_id(scene_id)
+    settings = request.app.state.settings
+    store = request.app.state.storage
+    has_model, has_images = _model_and_images(store, scene_id)
+    with session_scope(settings) as s:
+        scene = s.get(Scene, scene_id)
+        if not has_model:
+            raise HTTPException(404, f"scene {scene_id!r} has no COLMAP model "
+                                     f"(colmap/{scene_id}/sparse/0)")
+        if not has_images:
+            raise HTTPException(400, f"scene {scene_id!r} has a COLMAP model but no images")
+        if scene is None:
+            s.add(Scene(id=scene_id, name=f"{scene_id} (compat)", media_kind="colmap",
+                        updated_at=time.time()))
+    config = {"preset": "default", "scene": {"data_factor": data_factor},
+              "train": {"max_steps": max_steps}}
+    out = create_job(settings, request.app.state.executor, scene_id, config, max_steps,
+                     kind="train_gsplat")
+    return JSONResponse({"scene_id": scene_id, "job_id": out["id"], "status": "processing",
+                         "status_url": f"/scene/{scene_id}/train_gsplat/status"},
+                        status_code=202)
+
+
+@router.get("/scene/{scene_id}/train_gsplat/status")
+def train_gsplat_status(request: Request, scene_id: str) -> dict[str, Any]:
+    """``not_started`` | ``processing`` | ``complete`` | ``failed`` for the latest job."""
+    _check_id(scene_id)
+    settings = request.app.state.settings
+    with session_scope(settings) as s:
+        job = s.execute(select(Job).where(Job.scene_id == scene_id)
+                        .order_by(Job.created_at.desc()).limit(1)).scalars().first()
+        if job is None:
+            return {"scene_id": scene_id, "status": "not_started"}
+        j = job_to_json(job)
+    base = {"scene_id": scene_id, "job_id": j["id"]}
+    if j["status"] in ("queued", "running"):
+        return {**base, "status": "processing", "stage": j["stage"],
+                "progress": j["progress"], "eta_s": j["eta_s"]}
+    if j["status"] == "succeeded":
+        store = request.app.state.storage
+        key = outputs_prefix(scene_id) + "point_cloud.ply"
+        size = store.size(key) if store.exists(key) else None
+        return {**base, "status": "complete", "model_size": size, "config": j["config"],
+                "metrics": j["metrics"], "download_url": f"/scene/{scene_id}/gsplat/model"}
+    return {**base, "status": "failed",
+            "error": (j["error"] or {}).get("message") or j["status"]}
+
+
+@router.get("/scene/{scene_id}/gsplat/model")
+def gsplat_model(request: Request, scene_id: str) -> Response:
+    """The trained PLY, as ``{id}_gaussian_splatting.ply``."""
+    _check_id(scene_id)
+    store = request.app.state.storage
+    return serve_object(request, store, outputs_prefix(scene_id) + "point_cloud.ply",
+                        f"{scene_id}_gaussian_splatting.ply")

@@ -1,0 +1,244 @@
+"""Jobs: start, status, live events (SSE), log, cancel.
+
+* ``POST /scenes/{id}/jobs`` with a pipeline config -> 202 ``{"job_id": ...}``; an invalid
+  config -> 422 naming the field; a scene without media -> 400; an unknown scene -> 404.
+* ``GET /jobs/{id}``: status, stage, progress, ETA, metrics, error, timestamps.
+* ``GET /jobs/{id}/events``: Server-Sent Events, one ``data:`` JSON per event row, read from
+  the database (so it works for any worker on any machine), ending when the job ends.
+* ``GET /jobs/{id}/log``: the events as text.
+* ``POST /jobs/{id}/cancel``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter, Body, HTTPException, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from sqlalchemy import select
+
+from ..config import IngestConfig, SceneConfig, SfmConfig, TrainConfig, parse_config
+from ..errors import ConfigError
+from ..presets import PresetName
+from .db import FINAL_STATUSES, Job, JobEvent, add_event, job_to_json, session_scope
+from .routes_scenes import get_scene_or_404
+
+router = APIRouter(tags=["jobs"])
+
+#: SSE: seconds between database polls, and between keep-alive comments.
+SSE_POLL_S = 0.25
+SSE_KEEPALIVE_S = 15.0
+
+
+class JobRequest(BaseModel):
+    """A pipeline configuration: the CLI's stage models (``splatforge.config``). Fields left
+    out take the preset's values, then the model defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: PresetName = Field("preview", description="preview | default | quality")
+    ingest: IngestConfig | None = None
+    sfm: SfmConfig | None = None
+    scene: SceneConfig | None = None
+    train: TrainConfig | None = None
+
+    @field_validator("ingest", "sfm", "scene", "train", mode="before")
+    @classmethod
+    def _stage(cls, value: Any, info: ValidationInfo) -> Any:
+        # validate through parse_config so the error names the field as stage.field
+        if isinstance(value, dict):
+            model = cls.model_fields[info.field_name].annotation.__args__[0]
+            try:
+                return parse_config(model, value, prefix=f"{info.field_name}.")
+            except ConfigError as e:
+                msg = str(e)
+                if f"\n  {info.field_name}." not in msg:
+                    msg = msg.replace("\n  ", f"\n  {info.field_name}.")
+                raise ValueError(msg) from None
+        return value
+
+
+def _unprocessable(loc: list[str], msg: str) -> HTTPException:
+    return HTTPException(422, [{"loc": ["body", *loc], "msg": msg, "type": "value_error"}])
+
+
+def check_job_request(body: JobRequest, settings: Any) -> tuple[dict[str, Any], int]:
+    """The job's config JSON and its resolved ``max_steps``.
+
+    Raises:
+        HTTPException: 422 for options a client may not set (server paths) or a combination
+            that only fails once the preset is applied.
+    """
+    from ..pipeline import resolve_configs
+    from .runner import check_allowed_path
+
+    if body.scene is not None and body.scene.cache_dir is not None:
+        raise _unprocessable(["scene", "cache_dir"], "cache_dir is chosen by the server")
+    if body.sfm is not None and body.sfm.vocab_tree_path is not None:
+        try:
+            check_allowed_path(body.sfm.vocab_tree_path, settings)
+        except Exception as e:  # noqa: BLE001
+            raise _unprocessable(["sfm", "vocab_tree_path"], str(e)) from None
+    try:
+        configs, _ = resolve_configs(body.preset, body.ingest, body.sfm, body.scene,
+                                     body.train)
+    except ConfigError as e:
+        raise _unprocessable(["train"], str(e)) from None
+    config = body.model_dump(mode="json", exclude_unset=True, exclude_none=True)
+    config["preset"] = body.preset
+    return config, configs["train"].max_steps
+
+
+def create_job(settings: Any, executor: Any, scene_id: str, config: dict[str, Any],
+               max_steps: int | None, kind: str = "reconstruct") -> dict[str, Any]:
+    """Insert a queued job and hand it to the executor; returns its JSON."""
+    with session_scope(settings) as s:
+        job = Job(scene_id=scene_id, kind=kind, config=config, max_steps=max_steps,
+                  status="queued", metrics={})
+        s.add(job)
+        s.flush()
+        add_event(s, job.id, "status", "queued", data={"status": "queued"})
+        out = job_to_json(job)
+    if executor is not None:
+        executor.submit(out["id"])
+    return out
+
+
+@router.post("/scenes/{scene_id}/jobs", status_code=202)
+def start_job(request: Request, scene_id: str,
+              body: JobRequest | None = Body(
+                  None, examples=[{"preset": "preview", "scene": {"data_factor": 4},
+                                   "train": {"max_steps": 2000}}])) -> JSONResponse:
+    """Start a reconstruction of the scene's media; 202 with the job id."""
+    settings = request.app.state.settings
+    body = body or JobRequest()
+    with session_scope(settings) as s:
+        scene = get_scene_or_404(s, scene_id)
+        if not scene.media_files and not scene.source_uri:
+            raise HTTPException(400, f"scene {scene_id} has no media: upload images, a zip "
+                                     "or a video (POST /scenes/{id}/media) first")
+    config, max_steps = check_job_request(body, settings)
+    out = create_job(settings, request.app.state.executor, scene_id, config, max_steps)
+    return JSONResponse({"job_id": out["id"], **out}, status_code=202,
+                        headers={"Location": f"/jobs/{out['id']}"})
+
+
+def get_job_or_404(session: Any, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise HTTPException(404, f"job {job_id!r} not found")
+    return job
+
+
+@router.get("/jobs")
+def list_jobs(request: Request, scene_id: str | None = None, status: str | None = None,
+              limit: int = 100) -> list[dict[str, Any]]:
+    """Jobs, newest first (filter by scene or status)."""
+    q = select(Job).order_by(Job.created_at.desc()).limit(max(1, min(limit, 1000)))
+    if scene_id:
+        q = q.where(Job.scene_id == scene_id)
+    if status:
+        q = q.where(Job.status == status)
+    with session_scope(request.app.state.settings) as s:
+        return [job_to_json(j) for j in s.execute(q).scalars().all()]
+
+
+@router.get("/jobs/{job_id}")
+def get_job(request: Request, job_id: str) -> dict[str, Any]:
+    """Status (queued | running | succeeded | failed | cancelled), stage, progress (step,
+    total, max_steps, fraction), ETA (s), metrics, error (stage, message), timestamps."""
+    with session_scope(request.app.state.settings) as s:
+        return job_to_json(get_job_or_404(s, job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", status_code=202)
+def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
+    """Ask the job to stop: a queued job ends at once, a running one within seconds
+    (training stops at a step boundary with a checkpoint; finished stages' outputs stay)."""
+    settings = request.app.state.settings
+    with session_scope(settings) as s:
+        job = get_job_or_404(s, job_id)
+        if job.status in FINAL_STATUSES:
+            return job_to_json(job)
+        job.cancel_requested = True
+        job.updated_at = time.time()
+        add_event(s, job.id, "info", "cancel requested", stage=job.stage)
+    executor = request.app.state.executor
+    if executor is not None:
+        executor.cancel(job_id)
+    with session_scope(settings) as s:
+        return job_to_json(get_job_or_404(s, job_id))
+
+
+def _sse(ev: JobEvent) -> str:
+    return f"id: {ev.id}\nevent: {ev.kind}\ndata: {json.dumps(ev.to_json())}\n\n"
+
+
+@router.get("/jobs/{job_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}}})
+def job_events(request: Request, job_id: str, after: int = 0) -> StreamingResponse:
+    """Server-Sent Events: every event row of the job from ``after`` (or ``Last-Event-ID``)
+    on, as they are written; the stream ends with an ``end`` event once the job is finished
+    (succeeded, failed or cancelled)."""
+    settings = request.app.state.settings
+    with session_scope(settings) as s:
+        get_job_or_404(s, job_id)
+    last = request.headers.get("last-event-id")
+    start = int(last) if last and last.isdigit() else after
+
+    def stream() -> Iterator[str]:
+        last_id = start
+        last_sent = time.monotonic()
+        yield "retry: 1000\n\n"
+        while True:
+            with session_scope(settings) as s:
+                rows = s.execute(select(JobEvent).where(JobEvent.job_id == job_id,
+                                                        JobEvent.id > last_id)
+                                 .order_by(JobEvent.id).limit(500)).scalars().all()
+                status = s.execute(select(Job.status).where(Job.id == job_id)).scalar()
+            for ev in rows:
+                last_id = ev.id
+                yield _sse(ev)
+            if rows:
+                last_sent = time.monotonic()
+                continue
+            if status is None or status in FINAL_STATUSES:
+                yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
+                return
+            if time.monotonic() - last_sent > SSE_KEEPALIVE_S:
+                last_sent = time.monotonic()
+                yield ": keep-alive\n\n"
+            time.sleep(SSE_POLL_S)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache",
+                                      "X-Accel-Buffering": "no"})
+
+
+def format_log_line(ev: JobEvent) -> str:
+    t = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ev.time)) + f".{int(ev.time % 1 * 1000):03d}Z"
+    where = f"[{ev.stage}] " if ev.stage else ""
+    step = ""
+    if ev.step is not None:
+        step = f" {ev.step}/{ev.total}" if ev.total else f" {ev.step}"
+    msg = f"{t} {where}{ev.kind}{step}: {ev.message}"
+    tb = (ev.data or {}).get("traceback")
+    if tb:
+        msg += "\n" + tb.rstrip()
+    return msg
+
+
+@router.get("/jobs/{job_id}/log", response_class=PlainTextResponse)
+def job_log(request: Request, job_id: str) -> PlainTextResponse:
+    """The job's events as text, one line each (tracebacks of errors included)."""
+    with session_scope(request.app.state.settings) as s:
+        get_job_or_404(s, job_id)
+        rows = s.execute(select(JobEvent).where(JobEvent.job_id == job_id)
+                         .order_by(JobEvent.id)).scalars().all()
+        text = "\n".join(format_log_line(ev) for ev in rows)
+    return PlainTextResponse(text + "\n")
+

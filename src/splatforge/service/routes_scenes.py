@@ -1,0 +1,287 @@
+"""Scenes, their media and their artifacts.
+
+* ``POST /scenes`` -> ``{"id": ...}``; ``GET /scenes``; ``GET /scenes/{id}``.
+* ``POST /scenes/{id}/media`` (multipart): ``files`` (many images, a zip, a video) and/or
+  ``source_uri`` (``s3://bucket/prefix`` or a local path under an allowed root).
+* ``GET /scenes/{id}/artifacts`` and ``GET /scenes/{id}/artifacts/{name}`` (HTTP Range).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from .db import Job, Scene, job_to_json, session_scope
+from .store import SCENE_ID_RE, media_prefix, outputs_prefix
+from .uploads import UploadRejected, check_zip, extract_zip, media_type, sanitize_name
+
+router = APIRouter(tags=["scenes"])
+
+#: Content types of artifacts by extension.
+CONTENT_TYPES = {".ply": "application/octet-stream", ".splat": "application/octet-stream",
+                 ".spz": "application/octet-stream", ".json": "application/json",
+                 ".png": "image/png", ".jpg": "image/jpeg", ".csv": "text/csv",
+                 ".jsonl": "application/x-ndjson", ".txt": "text/plain"}
+
+
+class SceneCreate(BaseModel):
+    name: str | None = Field(None, max_length=256, description="A label for people.")
+
+
+def iso(t: float | None) -> str | None:
+    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def scene_to_json(scene: Scene, jobs: list[Job] | None = None) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "id": scene.id, "name": scene.name, "created_at": iso(scene.created_at),
+        "updated_at": iso(scene.updated_at), "media_kind": scene.media_kind,
+        "media_files": scene.media_files, "media_bytes": scene.media_bytes,
+        "source_uri": scene.source_uri,
+        "artifacts_url": f"/scenes/{scene.id}/artifacts", "view_url": f"/scenes/{scene.id}/view"}
+    if jobs is not None:
+        d["jobs"] = [{"id": j.id, "kind": j.kind, "status": j.status,
+                      "created_at": iso(j.created_at)} for j in jobs]
+    return d
+
+
+def get_scene_or_404(session: Any, scene_id: str) -> Scene:
+    scene = session.get(Scene, scene_id)
+    if scene is None:
+        raise HTTPException(404, f"scene {scene_id!r} not found")
+    return scene
+
+
+@router.post("/scenes", status_code=201)
+def create_scene(request: Request, body: SceneCreate | None = None) -> dict[str, Any]:
+    """Create an empty scene; returns its id."""
+    settings = request.app.state.settings
+    with session_scope(settings) as s:
+        scene = Scene(name=body.name if body else None)
+        s.add(scene)
+        s.flush()
+        return {"id": scene.id, "scene_id": scene.id, **scene_to_json(scene)}
+
+
+@router.get("/scenes")
+def list_scenes(request: Request, limit: int = 100) -> list[dict[str, Any]]:
+    """The newest scenes first."""
+    with session_scope(request.app.state.settings) as s:
+        rows = s.execute(select(Scene).order_by(Scene.created_at.desc())
+                         .limit(max(1, min(limit, 1000)))).scalars().all()
+        return [scene_to_json(r) for r in rows]
+
+
+@router.get("/scenes/{scene_id}")
+def get_scene(request: Request, scene_id: str) -> dict[str, Any]:
+    """A scene with its jobs."""
+    with session_scope(request.app.state.settings) as s:
+        scene = get_scene_or_404(s, scene_id)
+        jobs = s.execute(select(Job).where(Job.scene_id == scene_id)
+                         .order_by(Job.created_at)).scalars().all()
+        return scene_to_json(scene, list(jobs))
+
+
+def _check_source_uri(uri: str, settings: Any) -> str:
+    from ..errors import InputError
+    from .runner import check_allowed_path
+
+    if uri.startswith("s3://"):
+        if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\\\0]*)?", uri):
+            raise HTTPException(400, f"source_uri {uri!r}: not an s3://bucket/prefix URL")
+        if ".." in uri.split("/"):
+            raise HTTPException(400, f"source_uri {uri!r}: '..' is not allowed")
+        return uri
+    if "://" in uri:
+        raise HTTPException(400, f"source_uri {uri!r}: only s3:// URLs or local paths")
+    try:
+        return str(check_allowed_path(Path(uri), settings))
+    except InputError as e:
+        raise HTTPException(400, f"source_uri: {e}") from None
+
+
+@router.post("/scenes/{scene_id}/media")
+def upload_media(request: Request, scene_id: str,
+                 files: list[UploadFile] | None = File(
+                     None, description="Images (.jpg/.jpeg/.png), a .zip (of images or of a "
+                                       "COLMAP dataset: sparse/0 + images), or a video."),
+                 source_uri: str | None = Form(
+                     None, description="s3://bucket/prefix or a local folder under "
+                                       "SPLATFORGE_ALLOWED_ROOTS (fetched when a job runs).")
+                 ) -> dict[str, Any]:
+    """Add media to a scene. Everything is checked first (types, names, zip entries); a
+    rejected request (400) stores nothing."""
+    settings = request.app.state.settings
+    store = request.app.state.storage
+    with session_scope(settings) as s:
+        get_scene_or_404(s, scene_id)
+    files = [f for f in (files or []) if f is not None and (f.filename or f.size)]
+    if not files and not source_uri:
+        raise HTTPException(400, "give files (images, a zip or a video) or a source_uri")
+    checked_uri = _check_source_uri(source_uri, settings) if source_uri else None
+    # -- check everything -------------------------------------------------------------------
+    plans: list[tuple[UploadFile, str, str, Any]] = []
+    kinds = set()
+    try:
+        for f in files:
+            name = sanitize_name(f.filename or "")
+            kind = media_type(name)
+            plan = None
+            if kind == "zip":
+                f.file.seek(0)
+                plan = check_zip(f.file, name, 4 * settings.max_upload_bytes)
+            plans.append((f, name, kind, plan))
+            kinds.add(kind)
+    except UploadRejected as e:
+        raise HTTPException(400, str(e)) from None
+    if "video" in kinds and len(files) > 1:
+        raise HTTPException(400, "a video is uploaded on its own (one file per request)")
+    # -- write ------------------------------------------------------------------------------
+    keys: list[str] = []
+    if plans:
+        tmp_root = settings.data_dir / "tmp"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix="upload-", dir=tmp_root))
+        try:
+            for f, name, kind, plan in plans:
+                f.file.seek(0)
+                if kind == "zip":
+                    extract_zip(f.file, plan, stage)
+                else:
+                    with open(stage / name, "wb") as out:
+                        shutil.copyfileobj(f.file, out, 1 << 20)
+            keys = store.upload_dir(stage, media_prefix(scene_id))
+        except UploadRejected as e:
+            raise HTTPException(400, str(e)) from None
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    stored = store.list(media_prefix(scene_id)) if plans else []
+    with session_scope(settings) as s:
+        scene = get_scene_or_404(s, scene_id)
+        if checked_uri:
+            scene.source_uri = checked_uri
+        if plans:
+            scene.media_files = len(stored)
+            scene.media_bytes = sum(o.size for o in stored)
+            names = [o.key for o in stored]
+            if any("/sparse/" in k or k.endswith(("cameras.bin", "cameras.txt",
+                                                  "transforms.json")) for k in names):
+                scene.media_kind = "dataset"
+            elif "video" in kinds:
+                scene.media_kind = "video"
+            else:
+                scene.media_kind = "images"
+        elif checked_uri:
+            scene.media_kind = "source_uri"
+        scene.updated_at = time.time()
+        prefix = media_prefix(scene_id)
+        return {"scene_id": scene_id, "files": [k[len(prefix):] for k in keys],
+                **scene_to_json(scene)}
+
+
+# --------------------------------------------------------------------------------------------
+# artifacts
+# --------------------------------------------------------------------------------------------
+
+def check_artifact_name(name: str) -> str:
+    """``name`` when it is a clean relative artifact name; else 400."""
+    if (not name or name.startswith("/") or "\\" in name or "\0" in name
+            or any(p in ("", ".", "..") for p in name.split("/"))
+            or re.match(r"^[A-Za-z]:", name)):
+        raise HTTPException(400, f"invalid artifact name {name!r} (no '..', absolute paths "
+                                 "or backslashes)")
+    return name
+
+
+@router.get("/scenes/{scene_id}/artifacts")
+def list_artifacts(request: Request, scene_id: str) -> dict[str, Any]:
+    """Artifacts of the scene's latest finished job: name, size (bytes), mtime, url."""
+    settings = request.app.state.settings
+    store = request.app.state.storage
+    with session_scope(settings) as s:
+        if s.get(Scene, scene_id) is None and not (SCENE_ID_RE.match(scene_id)
+                                                   and store.list(outputs_prefix(scene_id))):
+            raise HTTPException(404, f"scene {scene_id!r} not found")
+        job = s.execute(select(Job).where(Job.scene_id == scene_id,
+                                          Job.status == "succeeded")
+                        .order_by(Job.finished_at.desc()).limit(1)).scalars().first()
+        job_json = job_to_json(job) if job else None
+    prefix = outputs_prefix(scene_id)
+    items = [{"name": o.key[len(prefix):], "size": o.size, "mtime": o.mtime,
+              "url": f"/scenes/{scene_id}/artifacts/{o.key[len(prefix):]}"}
+             for o in store.list(prefix)]
+    return {"scene_id": scene_id, "job_id": job_json["id"] if job_json else None,
+            "artifacts": sorted(items, key=lambda d: d["name"])}
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """One ``bytes=a-b`` / ``bytes=a-`` / ``bytes=-n`` range as (start, end inclusive);
+    None for a header this server ignores (several ranges: the whole file is sent).
+
+    Raises:
+        HTTPException: 416 when unsatisfiable.
+    """
+    m = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
+    if not m or (not m.group(1) and not m.group(2)):
+        return None
+    if m.group(1):
+        start = int(m.group(1))
+        end = int(m.group(2)) if m.group(2) else size - 1
+    else:
+        n = int(m.group(2))
+        start, end = max(0, size - n), size - 1
+    end = min(end, size - 1)
+    if start >= size or start > end:
+        raise HTTPException(416, "range not satisfiable",
+                            headers={"Content-Range": f"bytes */{size}"})
+    return start, end
+
+
+def serve_object(request: Request, store: Any, key: str, filename: str) -> Response:
+    """Stream object ``key`` with ``Range`` support: a local store through ``FileResponse``,
+    S3 through ranged reads (206 with ``Content-Range``)."""
+    from ..storage import InvalidKey
+
+    try:
+        exists = store.exists(key)
+    except InvalidKey as e:
+        raise HTTPException(400, str(e)) from None
+    if not exists:
+        raise HTTPException(404, f"{filename}: no such artifact")
+    ctype = CONTENT_TYPES.get(Path(filename).suffix.lower(), "application/octet-stream")
+    local = store.local_path(key)
+    if local is not None:
+        return FileResponse(local, media_type=ctype, filename=filename,
+                            content_disposition_type="attachment")
+    size = store.size(key)
+    headers = {"Accept-Ranges": "bytes",
+               "Content-Disposition": f'attachment; filename="{filename}"'}
+    rng = parse_range(request.headers.get("range", ""), size) if size else None
+    if rng is None:
+        headers["Content-Length"] = str(size)
+        return StreamingResponse(store.open_range(key, 0, None) if size else iter([b""]),
+                                 media_type=ctype, headers=headers)
+    start, end = rng
+    headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    headers["Content-Length"] = str(end - start + 1)
+    return StreamingResponse(store.open_range(key, start, end), status_code=206,
+                             media_type=ctype, headers=headers)
+
+
+@router.get("/scenes/{scene_id}/artifacts/{name:path}")
+def get_artifact(request: Request, scene_id: str, name: str) -> Response:
+    """Download one artifact (large files streamed; ``Range: bytes=a-b`` gives 206)."""
+    check_artifact_name(name)
+    if not SCENE_ID_RE.match(scene_id):
+        raise HTTPException(400, f"invalid scene id {scene_id!r}")
+    store = request.app.state.storage
+    return serve_object(request, store, outputs_prefix(scene_id) + name, Path(name).name)

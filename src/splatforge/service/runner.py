@@ -1,0 +1,516 @@
+"""Run one job in the current process: :func:`run_job`.
+
+Both executors end here: the local executor's worker processes
+(``python -m splatforge.service.worker_main JOB_ID``) and the Celery task call
+``run_job(job_id, settings)``. The job's row is the only channel back to the server:
+
+1. mark the job ``running`` (worker, pid, host, started_at);
+2. fetch the scene's media (``media/{scene_id}/`` of the artifact store, or its
+   ``source_uri``) into ``<data_dir>/work/<job_id>/media``;
+3. run :func:`splatforge.pipeline.run_reconstruct` into ``<work>/out`` with an events callback
+   that writes progress (stage, step, total, fraction, ETA, metrics) to the job row and event
+   rows (progress at most every :data:`PROGRESS_INTERVAL_S`, every stage start/finish,
+   warning and info at once);
+4. a watcher thread beats ``heartbeat_at`` and reads ``cancel_requested`` every
+   :data:`POLL_INTERVAL_S`; a cancel (or the time limit, or SIGTERM through
+   :func:`request_stop`) makes the next callback raise ``KeyboardInterrupt`` -- training stops
+   at a step boundary with a checkpoint;
+5. upload the artifacts to ``outputs/{scene_id}/`` and a new COLMAP model to
+   ``colmap/{scene_id}/`` (outputs of finished stages are uploaded even when a later stage
+   fails or is cancelled);
+6. end as ``succeeded``, ``failed`` (error stage and message) or ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+import traceback
+import _thread
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+
+from ..events import Event
+from .db import FINAL_STATUSES, Job, Scene, add_event, session_scope
+from .settings import ServiceSettings
+from .store import colmap_prefix, get_store, media_prefix, open_source, outputs_prefix
+
+#: Seconds between two progress writes of one job (stage starts/finishes always write).
+PROGRESS_INTERVAL_S = 0.5
+#: Seconds between two reads of ``cancel_requested`` (and heartbeats).
+POLL_INTERVAL_S = 0.5
+#: After a stop request, seconds before the main thread is interrupted if no callback ran.
+INTERRUPT_GRACE_S = 5.0
+
+#: Files of ``<out>`` uploaded to ``outputs/{scene_id}/`` (name in the store -> path in out).
+_MODEL_FILES = ("cameras.json", "cfg_args", "metrics.json", "input.ply", "train_log.jsonl")
+_OUT_FILES = ("scene.splat", "scene.spz", "reconstruct.json")
+
+_stop_reason: dict[str, str] = {}
+
+
+def request_stop(reason: str = "shutdown") -> None:
+    """Ask the job running in this process to stop at the next callback (``shutdown``: the
+    job goes back to ``queued``; ``cancel``: ``cancelled``). Safe in a signal handler."""
+    _stop_reason.setdefault("reason", reason)
+
+
+class _Stop(Exception):
+    pass
+
+
+class _JobRun:
+    def __init__(self, job_id: str, settings: ServiceSettings, worker: str | None):
+        self.job_id = job_id
+        self.settings = settings
+        self.worker = worker or os.environ.get("SPLATFORGE_WORKER_NAME") or "local"
+        self.stage: str | None = None
+        self.finished_stages: list[str] = []
+        self.last_progress = 0.0
+        self.stop_reason: str | None = None
+        self.raised_at: float | None = None
+        self.stop_seen_at: float | None = None
+        self.done = threading.Event()
+        self.main_thread = threading.current_thread() is threading.main_thread()
+        self.t0 = time.time()
+        self.metrics: dict[str, Any] = {}
+
+    # -- DB helpers -------------------------------------------------------------------------
+    def _update(self, **values: Any) -> None:
+        values.setdefault("updated_at", time.time())
+        with session_scope(self.settings) as s:
+            s.execute(update(Job).where(Job.id == self.job_id).values(**values))
+
+    def _event(self, kind: str, message: str = "", stage: str | None = None,
+               job_values: dict[str, Any] | None = None, **fields: Any) -> None:
+        with session_scope(self.settings) as s:
+            add_event(s, self.job_id, kind, message, stage, **fields)
+            if job_values:
+                job_values.setdefault("updated_at", time.time())
+                s.execute(update(Job).where(Job.id == self.job_id).values(**job_values))
+
+    # -- stop requests ----------------------------------------------------------------------
+    def _check_stop(self) -> None:
+        reason = self.stop_reason or _stop_reason.get("reason")
+        if reason is None:
+            return
+        self.stop_reason = reason
+        now = time.monotonic()
+        if self.raised_at is None or now - self.raised_at > 3.0:
+            self.raised_at = now
+            raise KeyboardInterrupt(reason)
+
+    def _watch(self) -> None:
+        limit = self.settings.job_time_limit_s
+        while not self.done.wait(POLL_INTERVAL_S):
+            try:
+                with session_scope(self.settings) as s:
+                    cancel = s.execute(select(Job.cancel_requested)
+                                       .where(Job.id == self.job_id)).scalar()
+                    s.execute(update(Job).where(Job.id == self.job_id)
+                              .values(heartbeat_at=time.time()))
+            except Exception:  # noqa: BLE001  (a database hiccup: try again next poll)
+                continue
+            if cancel and self.stop_reason is None:
+                self.stop_reason = "cancel"
+            if limit and time.time() - self.t0 > limit and self.stop_reason is None:
+                self.stop_reason = "timeout"
+            if self.stop_reason is None and "reason" in _stop_reason:
+                self.stop_reason = _stop_reason["reason"]
+            if self.stop_reason is not None:
+                now = time.monotonic()
+                if self.stop_seen_at is None:
+                    self.stop_seen_at = now
+                elif (self.main_thread and self.raised_at is None
+                      and now - self.stop_seen_at > INTERRUPT_GRACE_S):
+                    # no callback for a while (a long native call): interrupt the main thread
+                    self.raised_at = now
+                    _thread.interrupt_main()
+
+    # -- events -----------------------------------------------------------------------------
+    def on_event(self, ev: Event) -> None:
+        """The pipeline's events callback (see the module docstring)."""
+        self._check_stop()
+        stage = ev.stage if ev.stage != "reconstruct" else None
+        now = time.monotonic()
+        fields = dict(step=ev.step, total=ev.total, eta_s=ev.eta_s,
+                      data=_jsonable(ev.data), time=ev.time)
+        if ev.kind == "stage_started":
+            if stage:
+                self.stage = stage
+                self._event(ev.kind, ev.message, ev.stage, job_values=dict(
+                    stage=stage, step=None, total=None, fraction=None, eta_s=None), **fields)
+            else:
+                self._event(ev.kind, ev.message, ev.stage, **fields)
+        elif ev.kind == "stage_finished":
+            if stage:
+                self.finished_stages.append(stage)
+            self._event(ev.kind, ev.message, ev.stage, **fields)
+        elif ev.kind == "progress":
+            last = ev.total is not None and ev.step == ev.total
+            if not last and now - self.last_progress < PROGRESS_INTERVAL_S:
+                return
+            self.last_progress = now
+            values: dict[str, Any] = dict(step=ev.step, total=ev.total, eta_s=ev.eta_s)
+            if stage:
+                values["stage"] = stage
+            if ev.total:
+                values["fraction"] = round(min(1.0, (ev.step or 0) / ev.total), 4)
+            if ev.data:
+                self.metrics.update({k: v for k, v in _jsonable(ev.data).items()
+                                     if isinstance(v, (int, float))})
+                values["metrics"] = dict(self.metrics)
+            self._event(ev.kind, ev.message, ev.stage, job_values=values, **fields)
+        else:
+            self._event(ev.kind, ev.message, ev.stage, **fields)
+
+    def step_hook(self, trainer: Any, step: int) -> None:
+        """Called after every training step: stop promptly when asked."""
+        self._check_stop()
+
+    # -- the run ----------------------------------------------------------------------------
+    def claim(self) -> tuple[str | None, dict[str, Any]]:
+        """Mark the job running; returns (final status if it must not run, job info)."""
+        with session_scope(self.settings) as s:
+            job = s.get(Job, self.job_id, with_for_update=True)
+            if job is None:
+                return "failed", {}
+            if job.status in FINAL_STATUSES:
+                return job.status, {}
+            now = time.time()
+            if job.cancel_requested:
+                job.status, job.finished_at, job.updated_at = "cancelled", now, now
+                add_event(s, job.id, "status", "cancelled before it started",
+                          data={"status": "cancelled"})
+                return "cancelled", {}
+            scene = s.get(Scene, job.scene_id)
+            job.status = "running"
+            job.worker, job.pid, job.host = self.worker, os.getpid(), socket.gethostname()
+            job.started_at = job.started_at or now
+            job.heartbeat_at = now
+            job.updated_at = now
+            job.attempts = (job.attempts or 0) + 1
+            job.error_stage = job.error_message = None
+            add_event(s, job.id, "status", f"running on {job.host} (pid {job.pid}, "
+                      f"{self.worker})", data={"status": "running", "host": job.host,
+                                               "pid": job.pid, "worker": self.worker})
+            info = {"scene_id": job.scene_id, "kind": job.kind, "config": dict(job.config or {}),
+                    "source_uri": scene.source_uri if scene else None}
+        return None, info
+
+    def run(self) -> str:
+        final, info = self.claim()
+        if final is not None:
+            return final
+        watcher = threading.Thread(target=self._watch, name=f"job-{self.job_id}-watch",
+                                   daemon=True)
+        watcher.start()
+        work = self.settings.work_dir / self.job_id
+        out = work / "out"
+        status, err_stage, err_msg = "succeeded", None, None
+        result = None
+        try:
+            try:
+                configs = _job_configs(info["config"])
+                self._stage_start("fetch", "fetching media")
+                media = self.fetch_media(info, work)
+                self._stage_finish("fetch", f"media: {media.name}")
+                from ..pipeline import run_reconstruct
+
+                result = run_reconstruct(media, out, events=self.on_event,
+                                         step_hook=self.step_hook, **configs)
+            finally:
+                self.done.set()
+        except KeyboardInterrupt:
+            reason = self.stop_reason or _stop_reason.get("reason") or "interrupt"
+            if reason == "cancel":
+                status, err_stage, err_msg = "cancelled", self.stage, "cancelled by request"
+            elif reason == "shutdown":
+                status, err_stage, err_msg = "queued", self.stage, None
+            elif reason == "timeout":
+                status, err_stage = "failed", self.stage
+                err_msg = f"time limit of {self.settings.job_time_limit_s:g} s exceeded"
+            else:
+                status, err_stage, err_msg = "failed", self.stage, "interrupted"
+        except Exception as e:  # noqa: BLE001  (every job failure is recorded, never raised)
+            from ..errors import SplatforgeError
+
+            status, err_stage = "failed", self.stage or "setup"
+            err_msg = str(e) if isinstance(e, SplatforgeError) else f"{type(e).__name__}: {e}"
+            try:
+                self._event("error", err_msg, err_stage,
+                            data={"traceback": traceback.format_exc(limit=20)})
+            except Exception:  # noqa: BLE001
+                pass
+        finally:
+            self.done.set()
+        try:
+            self.upload(info["scene_id"], out, result, succeeded=status == "succeeded")
+        except Exception as e:  # noqa: BLE001
+            if status == "succeeded":
+                status, err_stage = "failed", "upload"
+                err_msg = f"uploading artifacts failed: {type(e).__name__}: {e}"
+        self.finish(status, err_stage, err_msg, result)
+        if status == "succeeded":
+            shutil.rmtree(work, ignore_errors=True)
+        return status
+
+    def _stage_start(self, stage: str, message: str) -> None:
+        self.stage = stage
+        self._event("stage_started", message, stage,
+                    job_values=dict(stage=stage, step=None, total=None, fraction=None))
+
+    def _stage_finish(self, stage: str, message: str) -> None:
+        self.finished_stages.append(stage)
+        self._event("stage_finished", message, stage)
+
+    # -- inputs -----------------------------------------------------------------------------
+    def fetch_media(self, info: dict[str, Any], work: Path) -> Path:
+        """The media or dataset path to give :func:`run_reconstruct`.
+
+        Raises:
+            InputError: no media, a source outside the allowed roots, or (train_gsplat) no
+                COLMAP model / no images.
+        """
+        from ..errors import InputError
+
+        scene_id = info["scene_id"]
+        store = get_store(self.settings)
+        media_dir = work / "media"
+        uri = info.get("source_uri")
+        if uri and uri.startswith("s3://"):
+            media_dir.mkdir(parents=True, exist_ok=True)
+            open_source(uri, self.settings).download_prefix("", media_dir)
+        elif uri:
+            src = Path(uri)
+            check_allowed_path(src, self.settings)
+            media_dir = src
+        else:
+            try:
+                store.download_prefix(media_prefix(scene_id), media_dir)
+            except FileNotFoundError:  # storage.ObjectNotFound: nothing uploaded
+                pass
+        if info.get("kind") == "train_gsplat":
+            return self._colmap_dataset(scene_id, media_dir, work)
+        if not media_dir.exists() or not any(media_dir.iterdir()):
+            raise InputError(media_dir, "the scene has no media",
+                             "upload images, a zip or a video first")
+        return resolve_media(media_dir)
+
+    def _colmap_dataset(self, scene_id: str, media_dir: Path, work: Path) -> Path:
+        from ..errors import InputError
+        from ..scene import detect_format
+
+        if media_dir.is_dir() and _is_dataset(media_dir):
+            return media_dir
+        ds = work / "colmap"
+        try:
+            get_store(self.settings).download_prefix(colmap_prefix(scene_id), ds)
+        except FileNotFoundError:  # storage.ObjectNotFound
+            raise InputError(ds, "no COLMAP model for this scene") from None
+        if not _is_dataset(ds):
+            raise InputError(ds, "no COLMAP model for this scene")
+        if not any(p.is_dir() and _has_images(p) for p in ds.glob("images*")):
+            imgs = _image_folder(media_dir)
+            if imgs is None:
+                raise InputError(media_dir, "no images for the COLMAP model")
+            (ds / "images").symlink_to(imgs.resolve(), target_is_directory=True)
+        detect_format(ds)
+        return ds
+
+    # -- outputs ----------------------------------------------------------------------------
+    def upload(self, scene_id: str, out: Path, result: Any, succeeded: bool) -> None:
+        """Upload what finished: the COLMAP model after SfM ran; the artifacts when the job
+        succeeded (then stale keys of an earlier job under outputs/{scene_id}/ go)."""
+        store = get_store(self.settings)
+        sparse = out / "workspace" / "sparse" / "0"
+        if ("sfm" in self.finished_stages and sparse.is_dir()):
+            self._stage_start("upload", "uploading the COLMAP model")
+            store.upload_dir(sparse, colmap_prefix(scene_id) + "sparse/0")
+        if not succeeded or result is None:
+            return
+        self._stage_start("upload", "uploading artifacts")
+        prefix = outputs_prefix(scene_id)
+        files = artifact_files(out, result.step)
+        written = set()
+        for name, path in files.items():
+            store.put_file(prefix + name, path)
+            written.add(prefix + name)
+        for info in store.list(prefix):
+            if info.key not in written:
+                store.delete(info.key)
+        self._stage_finish("upload", f"{len(files)} artifacts -> {prefix}")
+
+    def finish(self, status: str, err_stage: str | None, err_msg: str | None,
+               result: Any) -> None:
+        now = time.time()
+        values: dict[str, Any] = dict(status=status, updated_at=now)
+        if status == "queued":
+            values.update(pid=None, eta_s=None)
+            msg = "stopped for a server shutdown; queued again (training resumes from its " \
+                  "last checkpoint)"
+        else:
+            values.update(finished_at=now, eta_s=None if status != "succeeded" else 0.0)
+            msg = status + (f" in {err_stage}: {err_msg}" if err_msg else "")
+        if status in ("failed", "cancelled"):
+            values.update(error_stage=err_stage, error_message=err_msg)
+        if result is not None:
+            metrics = dict(self.metrics)
+            metrics.update({"psnr": result.psnr, "ssim": result.ssim,
+                            "num_gaussians": result.num_gaussians, "step": result.step,
+                            "num_images": result.num_images,
+                            "num_registered": result.num_registered,
+                            "stage_seconds": {k: v.get("seconds")
+                                              for k, v in result.stages.items()}})
+            values["metrics"] = metrics
+            if status == "succeeded":
+                values.update(fraction=1.0)
+        self._event("status", msg, err_stage, job_values=values,
+                    data={"status": status, **({"error": err_msg} if err_msg else {})})
+
+
+def run_job(job_id: str, settings: ServiceSettings, worker: str | None = None) -> str:
+    """Run job ``job_id`` in this process (see the module docstring).
+
+    Args:
+        job_id: a row of ``jobs`` in ``settings.database``.
+        settings: the service settings (database, artifact store, data dir).
+        worker: the name recorded as the job's worker (default ``$SPLATFORGE_WORKER_NAME``
+            or ``local``).
+
+    Returns:
+        The final status: ``succeeded`` | ``failed`` | ``cancelled`` (``queued`` when a
+        shutdown stopped it: it runs again later). A job already finished is not run again
+        and its status is returned.
+
+    Never raises for job failures; they are recorded in the job row (error stage, message)
+    and as an ``error`` event with the traceback. Database errors while claiming propagate.
+    """
+    return _JobRun(job_id, settings, worker).run()
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in (data or {}).items():
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            out[k] = v
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, (str, int, float)) for x in v):
+            out[k] = list(v)
+        elif isinstance(v, dict):
+            out[k] = _jsonable(v)
+        else:
+            try:
+                out[k] = float(v)
+            except (TypeError, ValueError):
+                out[k] = str(v)
+    return out
+
+
+def _job_configs(config: dict[str, Any]) -> dict[str, Any]:
+    """``run_reconstruct`` keyword arguments from a job's config JSON.
+
+    Raises:
+        ConfigError: an invalid value (the field named).
+    """
+    from ..config import IngestConfig, SceneConfig, SfmConfig, TrainConfig, parse_config
+
+    out: dict[str, Any] = {"preset": config.get("preset") or "preview"}
+    for name, model in (("ingest", IngestConfig), ("sfm", SfmConfig),
+                        ("scene", SceneConfig), ("train", TrainConfig)):
+        if config.get(name) is not None:
+            out[name] = parse_config(model, config[name], prefix=f"{name}.")
+    return out
+
+
+def check_allowed_path(path: Path, settings: ServiceSettings) -> Path:
+    """``path`` resolved, when it lies under one of ``settings.allowed_roots``.
+
+    Raises:
+        InputError: it does not exist or lies outside every allowed root.
+    """
+    from ..errors import InputError
+
+    p = Path(path)
+    if not p.is_absolute():
+        raise InputError(p, "source_uri must be an absolute path or s3://bucket/prefix")
+    real = p.resolve()
+    for root in settings.allowed_roots:
+        r = Path(root).resolve()
+        if real == r or r in real.parents:
+            if not real.exists():
+                raise InputError(p, "does not exist")
+            return real
+    raise InputError(p, "is outside the allowed roots (SPLATFORGE_ALLOWED_ROOTS)")
+
+
+def _has_images(folder: Path) -> bool:
+    from ..ingest import IMAGE_EXTENSIONS
+
+    return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir() if p.is_file())
+
+
+def _image_folder(media_dir: Path) -> Path | None:
+    if not media_dir.is_dir():
+        return None
+    if _has_images(media_dir):
+        return media_dir
+    for sub in sorted(media_dir.glob("images*")):
+        if sub.is_dir() and _has_images(sub):
+            return sub
+    return None
+
+
+def _is_dataset(folder: Path) -> bool:
+    from ..errors import InputError
+    from ..scene import detect_format
+
+    if not folder.is_dir():
+        return False
+    try:
+        detect_format(folder)
+        return True
+    except InputError:
+        return False
+
+
+def resolve_media(media_dir: Path) -> Path:
+    """The path inside a fetched media folder to reconstruct from: the folder when it is a
+    posed dataset or holds photos; the one video or zip when that is all it holds."""
+    if _is_dataset(media_dir):
+        return media_dir
+    files = [p for p in media_dir.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if len(files) == 1 and not _has_images(media_dir):
+        return files[0]
+    return media_dir
+
+
+def artifact_files(out: Path, step: int | None) -> dict[str, Path]:
+    """Artifact name -> file of a finished run in ``out`` (the names of
+    ``GET /scenes/{id}/artifacts``)."""
+    model = out / "model"
+    files: dict[str, Path] = {}
+    if step is not None:
+        ply = model / "point_cloud" / f"iteration_{step}" / "point_cloud.ply"
+        if ply.is_file():
+            files["point_cloud.ply"] = ply
+    for name in _MODEL_FILES:
+        if (model / name).is_file():
+            files[name] = model / name
+    for name in _OUT_FILES:
+        if (out / name).is_file():
+            files[name] = out / name
+    ev = model / "eval"
+    if ev.is_dir():
+        for p in sorted(ev.iterdir()):
+            if p.is_file() and p.suffix.lower() in (".png", ".jpg", ".csv"):
+                files[f"renders/{p.name}"] = p
+    return files

@@ -1,0 +1,139 @@
+"""Checking uploaded media before anything is written: file names, zip entries, types.
+
+Every check runs before the first byte is stored, so a rejected request writes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import stat
+import unicodedata
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from ..ingest import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+
+#: What a sanitised name keeps; everything else becomes ``_``.
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+#: Files inside zips that are copied besides images (COLMAP models, transforms.json).
+DATASET_EXTENSIONS = (".bin", ".txt", ".json", ".ply", ".db")
+
+
+class UploadRejected(ValueError):
+    """A request that must be answered 400 (the message says why)."""
+
+
+def sanitize_name(name: str) -> str:
+    """A safe single file name from a client's ``name``: the last path component (``/`` and
+    ``\\`` both separate), NFKC-normalised, characters outside ``A-Za-z0-9._-`` replaced by
+    ``_``, leading dots removed, at most 200 characters.
+
+    Raises:
+        UploadRejected: nothing usable is left (``""``, ``..``).
+    """
+    base = re.split(r"[\\/]", name or "")[-1]
+    base = unicodedata.normalize("NFKC", base)
+    base = _UNSAFE.sub("_", base).lstrip(".")
+    if len(base) > 200:
+        stem, dot, ext = base.rpartition(".")
+        base = (stem[: 200 - len(ext) - 1] + "." + ext) if dot else base[:200]
+    if not base or base.strip("._") == "":
+        raise UploadRejected(f"file name {name!r} has no usable characters")
+    return base
+
+
+def media_type(name: str) -> str:
+    """``image`` | ``video`` | ``zip`` from the extension.
+
+    Raises:
+        UploadRejected: another type.
+    """
+    low = name.lower()
+    if low.endswith(IMAGE_EXTENSIONS):
+        return "image"
+    if low.endswith(tuple(VIDEO_EXTENSIONS)):
+        return "video"
+    if low.endswith(".zip"):
+        return "zip"
+    raise UploadRejected(
+        f"{name}: unsupported file type (give images {', '.join(IMAGE_EXTENSIONS)}, a .zip "
+        f"or a video {', '.join(VIDEO_EXTENSIONS)})")
+
+
+@dataclass
+class ZipPlan:
+    """The checked members of a zip: ``(member, relative destination)`` pairs."""
+
+    members: list[tuple[zipfile.ZipInfo, str]]
+    total_bytes: int
+
+
+def check_zip(fileobj: BinaryIO, label: str, max_bytes: int) -> ZipPlan:
+    """Check every entry of a zip before anything is extracted.
+
+    Entries that would land outside the target (absolute paths, ``..`` components, drive
+    letters, backslash tricks: "zip slip") and symbolic links reject the whole zip; so do a
+    corrupt archive and an uncompressed total above ``max_bytes`` (a zip bomb). Hidden
+    entries and ``__MACOSX/`` are skipped; a single top folder shared by every entry is
+    dropped (``scene/sparse/0/...`` becomes ``sparse/0/...``); every path component is
+    sanitised like :func:`sanitize_name`.
+
+    Raises:
+        UploadRejected: naming the zip and the offending entry.
+    """
+    try:
+        zf = zipfile.ZipFile(fileobj)
+        infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise UploadRejected(f"{label}: not a readable zip ({e})") from None
+    kept: list[tuple[zipfile.ZipInfo, list[str]]] = []
+    total = 0
+    for info in infos:
+        raw = info.filename
+        if "\\" in raw or raw.startswith("/") or re.match(r"^[A-Za-z]:", raw) or "\0" in raw:
+            raise UploadRejected(f"{label}: entry {raw!r} escapes the target folder")
+        parts = [p for p in PurePosixPath(raw).parts]
+        if any(p == ".." for p in parts):
+            raise UploadRejected(f"{label}: entry {raw!r} escapes the target folder")
+        mode = (info.external_attr >> 16) & 0xFFFF
+        if stat.S_ISLNK(mode):
+            raise UploadRejected(f"{label}: entry {raw!r} is a symbolic link")
+        if info.is_dir():
+            continue
+        parts = [p for p in parts if p not in ("", ".")]
+        if not parts or parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
+            continue
+        low = parts[-1].lower()
+        if not (low.endswith(IMAGE_EXTENSIONS) or low.endswith(DATASET_EXTENSIONS)
+                or low.endswith(tuple(VIDEO_EXTENSIONS))):
+            continue
+        total += info.file_size
+        if total > max_bytes:
+            raise UploadRejected(f"{label}: more than {max_bytes} bytes uncompressed")
+        kept.append((info, parts))
+    if not kept:
+        raise UploadRejected(f"{label}: no images, video or dataset files inside")
+    tops = {parts[0] for _, parts in kept}
+    strip = len(tops) == 1 and all(len(parts) > 1 for _, parts in kept)
+    members = []
+    for info, parts in kept:
+        rel = [sanitize_name(p) for p in (parts[1:] if strip else parts)]
+        members.append((info, "/".join(rel)))
+    return ZipPlan(members, total)
+
+
+def extract_zip(fileobj: BinaryIO, plan: ZipPlan, dest: Path) -> None:
+    """Extract the members of a checked zip into ``dest`` (paths from the plan only)."""
+    zf = zipfile.ZipFile(fileobj)
+    root = dest.resolve()
+    for info, rel in plan.members:
+        out = (dest / rel).resolve()
+        if root not in out.parents:  # defence in depth: the plan is already clean
+            raise UploadRejected(f"zip entry {info.filename!r} escapes the target folder")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with zf.open(info) as src, open(out, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
