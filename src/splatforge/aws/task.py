@@ -1,0 +1,702 @@
+"""``splatforge aws-task``: one GPU container step of an AWS Step Functions workflow.
+
+The contract (the one existing splat-training containers follow)::
+
+    environment   BUCKET, SCENE_ID (required); ITERATIONS (30000), DENSIFY_UNTIL_ITER (15000),
+                  DENSIFICATION_INTERVAL (100), DATA_FACTOR (1: 1|2|4|8), SCENES_TABLE,
+                  SFN_TASK_TOKEN (optional), INPUT_PREFIX (colmap/{SCENE_ID}/),
+                  OUTPUT_PREFIX (outputs/{SCENE_ID}/), AWS_ENDPOINT_URL and the usual AWS
+                  variables; splatforge's own optional HEARTBEAT_SECONDS (60), WORK_DIR
+                  (a temporary folder, removed at the end; a given WORK_DIR is kept, and a
+                  re-run on it resumes training from its last checkpoint).
+    input         s3://BUCKET/INPUT_PREFIX: a COLMAP output (sparse/0/, images/), validated
+                  before training; or photos / a video / a zip (ingest + SfM run first).
+    output        s3://BUCKET/OUTPUT_PREFIX: the INRIA model directory
+                  (point_cloud/iteration_N/point_cloud.ply, cameras.json, cfg_args,
+                  input.ply), metrics.json, scene.splat, scene.spz, reconstruct.json,
+                  eval/metrics.csv. Each object is complete or absent; when any upload fails
+                  for good, the objects this run already uploaded are deleted again.
+    DynamoDB      SCENES_TABLE item id = SCENE_ID: processingStage downloading ->
+                  training_3dgs -> uploading -> complete | failed; progress (0..1, throttled
+                  to one write per PROGRESS_MIN_INTERVAL_S); pipelineStage (ingest, sfm,
+                  train, eval, export); on failure error = "gsplat failed at {stage}:
+                  {message}"; updatedAt (ISO 8601 UTC).
+    Step Functions  SFN_TASK_TOKEN: send_task_heartbeat every HEARTBEAT_SECONDS from a
+                  background thread while running; send_task_success with {"sceneId",
+                  "iterations", "status": "training_complete", "outputs": [s3 URIs]}, or
+                  send_task_failure(error="TrainingError", cause=message) on any failure,
+                  an invalid environment included.
+    exit status   0 done, 1 failed, 2 invalid environment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import ConfigError, InputError, SplatforgeError
+from ..events import Event
+from ..storage import (InvalidKey, ObjectNotFound, S3Store, _parallel, normalize_prefix,
+                       outputs_prefix, colmap_prefix, validate_key)
+
+log = logging.getLogger("splatforge.aws")
+
+#: The processingStage values, in order (plus ``failed``).
+STAGES = ("downloading", "training_3dgs", "uploading", "complete")
+#: Stage named in the error of a run that failed before downloading (invalid environment).
+STARTING = "starting"
+#: splatforge stages recorded as pipelineStage.
+PIPELINE_STAGES = ("ingest", "sfm", "train", "eval", "export")
+#: Error name given to Step Functions' send_task_failure.
+SFN_ERROR = "TrainingError"
+#: Progress writes to DynamoDB are at most this often (seconds), except the last one.
+PROGRESS_MIN_INTERVAL_S = 2.0
+
+#: environment variable -> TaskSettings field
+ENV_FIELDS = {
+    "BUCKET": "bucket", "SCENE_ID": "scene_id", "ITERATIONS": "iterations",
+    "DENSIFY_UNTIL_ITER": "densify_until_iter",
+    "DENSIFICATION_INTERVAL": "densification_interval", "DATA_FACTOR": "data_factor",
+    "SCENES_TABLE": "scenes_table", "SFN_TASK_TOKEN": "sfn_task_token",
+    "INPUT_PREFIX": "input_prefix", "OUTPUT_PREFIX": "output_prefix",
+    "AWS_ENDPOINT_URL": "endpoint_url", "HEARTBEAT_SECONDS": "heartbeat_seconds",
+    "WORK_DIR": "work_dir",
+}
+_FIELD_ENV = {v: k for k, v in ENV_FIELDS.items()}
+
+#: Files of the output folder uploaded (relative to ``<out>/model``, then ``<out>``);
+#: ``{N}`` is the final iteration.
+MODEL_FILES = ("point_cloud/iteration_{N}/point_cloud.ply", "cameras.json", "cfg_args",
+               "input.ply", "metrics.json", "config.json", "eval/metrics.csv")
+SCENE_FILES = ("scene.splat", "scene.spz", "reconstruct.json")
+
+
+class TaskSettings(BaseModel):
+    """The validated environment of one task (see the module docstring for each variable)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.\-]*[a-z0-9]$")
+    scene_id: str = Field(min_length=1, max_length=512)
+    iterations: int = Field(30_000, ge=1, le=10_000_000)
+    densify_until_iter: int = Field(15_000, ge=0, le=10_000_000)
+    densification_interval: int = Field(100, ge=1, le=1_000_000)
+    data_factor: int = 1
+    scenes_table: str | None = None
+    sfn_task_token: str | None = None
+    input_prefix: str = ""
+    output_prefix: str = ""
+    endpoint_url: str | None = None
+    heartbeat_seconds: float = Field(60.0, gt=0, le=3600)
+    work_dir: Path | None = None
+
+    @field_validator("scene_id")
+    @classmethod
+    def _scene_id(cls, v: str) -> str:
+        colmap_prefix(v)  # one clean key segment, else InvalidKey (a ValueError)
+        return v
+
+    @field_validator("data_factor")
+    @classmethod
+    def _factor(cls, v: int) -> int:
+        if v not in (1, 2, 4, 8):
+            raise ValueError("must be 1, 2, 4 or 8")
+        return v
+
+    @field_validator("input_prefix", "output_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        return normalize_prefix(v) if v else v
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> "TaskSettings":
+        """Read and validate the variables of ``environ``.
+
+        Raises:
+            ConfigError: one line per missing or invalid variable, naming it, its value and
+                what is allowed.
+        """
+        data: dict[str, Any] = {}
+        for env, name in ENV_FIELDS.items():
+            v = environ.get(env)
+            if v is not None and v.strip() != "":
+                data[name] = v.strip()
+        try:
+            s = cls.model_validate(data)
+        except ValidationError as err:
+            lines = []
+            for e in err.errors():
+                name = str(e["loc"][0]) if e.get("loc") else ""
+                env = _FIELD_ENV.get(name, name)
+                if e.get("type") == "missing":
+                    lines.append(f"{env}: required, not set")
+                else:
+                    msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+                    lines.append(f"{env}: {msg} (got {e.get('input')!r})")
+            raise ConfigError("invalid environment:\n  " + "\n  ".join(lines)) from None
+        if not s.input_prefix:
+            s.input_prefix = colmap_prefix(s.scene_id)
+        if not s.output_prefix:
+            s.output_prefix = outputs_prefix(s.scene_id)
+        return s
+
+
+# -- AWS clients --------------------------------------------------------------------------
+
+@dataclass
+class AwsClients:
+    """The boto3 clients a task uses (S3, DynamoDB, Step Functions)."""
+
+    s3: Any
+    dynamodb: Any = None
+    sfn: Any = None
+
+
+def make_clients(environ: Mapping[str, str], endpoint_url: str | None = None) -> AwsClients:
+    """boto3 clients from the usual AWS variables of ``environ`` (credentials, region,
+    ``AWS_ENDPOINT_URL`` and the per-service ``AWS_ENDPOINT_URL_S3`` /
+    ``_DYNAMODB`` / ``_SFN``), with botocore's ``standard`` retry mode
+    (``AWS_MAX_ATTEMPTS`` attempts per request, default 5)."""
+    import boto3
+    from botocore.config import Config
+
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    session = boto3.session.Session(
+        aws_access_key_id=environ.get("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=environ.get("AWS_SECRET_ACCESS_KEY"),
+        aws_session_token=environ.get("AWS_SESSION_TOKEN"), region_name=region)
+    cfg = Config(retries={"total_max_attempts": int(environ.get("AWS_MAX_ATTEMPTS") or 5),
+                          "mode": "standard"}, max_pool_connections=32)
+
+    def client(service: str, env_suffix: str) -> Any:
+        ep = environ.get(f"AWS_ENDPOINT_URL_{env_suffix}") or endpoint_url \
+            or environ.get("AWS_ENDPOINT_URL")
+        return session.client(service, endpoint_url=ep or None, config=cfg)
+
+    return AwsClients(s3=client("s3", "S3"), dynamodb=client("dynamodb", "DYNAMODB"),
+                      sfn=client("stepfunctions", "SFN"))
+
+
+# -- status: DynamoDB + Step Functions ------------------------------------------------------
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class StatusReporter:
+    """Writes the job's state to DynamoDB and Step Functions (each optional).
+
+    Args:
+        scene_id: the item key (``id``).
+        table: DynamoDB table name, or None (no writes).
+        task_token: Step Functions task token, or None.
+        clients: boto3 clients.
+        heartbeat_seconds: interval of the heartbeat thread.
+        progress_interval_s: minimum seconds between two progress writes.
+    """
+
+    def __init__(self, scene_id: str, table: str | None, task_token: str | None,
+                 clients: AwsClients, heartbeat_seconds: float = 60.0,
+                 progress_interval_s: float = PROGRESS_MIN_INTERVAL_S):
+        self.scene_id = scene_id
+        self.table = table
+        self.token = task_token
+        self.clients = clients
+        self.heartbeat_seconds = heartbeat_seconds
+        self.progress_interval_s = progress_interval_s
+        self.stage = STARTING
+        self.heartbeats = 0
+        self.progress_writes = 0
+        self._last_progress_t = 0.0
+        self._last_progress = -1.0
+        self._pipeline_stage: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._token_dead = False
+
+    # DynamoDB ------------------------------------------------------------------------
+    def _update(self, values: dict[str, Any], remove: tuple[str, ...] = ()) -> None:
+        if not self.table:
+            return
+        from boto3.dynamodb.types import TypeSerializer
+
+        ser = TypeSerializer()
+        values = {**values, "updatedAt": _now_iso()}
+        names = {f"#{k}": k for k in values} | {f"#{k}": k for k in remove}
+        expr = "SET " + ", ".join(f"#{k} = :{k}" for k in values)
+        if remove:
+            expr += " REMOVE " + ", ".join(f"#{k}" for k in remove)
+        self.clients.dynamodb.update_item(
+            TableName=self.table, Key={"id": {"S": self.scene_id}}, UpdateExpression=expr,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues={f":{k}": ser.serialize(v) for k, v in values.items()})
+
+    def check_table(self) -> None:
+        """Fail early when SCENES_TABLE names no table (ConfigError)."""
+        if not self.table:
+            return
+        try:
+            self.clients.dynamodb.describe_table(TableName=self.table)
+        except Exception as e:  # noqa: BLE001
+            code = str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
+            if code == "ResourceNotFoundException":
+                raise ConfigError(f"SCENES_TABLE: table {self.table!r} does not exist") from None
+            log.warning("cannot check SCENES_TABLE %s (%s); continuing", self.table, e)
+
+    def set_stage(self, stage: str) -> None:
+        self.stage = stage
+        log.info("scene %s: %s", self.scene_id, stage)
+        self._update({"processingStage": stage, "progress": Decimal(0)}, remove=("error",))
+        self._last_progress, self._last_progress_t = 0.0, time.monotonic()
+
+    def progress(self, fraction: float, pipeline_stage: str | None = None) -> None:
+        """Record progress (0..1) of the current stage; throttled (see the class)."""
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        now = time.monotonic()
+        changed_stage = pipeline_stage is not None and pipeline_stage != self._pipeline_stage
+        if not changed_stage and (fraction == self._last_progress or (
+                now - self._last_progress_t < self.progress_interval_s and fraction < 1.0)):
+            return
+        self._last_progress, self._last_progress_t = fraction, now
+        values: dict[str, Any] = {"progress": Decimal(str(round(fraction, 4)))}
+        if pipeline_stage is not None:
+            self._pipeline_stage = pipeline_stage
+            values["pipelineStage"] = pipeline_stage
+        self.progress_writes += 1
+        try:
+            self._update(values)
+        except Exception as e:  # noqa: BLE001  (progress is advisory; the job goes on)
+            log.warning("progress update failed: %s", e)
+
+    def events(self, ev: Event) -> None:
+        """An events callback: training steps become progress; stage starts are recorded."""
+        if ev.kind == "stage_started" and ev.stage in PIPELINE_STAGES:
+            self.progress(self._last_progress if ev.stage != "train" else 0.0,
+                          pipeline_stage=ev.stage)
+        elif ev.kind == "progress" and ev.stage == "train" and ev.total and ev.step:
+            self.progress(ev.step / ev.total)
+        elif ev.kind == "warning":
+            log.warning("%s: %s", ev.stage, ev.message)
+
+    def complete(self, payload: dict[str, Any]) -> None:
+        self.stage = "complete"
+        self._update({"processingStage": "complete", "progress": Decimal(1),
+                      "outputs": payload["outputs"], "iterations": payload["iterations"]})
+        if self.token:
+            self.clients.sfn.send_task_success(taskToken=self.token,
+                                               output=json.dumps(payload))
+        log.info("scene %s: complete, %d objects", self.scene_id, len(payload["outputs"]))
+
+    def failed(self, stage: str, message: str) -> str:
+        """Record the failure everywhere possible; returns the error text."""
+        error = f"gsplat failed at {stage}: {message}"
+        log.error("scene %s: %s", self.scene_id, error)
+        try:
+            self._update({"processingStage": "failed", "error": error})
+        except Exception as e:  # noqa: BLE001
+            log.error("could not record the failure in %s: %s", self.table, e)
+        if self.token:
+            try:
+                self.clients.sfn.send_task_failure(taskToken=self.token, error=SFN_ERROR,
+                                                   cause=error[:32768])
+            except Exception as e:  # noqa: BLE001
+                log.error("could not send the task failure to Step Functions: %s", e)
+        return error
+
+    # heartbeats ------------------------------------------------------------------------
+    def heartbeat(self) -> None:
+        if not self.token or self._token_dead:
+            return
+        try:
+            self.clients.sfn.send_task_heartbeat(taskToken=self.token)
+            self.heartbeats += 1
+        except Exception as e:  # noqa: BLE001
+            code = str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
+            if code in ("TaskTimedOut", "TaskDoesNotExist", "InvalidToken"):
+                self._token_dead = True
+            log.warning("heartbeat failed: %s", e)
+
+    def __enter__(self) -> "StatusReporter":
+        if self.token:
+            self.heartbeat()
+            self._thread = threading.Thread(target=self._beat, name="sfn-heartbeat",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_seconds):
+            self.heartbeat()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+# -- the stages -------------------------------------------------------------------------------
+
+class StageFailed(Exception):
+    """A stage of the task failed; ``stage`` names it, the cause is chained."""
+
+    def __init__(self, stage: str, message: str):
+        super().__init__(message)
+        self.stage = stage
+
+
+MEDIA_EXTS = {".jpg", ".jpeg", ".png", ".zip", ".mp4", ".mov", ".mkv", ".avi"}
+
+
+def classify_input(folder: Path, origin: str) -> tuple[str, Path]:
+    """What was downloaded into ``folder``: ``("colmap", folder)`` when it holds
+    ``sparse/...``, else ``("media", path)`` for photos, a zip or a video (the file itself when
+    it is the only one).
+
+    Raises:
+        InputError: neither a COLMAP output nor media (naming ``origin``).
+    """
+    if (folder / "sparse").is_dir():
+        return "colmap", folder
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    media = [p for p in files if p.suffix.lower() in MEDIA_EXTS]
+    if not media:
+        raise InputError(origin, "holds neither a COLMAP output (sparse/0/, images/) nor "
+                                 "photos or a video",
+                         f"found: {', '.join(sorted(p.name for p in files)[:5]) or 'nothing'}")
+    singles = [p for p in media if p.suffix.lower() not in {".jpg", ".jpeg", ".png"}]
+    if len(media) == 1 and singles:
+        return "media", singles[0]
+    if (folder / "images").is_dir() and not any(
+            p.parent == folder and p.suffix.lower() in MEDIA_EXTS for p in files):
+        return "media", folder / "images"
+    return "media", folder
+
+
+def validate_colmap(folder: Path, scene_config: Any, origin: str, events: Any = None) -> Any:
+    """Read the COLMAP model and check every registered image (before any training).
+
+    Returns:
+        the loaded :class:`splatforge.scene.Scene`.
+
+    Raises:
+        InputError: the model is unreadable or corrupt, or images are missing (the message
+            names the object under ``origin``).
+    """
+    from ..scene import load_scene
+
+    try:
+        return load_scene(folder, scene_config, events)
+    except InputError as e:
+        rel = _relative(e.path, folder)
+        raise InputError(f"{origin}{rel}" if rel else origin, e.problem, e.hint) from None
+    except Exception as e:  # noqa: BLE001  (a corrupt .bin raises struct/Value errors)
+        raise InputError(f"{origin}sparse/0/",
+                         f"unreadable COLMAP model ({type(e).__name__}: {e})",
+                         "upload the sparse/0/*.bin (or .txt) files of a COLMAP run") from None
+
+
+def _relative(path: Path | None, folder: Path) -> str:
+    if path is None:
+        return ""
+    try:
+        return Path(path).resolve().relative_to(folder.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def output_files(out: Path, step: int, include_spz: bool = True) -> list[tuple[Path, str]]:
+    """``(local file, key relative to the output prefix)`` of a finished reconstruct folder:
+    the INRIA model directory at the prefix's root (so ply-to-splat converters find
+    ``point_cloud/iteration_N/point_cloud.ply``), then the exports.
+
+    Raises:
+        InputError: the final point cloud is missing.
+    """
+    model = out / "model"
+    pairs = []
+    for rel in MODEL_FILES:
+        rel = rel.format(N=step)
+        if (model / rel).is_file():
+            pairs.append((model / rel, rel))
+    for name in SCENE_FILES:
+        if name == "scene.spz" and not include_spz:
+            continue
+        if (out / name).is_file():
+            pairs.append((out / name, name))
+    ply = f"point_cloud/iteration_{step}/point_cloud.ply"
+    if not any(rel == ply for _, rel in pairs):
+        raise InputError(model / ply, "training produced no final point cloud")
+    return pairs
+
+
+def upload_outputs(store: S3Store, files: list[tuple[Path, str]], prefix: str) -> list[str]:
+    """Upload ``files`` under ``prefix`` in parallel; each object is complete or absent, and
+    when any upload fails for good the ones that succeeded in this call are deleted again, so
+    the prefix never holds part of this run's outputs. Returns the keys.
+
+    Raises:
+        StorageError (or the upload's error): an upload failed after its retries.
+    """
+    prefix = normalize_prefix(prefix)
+    done: list[str] = []
+    lock = threading.Lock()
+
+    def one(pair: tuple[Path, str]) -> str:
+        path, rel = pair
+        key = validate_key(prefix + rel)
+        store.put_file(key, path)
+        with lock:
+            done.append(key)
+        return key
+
+    try:
+        return _parallel(one, files, store.workers)
+    except BaseException:
+        for key in done:
+            try:
+                store.delete(key)
+            except Exception as e:  # noqa: BLE001
+                log.error("could not remove %s after the failed upload: %s", key, e)
+        raise
+
+
+@dataclass
+class PipelineSpec:
+    """What to run on the downloaded input: the stage configs and output choices."""
+
+    ingest: Any
+    sfm: Any
+    scene: Any
+    train: Any
+    preset: str = "default"
+    train_enabled: bool = True
+    sfm_enabled: bool = True
+    include_spz: bool = True
+
+
+@dataclass
+class TaskOutcome:
+    """What a finished (or failed) run reports."""
+
+    exit_code: int
+    scene_id: str | None = None
+    stage: str | None = None
+    error: str | None = None
+    outputs: list[str] = field(default_factory=list)
+    payload: dict[str, Any] | None = None
+    heartbeats: int = 0
+    progress_writes: int = 0
+
+
+def run_worker(*, scene_id: str, store: S3Store, input_prefix: str, input_key: str | None,
+               output_prefix: str, spec: PipelineSpec, reporter: StatusReporter,
+               work_dir: Path | None = None) -> TaskOutcome:
+    """downloading -> training_3dgs -> uploading -> complete, reported through ``reporter``.
+
+    Args:
+        input_key: a single object under ``input_prefix`` (a video or zip of the job file),
+            or None for everything under ``input_prefix``.
+        work_dir: folder for the download and the reconstruct output (kept; a re-run
+            resumes); None = a temporary folder removed at the end.
+
+    Returns:
+        :class:`TaskOutcome` (exit_code 0 or 1). Never raises for a failing stage: the
+        failure is reported and returned.
+    """
+    from ..config import SceneConfig  # noqa: F401  (import check before any work)
+
+    own_tmp = work_dir is None
+    work = Path(tempfile.mkdtemp(prefix="splatforge-aws-")) if own_tmp else Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    origin = f"s3://{store.bucket}/{store.prefix}{input_prefix}" + (input_key or "")
+    outcome = TaskOutcome(exit_code=1, scene_id=scene_id)
+    stage = "downloading"
+    try:
+        with reporter:
+            # -- downloading -------------------------------------------------------------
+            reporter.set_stage(stage)
+            inp = work / "input"
+            if input_key is None:
+                try:
+                    n = len(store.download_prefix(input_prefix, inp))
+                except ObjectNotFound:
+                    raise InputError(origin, "no objects under this prefix",
+                                     "upload a COLMAP output (sparse/0/, images/) or photos "
+                                     "or a video there") from None
+                log.info("downloaded %d objects from %s", n, origin)
+                kind, media = classify_input(inp, origin)
+            else:
+                key = validate_key(normalize_prefix(input_prefix) + input_key)
+                if store.exists(key):
+                    media = store.get_file(key, inp / Path(input_key).name)
+                    kind = "media"
+                else:
+                    try:
+                        store.download_prefix(key, inp / Path(input_key).name)
+                    except ObjectNotFound:
+                        raise InputError(origin, "no such object or prefix") from None
+                    kind, media = classify_input(inp / Path(input_key).name, origin)
+            scene_cfg = spec.scene
+            if scene_cfg.cache_dir is None:
+                scene_cfg = scene_cfg.model_copy(update={"cache_dir": (work / "cache")})
+            if kind == "colmap":
+                validate_colmap(media, scene_cfg, origin, reporter.events)
+            elif not spec.sfm_enabled:
+                raise InputError(origin, "holds photos or a video, but SfM is disabled: a "
+                                         "posed COLMAP output (sparse/0/, images/) is needed")
+            reporter.progress(1.0)
+
+            # -- training_3dgs ----------------------------------------------------------
+            stage = "training_3dgs"
+            reporter.set_stage(stage)
+            out = work / "out"
+            if spec.train_enabled:
+                from ..pipeline import run_reconstruct
+
+                res = run_reconstruct(media, out, preset=spec.preset, ingest=spec.ingest,
+                                      sfm=spec.sfm, scene=scene_cfg, train=spec.train,
+                                      events=reporter.events)
+                files = output_files(out, res.step, spec.include_spz)
+                summary = {"numGaussians": res.num_gaussians, "psnr": res.psnr}
+            else:
+                from ..sfm import run_sfm
+
+                if kind == "colmap":
+                    raise InputError(origin, "is already a COLMAP output and training is "
+                                             "disabled: nothing to do")
+                ws = out / "workspace"
+                from ..ingest import run_ingest
+
+                run_ingest(spec.ingest, media, ws, reporter.events)
+                run_sfm(spec.sfm, ws / "input", ws, reporter.events, ingest=spec.ingest)
+                files = [(p, p.relative_to(ws).as_posix()) for p in sorted(ws.rglob("*"))
+                         if p.is_file() and p.relative_to(ws).parts[0] in
+                         ("images", "sparse", "sfm.json")]
+                summary = {}
+            reporter.progress(1.0)
+
+            # -- uploading --------------------------------------------------------------
+            stage = "uploading"
+            reporter.set_stage(stage)
+            keys = upload_outputs(store, files, output_prefix)
+            uris = [f"s3://{store.bucket}/{store.prefix}{k}" for k in sorted(keys)]
+            payload = {"sceneId": scene_id, "iterations": spec.train.max_steps,
+                       "status": "training_complete" if spec.train_enabled else "sfm_complete",
+                       "outputs": uris}
+            stage = "complete"
+            reporter.complete(payload)
+            outcome = TaskOutcome(exit_code=0, scene_id=scene_id, stage="complete",
+                                  outputs=uris, payload=payload | {"summary": summary})
+    except KeyboardInterrupt:
+        outcome.stage, outcome.error = stage, reporter.failed(stage, "interrupted")
+        outcome.exit_code = 130
+    except Exception as e:  # noqa: BLE001  (every failure is reported, then returned)
+        if not isinstance(e, SplatforgeError):
+            log.exception("%s failed", stage)
+        msg = str(e).replace("\n  hint:", ";")
+        outcome.stage, outcome.error = stage, reporter.failed(stage, msg)
+    finally:
+        outcome.heartbeats, outcome.progress_writes = (reporter.heartbeats,
+                                                       reporter.progress_writes)
+        if own_tmp:
+            shutil.rmtree(work, ignore_errors=True)
+    return outcome
+
+
+# -- the entry point ------------------------------------------------------------------------
+
+def settings_spec(s: TaskSettings) -> PipelineSpec:
+    """The pipeline configs of a task's environment (preset ``default``; ITERATIONS,
+    DENSIFY_UNTIL_ITER, DENSIFICATION_INTERVAL and DATA_FACTOR override it)."""
+    from ..config import IngestConfig, SceneConfig, SfmConfig, TrainConfig
+
+    return PipelineSpec(
+        ingest=IngestConfig(), sfm=SfmConfig(), scene=SceneConfig(data_factor=s.data_factor),
+        train=TrainConfig(max_steps=s.iterations, densify_until_iter=s.densify_until_iter,
+                          densification_interval=s.densification_interval))
+
+
+def run_aws_task(environ: Mapping[str, str] | None = None, *,
+                 clients: AwsClients | None = None,
+                 on_retry: Callable[..., None] | None = None) -> TaskOutcome:
+    """Run one task from its environment (see the module docstring).
+
+    Args:
+        environ: the variables (default ``os.environ``).
+        clients: boto3 clients to use (default: :func:`make_clients` from ``environ``).
+        on_retry: passed to the S3 store (called before each whole-file retry).
+
+    Returns:
+        :class:`TaskOutcome`; ``exit_code`` 0 done, 1 failed, 2 invalid environment. Every
+        failure has been reported to DynamoDB and Step Functions where configured.
+    """
+    env = os.environ if environ is None else environ
+    token = (env.get("SFN_TASK_TOKEN") or "").strip() or None
+    try:
+        settings = TaskSettings.from_env(env)
+    except ConfigError as e:
+        return _fail_early(env, token, clients, str(e))
+    if clients is None:
+        clients = make_clients(env, settings.endpoint_url)
+    reporter = StatusReporter(settings.scene_id, settings.scenes_table,
+                              settings.sfn_task_token, clients, settings.heartbeat_seconds)
+    try:
+        reporter.check_table()
+    except ConfigError as e:
+        out = TaskOutcome(exit_code=2, scene_id=settings.scene_id, stage=STARTING)
+        out.error = reporter.failed(STARTING, str(e))
+        return out
+    store = S3Store(settings.bucket, "", client=clients.s3, on_retry=on_retry)
+    return run_worker(scene_id=settings.scene_id, store=store,
+                      input_prefix=settings.input_prefix, input_key=None,
+                      output_prefix=settings.output_prefix, spec=settings_spec(settings),
+                      reporter=reporter, work_dir=settings.work_dir)
+
+
+def _fail_early(env: Mapping[str, str], token: str | None, clients: AwsClients | None,
+                message: str) -> TaskOutcome:
+    """Report an invalid environment: to Step Functions when a token is set, and to
+    DynamoDB when SCENES_TABLE and a usable SCENE_ID are."""
+    scene_id = (env.get("SCENE_ID") or "").strip() or None
+    table = (env.get("SCENES_TABLE") or "").strip() or None
+    out = TaskOutcome(exit_code=2, scene_id=scene_id, stage=STARTING)
+    try:
+        if scene_id is not None:
+            colmap_prefix(scene_id)
+    except InvalidKey:
+        scene_id = None
+    if token or (table and scene_id):
+        try:
+            if clients is None:
+                clients = make_clients(env, (env.get("AWS_ENDPOINT_URL") or "").strip() or None)
+            rep = StatusReporter(scene_id or "", table if scene_id else None, token, clients)
+            out.error = rep.failed(STARTING, message)
+            return out
+        except Exception as e:  # noqa: BLE001
+            log.error("could not report the failure: %s", e)
+    out.error = f"gsplat failed at {STARTING}: {message}"
+    log.error("%s", out.error)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m splatforge.aws`` / ``splatforge aws-task``: returns the exit status."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    out = run_aws_task()
+    if out.exit_code == 0:
+        print(json.dumps(out.payload, indent=2))
+    return out.exit_code
