@@ -263,7 +263,9 @@ def reconstruct(media: tyro.conf.Positional[Path], output: Output,
     print(format_summary(res))
 
 
-COMMANDS = {"info": info, "ingest": ingest, "sfm": sfm, "train": train,
+from .service.cli import serve  # noqa: E402
+
+COMMANDS = {"info": info, "ingest": ingest, "sfm": sfm, "train": train, "serve": serve,
             "convert": convert,
             "eval": eval_cmd, "render": render, "reconstruct": reconstruct}
 
