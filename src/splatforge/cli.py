@@ -263,9 +263,10 @@ def reconstruct(media: tyro.conf.Positional[Path], output: Output,
     print(format_summary(res))
 
 
+from .service.cli import serve  # noqa: E402
 from .aws.commands import aws_task, submit_job  # noqa: E402
 
-COMMANDS = {"info": info, "ingest": ingest, "sfm": sfm, "train": train,
+COMMANDS = {"info": info, "ingest": ingest, "sfm": sfm, "train": train, "serve": serve,
             "convert": convert,
             "eval": eval_cmd, "render": render, "reconstruct": reconstruct,
             "aws-task": aws_task, "submit-job": submit_job}
