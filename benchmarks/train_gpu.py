@@ -1,15 +1,32 @@
-"""GPU training benchmark: splatforge's trainer on a scene at 7k and 30k steps.
+"""GPU training benchmark: splatforge's trainer on a scene, 7k and 30k steps, one table.
 
-Prints one Markdown table: training-loop time (the optimisation loop alone: no data loading
-before step 0, no saving, no evaluation), steps/s, peak ``torch.cuda.max_memory_allocated``,
-final Gaussians, held-out PSNR/SSIM. Every row is a fresh run with the same seed. Usage on a
-CUDA machine (from the repo root)::
+For every row (a fresh run with a fixed seed) it prints the training-loop time (the
+optimisation loop alone: no data loading before step 0, no saving, no evaluation), steps/s,
+peak ``torch.cuda.max_memory_allocated``, final Gaussians and held-out PSNR/SSIM. With
+``--eval-every N`` the held-out PSNR is also measured every N steps (outside the timed loop), so
+a PSNR that falls as training goes on shows. With ``--profile`` it adds, per row, the share of
+step time spent outside gsplat's kernels, from ``torch.profiler``:
 
-    python benchmarks/train_gpu.py --scene workspaces/plush_dog --steps 7000 30000 \\
-        --json benchmarks/results/train_gpu_plush_dog.json
+* the timed run records, with a CUDA synchronise at each window edge, the wall time of a few
+  windows of ``--window`` steps (a sync every few hundred steps costs nothing measurable);
+* a second run with the same seed and config records those same windows with the profiler on,
+  and sums the device time of gsplat's CUDA kernels (names in the ``gsplat::`` namespace, plus
+  the CUB radix sort that gsplat launches to order tile intersections);
+* outside share = 1 - gsplat kernel time / unprofiled wall time, over all windows; the
+  profiled run also splits CPU and GPU time by the trainer's ``sf.*`` ranges (data, render,
+  loss, backward, optimizer, densify).
 
-``SPLATFORGE_GSPLAT_SO`` may point to a prebuilt ``gsplat_cuda.so`` (see NOTES.md) to skip
-gsplat's JIT compile.
+``--set key=value`` overrides TrainConfig fields (several allowed; ``--variant`` runs a named
+set of overrides as extra rows, e.g. ``--variant baseline:fused_adam=false,images_on_gpu=yes``).
+``--diagnose`` reports, after each run, the Gaussians that no training camera sees but a
+held-out camera does, and the held-out PSNR with them removed (the floater check of
+benchmarks/NOTES.md).
+
+Usage on a CUDA machine (from the repo root; ``SPLATFORGE_GSPLAT_SO`` may point to a prebuilt
+``gsplat_cuda.so``, see NOTES.md)::
+
+    python benchmarks/train_gpu.py --scene ../shared/datasets/plush_dog --steps 7000 30000 \\
+        --profile --eval-every 2500 --json benchmarks/results/train_gpu_plush_dog.json
 """
 
 from __future__ import annotations
@@ -18,12 +35,15 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import splatforge  # noqa: F401  (import-order guard)
+
+GSPLAT_KERNEL_MARKERS = ("gsplat", "cub::", "DeviceRadixSort", "DeviceScan")
 
 
 def git_commit() -> str:
@@ -34,6 +54,136 @@ def git_commit() -> str:
                               text=True, cwd=Path(__file__).parent, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def parse_value(v: str):
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def parse_sets(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        for kv in filter(None, item.split(",")):
+            k, _, v = kv.partition("=")
+            out[k.strip()] = parse_value(v.strip())
+    return out
+
+
+def windows_for(steps: int, window: int) -> list[tuple[int, int]]:
+    """Profiling windows ``(first, last)`` spread over the run (densification on and off)."""
+    starts = sorted({int(steps * f) for f in (0.1, 0.3, 0.6, 0.9)})
+    return [(max(s, 2), min(s + window - 1, steps - 1)) for s in starts]
+
+
+class WindowTimer:
+    """step_hook: wall time of each window, synchronising the GPU at its edges."""
+
+    def __init__(self, windows):
+        import torch
+
+        self.torch = torch
+        self.windows = windows
+        self.t0: dict[int, float] = {}
+        self.ms: list[float] = []
+        self.steps: list[int] = []
+        self.gaussians: list[int] = []
+
+    def __call__(self, trainer, step: int) -> None:
+        for i, (a, b) in enumerate(self.windows):
+            if step == a - 1:
+                self.torch.cuda.synchronize()
+                self.t0[i] = time.perf_counter()
+            elif step == b:
+                self.torch.cuda.synchronize()
+                self.ms.append((time.perf_counter() - self.t0[i]) * 1e3)
+                self.steps.append(b - a + 1)
+                self.gaussians.append(len(trainer.params["means"]))
+
+
+class WindowProfiler:
+    """step_hook: torch.profiler over the same windows; sums kernel time by kind."""
+
+    def __init__(self, windows):
+        import torch
+
+        self.torch = torch
+        self.windows = windows
+        self.prof = None
+        self.gsplat_ms = 0.0
+        self.other_ms = 0.0
+        self.kernels: dict[str, float] = {}
+        self.ranges: dict[str, dict[str, float]] = {}
+
+    def __call__(self, trainer, step: int) -> None:
+        prof = self.torch.profiler
+        for a, b in self.windows:
+            if step == a - 1:
+                self.prof = prof.profile(activities=[prof.ProfilerActivity.CPU,
+                                                     prof.ProfilerActivity.CUDA])
+                self.prof.__enter__()
+            elif step == b and self.prof is not None:
+                self.torch.cuda.synchronize()
+                self.prof.__exit__(None, None, None)
+                self._collect(self.prof)
+                self.prof = None
+
+    def _collect(self, p) -> None:
+        from torch.autograd import DeviceType
+
+        for e in p.events():
+            if e.name.startswith("sf.") and e.device_type == DeviceType.CPU:
+                r = self.ranges.setdefault(e.name, {"cpu_ms": 0.0})
+                r["cpu_ms"] += e.cpu_time_total / 1e3
+            elif e.device_type == DeviceType.CUDA and not e.name.startswith("sf."):
+                ms = _dev_us(e) / 1e3
+                if any(m in e.name for m in GSPLAT_KERNEL_MARKERS):
+                    self.gsplat_ms += ms
+                else:
+                    self.other_ms += ms
+                key = e.name[:90]
+                self.kernels[key] = self.kernels.get(key, 0.0) + ms
+
+
+def _dev_us(e) -> float:
+    """Device time of a profiler kernel event in microseconds (torch renamed cuda -> device)."""
+    for attr in ("device_time", "cuda_time", "device_time_total", "cuda_time_total"):
+        v = getattr(e, attr, None)
+        if v:
+            return float(v)
+    return 0.0
+
+
+def diagnose(res, scene, cfg, backend: str) -> dict:
+    """Gaussians unseen by every training camera but seen by a held-out one, and the held-out
+    PSNR without them."""
+    import torch
+
+    from splatforge.export import read_ply  # noqa: F401  (checks the export package loads)
+    from splatforge.train.checkpoint import find_latest_checkpoint, load_checkpoint
+    from splatforge.train.evaluate import evaluate_splats
+    from splatforge.train.visibility import camera_stack, in_any_frustum
+
+    ckpt = load_checkpoint(find_latest_checkpoint(res.model_dir), map_location="cuda")
+    params = {k: v.cuda() for k, v in ckpt["splats"].items()}
+    dev = params["means"].device
+    train_seen = in_any_frustum(params["means"], *camera_stack(scene, scene.train_indices, dev))
+    test_seen = in_any_frustum(params["means"], *camera_stack(scene, scene.test_indices, dev))
+    floaters = (~train_seen) & test_seen
+    sh = min(res.step // cfg.sh_degree_interval, cfg.sh_degree)
+    keep = {k: v[~floaters] for k, v in params.items()}
+    ev = evaluate_splats(keep, scene, scene.test_indices, sh, backend)
+    opa = torch.sigmoid(params["opacities"][floaters])
+    return {"unseen_by_train": int((~train_seen).sum()), "unseen_in_test_view": int(
+        floaters.sum()), "their_mean_opacity": round(float(opa.mean()), 3) if len(opa) else 0,
+        "test_psnr_without_them": round(ev["psnr"], 3)}
 
 
 def main() -> None:
@@ -47,9 +197,15 @@ def main() -> None:
     ap.add_argument("--scene", type=Path, required=True)
     ap.add_argument("--steps", type=int, nargs="+", default=[7000, 30000])
     ap.add_argument("--data-factor", type=int, default=1)
-    ap.add_argument("--strategy", default="default")
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="TrainConfig overrides for every row")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:K=V,K=V",
+                    help="extra rows with these overrides (on top of --set)")
+    ap.add_argument("--eval-every", type=int, default=0)
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--window", type=int, default=100)
+    ap.add_argument("--diagnose", action="store_true")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", type=Path, help="keep the model dirs under this folder")
     args = ap.parse_args()
@@ -63,49 +219,87 @@ def main() -> None:
     t0 = time.monotonic()
     scene = load_scene(args.scene, scene_cfg)
     load_s = time.monotonic() - t0
+    common = parse_sets(args.set)
+    variants = [("splatforge", {})]
+    for v in args.variant:
+        name, _, sets = v.partition(":")
+        variants.append((name, parse_sets([sets])))
+    base = args.keep or Path(tempfile.mkdtemp())
     rows = []
-    for steps in args.steps:
-        cfg = TrainConfig(max_steps=steps, seed=args.seed, strategy=args.strategy,
-                          backend=args.backend, save_steps=[steps])
-        base = args.keep or Path(tempfile.mkdtemp())
-        model_dir = base / f"steps_{steps}"
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        t0 = time.monotonic()
-        res = run_train(cfg, scene, model_dir, scene_config=scene_cfg)
-        wall = time.monotonic() - t0
-        peak = torch.cuda.max_memory_allocated()
-        m = res.metrics
-        rows.append({
-            "steps": steps, "train_s": round(res.train_seconds, 1), "wall_s": round(wall, 1),
-            "steps_per_s": round(steps / res.train_seconds, 1),
-            "peak_mem_GB": round(peak / 1e9, 3), "gaussians": res.num_gaussians,
-            "test_psnr": round(m.get("test", {}).get("psnr", float("nan")), 3)
-            if isinstance(m.get("test"), dict) else m.get("test_psnr"),
-            "test_ssim": round(m.get("test", {}).get("ssim", float("nan")), 4)
-            if isinstance(m.get("test"), dict) else m.get("test_ssim"),
-            "backend": res.backend,
-        })
-        print(json.dumps(rows[-1]), flush=True)
+    for name, over in variants:
+        for steps in args.steps:
+            kw = dict(max_steps=steps, seed=args.seed, save_steps=[steps],
+                      eval_every=args.eval_every, **common)
+            kw.update(over)
+            cfg = TrainConfig(**kw)
+            model_dir = base / f"{name}_{steps}"
+            wins = windows_for(steps, args.window)
+            profile = args.profile and name == "splatforge"
+            timer = WindowTimer(wins) if profile else None
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            t0 = time.monotonic()
+            res = run_train(cfg, scene, model_dir, scene_config=scene_cfg, step_hook=timer)
+            wall = time.monotonic() - t0
+            peak = torch.cuda.max_memory_allocated()
+            test = res.metrics.get("test", {})
+            row = {"variant": name, "steps": steps, "overrides": over,
+                   "train_s": round(res.train_seconds, 1), "wall_s": round(wall, 1),
+                   "steps_per_s": round(steps / res.train_seconds, 1),
+                   "peak_mem_GB": round(peak / 1e9, 3), "gaussians": res.num_gaussians,
+                   "test_psnr": round(test.get("psnr") or float("nan"), 3),
+                   "test_ssim": round(test.get("ssim") or float("nan"), 4),
+                   "backend": res.backend}
+            log = [json.loads(x) for x in (model_dir / "train_log.jsonl").read_text()
+                   .splitlines() if x.strip()]
+            curve = [(r["step"], round(r["psnr"], 2)) for r in log if r.get("kind") == "eval"]
+            if curve:
+                row["test_psnr_curve"] = curve + [(steps, row["test_psnr"])]
+            dens = [r.get("densification") for r in log if r.get("densification")]
+            if dens:
+                row["densification"] = dens[-1]
+            if profile:
+                prof = WindowProfiler(wins)
+                run_train(cfg, scene, base / f"{name}_{steps}_profiled",
+                          scene_config=scene_cfg, step_hook=prof)
+                wall_ms = sum(timer.ms)
+                row["profile"] = {
+                    "windows": wins, "window_wall_ms": [round(x, 1) for x in timer.ms],
+                    "window_gaussians": timer.gaussians,
+                    "step_ms": round(wall_ms / sum(timer.steps), 3),
+                    "gsplat_kernel_ms_per_step": round(prof.gsplat_ms / sum(timer.steps), 3),
+                    "other_kernel_ms_per_step": round(prof.other_ms / sum(timer.steps), 3),
+                    "outside_gsplat_share": round(1 - prof.gsplat_ms / wall_ms, 3),
+                    "ranges_ms_per_step": {k: {kk: round(vv / sum(timer.steps), 3)
+                                               for kk, vv in v.items()}
+                                           for k, v in sorted(prof.ranges.items())},
+                    "top_kernels_ms": dict(sorted(prof.kernels.items(),
+                                                  key=lambda kv: -kv[1])[:15]),
+                }
+                row["outside_gsplat"] = row["profile"]["outside_gsplat_share"]
+            if args.diagnose:
+                row["diagnosis"] = diagnose(res, scene, cfg, res.backend)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
 
     info = {
         "device": device, "torch": torch.__version__, "cuda": torch.version.cuda,
         "gsplat": gsplat.__version__, "python": platform.python_version(),
         "git_commit": git_commit(), "scene": str(args.scene), "images": len(scene.images),
         "train_images": len(scene.train_indices), "test_images": len(scene.test_indices),
-        "data_factor": args.data_factor, "strategy": args.strategy, "seed": args.seed,
+        "data_factor": args.data_factor, "seed": args.seed, "overrides": common,
         "scene_load_s": round(load_s, 2),
     }
     print(f"\nsplatforge train on {device} (torch {torch.__version__}, CUDA {torch.version.cuda}, "
           f"gsplat {gsplat.__version__}, commit {info['git_commit']})")
     print(f"scene {args.scene}: {info['train_images']} train / {info['test_images']} test images, "
-          f"data_factor {args.data_factor}, strategy {args.strategy}, seed {args.seed}\n")
-    cols = ["steps", "train_s", "steps_per_s", "peak_mem_GB", "gaussians", "test_psnr",
-            "test_ssim", "backend"]
+          f"data_factor {args.data_factor}, seed {args.seed}, overrides {common}\n")
+    cols = ["variant", "steps", "train_s", "steps_per_s", "peak_mem_GB", "gaussians",
+            "test_psnr", "test_ssim"] + (["outside_gsplat"] if args.profile else [])
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
-        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+        print("| " + " | ".join(str(r.get(c)) for c in cols) + " |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({**info, "rows": rows}, indent=2))

@@ -327,6 +327,20 @@ class TrainConfig(StageConfig):
     antialiased: bool = Field(False, description="Mip-Splatting antialiased rasterization.")
     packed: bool = Field(False, description="gsplat packed mode (less memory).")
     sparse_grad: bool = Field(False, description="Sparse gradients (needs packed).")
+    prune_unseen: bool = Field(
+        True, description="At every densification interval (default strategy), remove "
+                          "Gaussians whose centre lies in no training camera's view frustum: "
+                          "no photo constrains them, and left alone they become floaters in "
+                          "front of held-out views.")
+    fused_ssim: bool = Field(
+        True, description="SSIM loss with the hand-derived backward pass "
+                          "(splatforge.train.fused_ssim; same values, less memory and time).")
+    fused_adam: bool = Field(
+        True, description="On CUDA, PyTorch's fused (single-kernel) Adam.")
+    images_on_gpu: Literal["auto", "yes", "no"] = Field(
+        "no", description="Keep the decoded uint8 training images on the GPU (yes), or in "
+                          "pinned host memory copied asynchronously each step (no: less GPU "
+                          "memory); auto = yes when they fit in a quarter of the free memory.")
     random_background: bool = Field(
         False, description="Render on a random background colour each step (INRIA "
                            "--random_background).")

@@ -55,6 +55,7 @@ class ImageCache:
         self._host: OrderedDict[int, np.ndarray] = OrderedDict()
         self._host_bytes = 0
         self._gpu: dict[int, torch.Tensor] = {}
+        self._pinned: dict[int, torch.Tensor] = {}
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._pending: dict[int, Future] = {}
@@ -115,10 +116,20 @@ class ImageCache:
                 t = torch.from_numpy(self._decode(index)).to(self.device)
                 self._gpu[index] = t
             return t
+        if self.device.type == "cuda":
+            # page-locked host copy (kept when every image fits the budget) + asynchronous
+            # upload: no host-device sync per step; PyTorch's host allocator keeps a pinned
+            # buffer alive until the copy that reads it has run
+            t = self._pinned.get(index)
+            if t is None:
+                t = torch.from_numpy(self._host_get(index)).pin_memory()
+                if self.total_bytes <= self.budget:
+                    self._pinned[index] = t
+            return t.to(self.device, non_blocking=True)
         arr = self._host_get(index)
         t = torch.from_numpy(arr)
         if self.device.type != "cpu":
-            t = t.to(self.device, non_blocking=False)
+            t = t.to(self.device)
         return t
 
     def prefetch(self, index: int) -> None:
@@ -141,6 +152,7 @@ class ImageCache:
         self._host.clear()
         self._host_bytes = 0
         self._gpu.clear()
+        self._pinned.clear()
 
 
 class ViewSampler:

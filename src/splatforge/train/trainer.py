@@ -74,7 +74,8 @@ ADAM_EPS = 1e-15  # INRIA scene/gaussian_model.py training_setup
 _INCOMPATIBLE = ("sh_degree", "strategy")
 
 #: Config fields that do not change the optimisation (no warning when they differ on resume).
-_NO_EFFECT = ("log_every", "eval_every", "image_cache_mb", "save_steps")
+_NO_EFFECT = ("log_every", "eval_every", "image_cache_mb", "save_steps", "fused_adam",
+              "images_on_gpu", "fused_ssim")
 
 #: ``step_hook(trainer, step)``: called after every completed step (parameters consistent, in
 #: the training thread). It may block (the loop really pauses while it does), read
@@ -223,7 +224,7 @@ def make_strategy(config: TrainConfig, scene_scale: float):
 
 def _default_strategy_cls():
     from gsplat.strategy import DefaultStrategy
-    from gsplat.strategy.ops import reset_opa
+    from gsplat.strategy.ops import remove, reset_opa
 
     @dataclass
     class _InriaDefaultStrategy(DefaultStrategy):
@@ -239,9 +240,14 @@ def _default_strategy_cls():
         Adam moments, both idempotent).
         """
 
+        #: ``seen_fn(means [N, 3]) -> [N] bool`` (True = inside some training frustum); when
+        #: set, unseen Gaussians are removed at every refinement interval of the whole run
+        #: (TrainConfig.prune_unseen).
+        seen_fn: Any = None
+
         def __post_init__(self) -> None:
             self.counts = {"duplicated": 0, "split": 0, "pruned": 0, "refines": 0,
-                           "opacity_resets": 0}
+                           "opacity_resets": 0, "pruned_unseen": 0}
 
         def _grow_gs(self, params, optimizers, state, step):
             n_dupli, n_split = super()._grow_gs(params, optimizers, state, step)
@@ -261,6 +267,13 @@ def _default_strategy_cls():
                 reset_opa(params=params, optimizers=optimizers, state=state,
                           value=self.prune_opa * 2.0)
                 self.counts["opacity_resets"] += 1
+            if (self.seen_fn is not None and step > self.refine_start_iter
+                    and step % self.refine_every == 0):
+                unseen = ~self.seen_fn(params["means"])
+                n = int(unseen.sum())
+                if n:
+                    remove(params=params, optimizers=optimizers, state=state, mask=unseen)
+                    self.counts["pruned_unseen"] += n
 
     return _InriaDefaultStrategy
 
@@ -375,9 +388,13 @@ class Trainer:
         # gsplat's sparse_grad makes only the means/quats/scales gradients sparse (COO); the
         # torch backend ignores it (dense gradients everywhere).
         sparse = set(SPARSE_GRAD_PARAMS) if self.use_sparse_grad else set()
-        return {name: (torch.optim.SparseAdam if name in sparse else torch.optim.Adam)(
+        # fused Adam: one kernel per step instead of a dozen per parameter (same update rule)
+        fused = {"fused": True} if cfg.fused_adam and self.device.type == "cuda" else {}
+        return {name: (torch.optim.SparseAdam(
                     [{"params": [self.params[name]], "lr": lrs[name], "name": name}],
-                    eps=ADAM_EPS, betas=(0.9, 0.999))
+                    eps=ADAM_EPS, betas=(0.9, 0.999)) if name in sparse else torch.optim.Adam(
+                    [{"params": [self.params[name]], "lr": lrs[name], "name": name}],
+                    eps=ADAM_EPS, betas=(0.9, 0.999), **fused))
                 for name in PARAM_NAMES}
 
     def _setup(self, ckpt_path: Path | None) -> None:
@@ -422,6 +439,11 @@ class Trainer:
         self.optimizers = self._make_optimizers()
         self.strategy, self.strategy_state = make_strategy(cfg, self.scene_scale)
         self.strategy.check_sanity(self.params, self.optimizers)
+        if cfg.prune_unseen and cfg.strategy == "default":
+            from .visibility import camera_stack, in_any_frustum
+
+            stack = camera_stack(scene, scene.train_indices, self.device)
+            self.strategy.seen_fn = lambda means: in_any_frustum(means, *stack)
         self.sampler = ViewSampler(scene.train_indices, cfg.seed)
         self.bg_generator = torch.Generator().manual_seed(cfg.seed + 1)
         self.train_seconds = 0.0
@@ -439,7 +461,9 @@ class Trainer:
             restore_rng_state(ckpt["rng"])
         self.step = self.start_step
         budget = int(cfg.image_cache_mb * 1024 * 1024)
-        self.images = ImageCache(scene, scene.train_indices, budget, self.device)
+        self.images = ImageCache(scene, scene.train_indices, budget, self.device,
+                                 gpu_resident={"auto": None, "yes": True,
+                                               "no": False}[cfg.images_on_gpu])
         self.cameras = {i: camera_tensors(scene, i, self.device) for i in scene.train_indices}
         self.background = torch.tensor(scene.background, dtype=torch.float32, device=self.device)
 
@@ -525,50 +549,61 @@ class Trainer:
 
     # ---- one step --------------------------------------------------------------------------
     def _train_step(self, k: int) -> dict[str, Any]:
+        # record_function ranges name the parts of a step in torch.profiler traces
+        # (benchmarks/train_gpu.py --profile); without a profiler they cost ~1 us each
+        rf = torch.profiler.record_function
         cfg = self.config
-        idx = self.sampler.next()
-        nxt = self.sampler.peek()
-        if nxt is not None:
-            self.images.prefetch(nxt)
-        gt = self.images.get(idx).float() / 255.0
-        sh_degree = sh_degree_at(k, cfg.sh_degree, cfg.sh_degree_interval)
-        means_lr = self.scene_scale * expon_lr(k, cfg.means_lr, cfg.means_lr_final,
-                                               cfg.max_steps)
-        for group in self.optimizers["means"].param_groups:
-            group["lr"] = means_lr
-        if cfg.random_background:
-            bg = torch.rand(3, generator=self.bg_generator).to(self.device)
-        else:
-            bg = self.background
-        viewmat, K = self.cameras[idx]
-        render, _, info = render_view(
-            self.params, self.scene, idx, sh_degree, self.backend, background=bg,
-            antialiased=cfg.antialiased, packed=cfg.packed, viewmat=viewmat, K=K,
-            absgrad=cfg.absgrad, sparse_grad=self.use_sparse_grad)
-        if cfg.strategy == "default":
-            self.strategy.step_pre_backward(self.params, self.optimizers, self.strategy_state,
-                                            k, info)
-        loss, l1, ssim_val = photometric_loss(render[0], gt, cfg.ssim_lambda)
-        reg = mcmc_regularization(self.params, *self.regularization)
-        total = loss + reg if reg is not None else loss
-        total.backward()
-        if self.use_sparse_grad:
-            # gsplat's sparse_grad gives COO gradients for the projection's inputs, but a
-            # dense one still reaches means through the SH view directions (and scales
-            # through the MCMC regulariser): SparseAdam takes the rows that have one.
-            for name in SPARSE_GRAD_PARAMS:
-                g = self.params[name].grad
-                if g is not None and not g.is_sparse:
-                    self.params[name].grad = g.to_sparse(1)
-        for opt in self.optimizers.values():
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        if cfg.strategy == "default":
-            self.strategy.step_post_backward(self.params, self.optimizers, self.strategy_state,
-                                             k, info, packed=cfg.packed)
-        else:
-            self.strategy.step_post_backward(self.params, self.optimizers, self.strategy_state,
-                                             k, info, lr=means_lr)
+        with rf("sf.data"):
+            idx = self.sampler.next()
+            nxt = self.sampler.peek()
+            if nxt is not None:
+                self.images.prefetch(nxt)
+            gt = self.images.get(idx).float() / 255.0
+            sh_degree = sh_degree_at(k, cfg.sh_degree, cfg.sh_degree_interval)
+            means_lr = self.scene_scale * expon_lr(k, cfg.means_lr, cfg.means_lr_final,
+                                                   cfg.max_steps)
+            for group in self.optimizers["means"].param_groups:
+                group["lr"] = means_lr
+            if cfg.random_background:
+                bg = torch.rand(3, generator=self.bg_generator).to(self.device)
+            else:
+                bg = self.background
+            viewmat, K = self.cameras[idx]
+        with rf("sf.render"):
+            render, _, info = render_view(
+                self.params, self.scene, idx, sh_degree, self.backend, background=bg,
+                antialiased=cfg.antialiased, packed=cfg.packed, viewmat=viewmat, K=K,
+                absgrad=cfg.absgrad, sparse_grad=self.use_sparse_grad)
+            if cfg.strategy == "default":
+                self.strategy.step_pre_backward(self.params, self.optimizers,
+                                                self.strategy_state, k, info)
+        with rf("sf.loss"):
+            loss, l1, ssim_val = photometric_loss(render[0], gt, cfg.ssim_lambda,
+                                                  fused_ssim=cfg.fused_ssim)
+            reg = mcmc_regularization(self.params, *self.regularization)
+            total = loss + reg if reg is not None else loss
+        with rf("sf.backward"):
+            total.backward()
+        with rf("sf.optimizer"):
+            if self.use_sparse_grad:
+                # gsplat's sparse_grad gives COO gradients for the projection's inputs, but a
+                # dense one still reaches means through the SH view directions (and scales
+                # through the MCMC regulariser): SparseAdam takes the rows that have one.
+                for name in SPARSE_GRAD_PARAMS:
+                    g = self.params[name].grad
+                    if g is not None and not g.is_sparse:
+                        self.params[name].grad = g.to_sparse(1)
+            for opt in self.optimizers.values():
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        with rf("sf.densify"):
+            if cfg.strategy == "default":
+                self.strategy.step_post_backward(self.params, self.optimizers,
+                                                 self.strategy_state, k, info,
+                                                 packed=cfg.packed)
+            else:
+                self.strategy.step_post_backward(self.params, self.optimizers,
+                                                 self.strategy_state, k, info, lr=means_lr)
         return {"render": render.detach(), "gt": gt, "loss": total.detach(), "l1": l1.detach(),
                 "ssim": ssim_val.detach(), "sh_degree": sh_degree, "means_lr": means_lr,
                 "index": idx}
