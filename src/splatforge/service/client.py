@@ -1,0 +1,613 @@
+"""``splatforge client``: drive a splatforge job service over HTTP.
+
+The flows of a baking-server test script, one subcommand each::
+
+    splatforge client submit photos/ --preset preview     # scene + upload + job -> ids
+    splatforge client wait <job>                          # progress bar; exit 0 on success
+    splatforge client status <job>                        # the job record as JSON
+    splatforge client download <scene> -o out/            # artifacts, resumable (Range)
+    splatforge client cancel <job>
+
+Every subcommand takes ``--url`` (default ``$SPLATFORGE_URL`` or ``http://127.0.0.1:8000``)
+and ``--api-key`` (default ``$SPLATFORGE_API_KEY``, sent as ``Authorization: Bearer``).
+Errors a user can cause (server not reachable, 401, 404, a bad media path) raise
+:class:`ClientError`, which ``splatforge`` prints as one line and exits with status 2.
+``wait`` exits 0 when the job succeeded, 1 when it failed, 3 when it was cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Iterator, Union
+
+import httpx
+import tyro
+
+from ..errors import SplatforgeError
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TERMINAL = ("succeeded", "failed", "cancelled")
+#: ``wait`` exit status per final job status.
+EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 3}
+_CHUNK = 1 << 20
+
+
+class ClientError(SplatforgeError):
+    """A request the service refused or could not answer (message names URL and cause)."""
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP
+
+
+class ServiceClient:
+    """A small typed wrapper over the service's HTTP API (one :class:`httpx.Client`).
+
+    Args:
+        url: the service's base URL, e.g. ``http://127.0.0.1:8000``.
+        api_key: bearer token (``SPLATFORGE_API_KEY`` of the server), or None.
+        timeout: seconds per request (connect and read); uploads and downloads stream.
+
+    Raises (every method):
+        ClientError: connection refused / DNS failure / timeout, or an HTTP error status, with
+            the server's ``detail`` text when it sends one.
+    """
+
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 30.0):
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "ServiceClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            resp = self.http.request(method, path, **kw)
+        except httpx.TransportError as e:
+            raise ClientError(self._transport_message(e)) from None
+        self._check(resp, method, path)
+        return resp
+
+    def _transport_message(self, e: Exception) -> str:
+        if isinstance(e, httpx.ConnectError):
+            return (f"cannot connect to the splatforge service at {self.url} ({e}); is "
+                    "`splatforge serve` running there? (--url or SPLATFORGE_URL)")
+        if isinstance(e, httpx.TimeoutException):
+            return f"the splatforge service at {self.url} did not answer in time ({e!r})"
+        return f"request to {self.url} failed: {e!r}"
+
+    def _check(self, resp: httpx.Response, method: str, path: str) -> None:
+        if resp.status_code < 400:
+            return
+        if not resp.is_closed:
+            resp.read()
+        detail: Any = resp.text.strip()
+        try:
+            body = resp.json()
+            detail = body.get("detail", body) if isinstance(body, dict) else body
+        except ValueError:
+            pass
+        if not isinstance(detail, str):
+            detail = json.dumps(detail)
+        where = f"{method} {self.url}{path}"
+        if resp.status_code == 401:
+            raise ClientError(f"{where}: 401 unauthorized ({detail}); pass the server's "
+                              "SPLATFORGE_API_KEY with --api-key or the SPLATFORGE_API_KEY "
+                              "variable")
+        if resp.status_code == 404:
+            raise ClientError(f"{where}: 404 not found ({detail})")
+        raise ClientError(f"{where}: HTTP {resp.status_code} ({detail})")
+
+    # -- API -------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return self._request("GET", "/healthz").json()
+
+    def create_scene(self, name: str | None = None) -> str:
+        """``POST /scenes`` -> the new scene id."""
+        body = {"name": name} if name else {}
+        return str(self._request("POST", "/scenes", json=body).json()["id"])
+
+    def upload_media(self, scene_id: str, files: list[Path]) -> dict[str, Any]:
+        """``POST /scenes/{id}/media`` with ``files`` as one multipart request (streamed)."""
+        handles = []
+        try:
+            parts = []
+            for p in files:
+                f = open(p, "rb")
+                handles.append(f)
+                parts.append(("files", (p.name, f, _content_type(p))))
+            return self._request("POST", f"/scenes/{scene_id}/media", files=parts,
+                                 timeout=httpx.Timeout(30.0, write=None, read=600.0)).json()
+        finally:
+            for f in handles:
+                f.close()
+
+    def add_source_uri(self, scene_id: str, uri: str) -> dict[str, Any]:
+        """``POST /scenes/{id}/media`` with ``{"source_uri": uri}`` (the server fetches it)."""
+        return self._request("POST", f"/scenes/{scene_id}/media",
+                             json={"source_uri": uri}).json()
+
+    def create_job(self, scene_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /scenes/{id}/jobs`` -> the job record (``id``, ``status``, ...)."""
+        return self._request("POST", f"/scenes/{scene_id}/jobs", json=body).json()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """``GET /jobs/{id}``: status, stage, progress, eta, metrics, error, timestamps."""
+        return self._request("GET", f"/jobs/{job_id}").json()
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """``POST /jobs/{id}/cancel``."""
+        return self._request("POST", f"/jobs/{job_id}/cancel").json()
+
+    def artifacts(self, scene_id: str) -> list[dict[str, Any]]:
+        """``GET /scenes/{id}/artifacts`` -> ``[{"name": ..., "size": ...}, ...]``."""
+        body = self._request("GET", f"/scenes/{scene_id}/artifacts").json()
+        items = body.get("artifacts", body) if isinstance(body, dict) else body
+        return [({"name": x} if isinstance(x, str) else x) for x in items]
+
+    def events(self, job_id: str) -> Iterator[dict[str, Any]]:
+        """``GET /jobs/{id}/events`` (server-sent events): yields each event's JSON data."""
+        try:
+            with self.http.stream("GET", f"/jobs/{job_id}/events",
+                                  timeout=httpx.Timeout(30.0, read=120.0),
+                                  headers={"Accept": "text/event-stream"}) as resp:
+                self._check(resp, "GET", f"/jobs/{job_id}/events")
+                data: list[str] = []
+                for line in resp.iter_lines():
+                    if line.startswith("data:"):
+                        data.append(line[5:].lstrip())
+                    elif not line and data:
+                        text = "\n".join(data)
+                        data = []
+                        try:
+                            obj = json.loads(text)
+                        except ValueError:
+                            continue
+                        if isinstance(obj, dict):
+                            yield obj
+        except httpx.TransportError as e:
+            raise ClientError(self._transport_message(e)) from None
+
+    def download(self, scene_id: str, name: str, dest: Path,
+                 log: Any = None) -> tuple[Path, int, int]:
+        """Stream artifact ``name`` to ``dest``; returns ``(dest, bytes_total, resumed_at)``.
+
+        Bytes go to ``<dest>.part`` first; when that file exists from an interrupted download
+        the request asks for the rest with ``Range: bytes=<size>-`` and appends (a server
+        answering 200 instead of 206 restarts from zero). The finished file is checked against
+        the advertised length and renamed onto ``dest``, so ``dest`` is either absent or
+        complete.
+        """
+        path = f"/scenes/{scene_id}/artifacts/{name}"
+        part = dest.with_name(dest.name + ".part")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        have = part.stat().st_size if part.is_file() else 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        try:
+            with self.http.stream("GET", path, headers=headers,
+                                  timeout=httpx.Timeout(30.0, read=300.0)) as resp:
+                if resp.status_code == 416 and have:
+                    # The partial file is already complete (or longer than the artifact).
+                    resp.read()
+                    total = _head_size(self, path)
+                    if total == have:
+                        os.replace(part, dest)
+                        return dest, have, have
+                    part.unlink()
+                    return self.download(scene_id, name, dest, log)
+                self._check(resp, "GET", path)
+                if resp.status_code == 206:
+                    start, total = _content_range(resp.headers.get("content-range", ""))
+                    if start != have:
+                        raise ClientError(f"GET {self.url}{path}: asked for bytes from {have}, "
+                                          f"the server sent from {start}")
+                    mode, resumed = "ab", have
+                else:
+                    length = resp.headers.get("content-length")
+                    total = int(length) if length is not None else None
+                    mode, resumed = "wb", 0
+                if resumed and log:
+                    log(f"{name}: resuming at byte {resumed}")
+                with open(part, mode) as f:
+                    for chunk in resp.iter_bytes(_CHUNK):
+                        f.write(chunk)
+                    f.flush()
+                    os.fsync(f.fileno())
+        except httpx.TransportError as e:
+            raise ClientError(self._transport_message(e) + f"; the partial download stays in "
+                              f"{part}, run the same command again to resume") from None
+        size = part.stat().st_size
+        if total is not None and size != total:
+            raise ClientError(f"{name}: got {size} of {total} bytes; the partial download stays "
+                              f"in {part}, run the same command again to resume")
+        os.replace(part, dest)
+        return dest, size, resumed
+
+
+def _head_size(client: ServiceClient, path: str) -> int | None:
+    resp = client._request("GET", path, headers={"Range": "bytes=0-0"})
+    if resp.status_code == 206:
+        return _content_range(resp.headers.get("content-range", ""))[1]
+    n = resp.headers.get("content-length")
+    return int(n) if n is not None else None
+
+
+def _content_range(value: str) -> tuple[int, int | None]:
+    """``'bytes 100-199/200'`` -> ``(100, 200)`` (RFC 9110 section 14.4)."""
+    try:
+        unit, _, rest = value.strip().partition(" ")
+        span, _, total = rest.partition("/")
+        start = int(span.split("-")[0])
+        if unit != "bytes":
+            raise ValueError(unit)
+        return start, (None if total == "*" else int(total))
+    except ValueError:
+        raise ClientError(f"the server sent an unreadable Content-Range: {value!r}") from None
+
+
+def _content_type(p: Path) -> str:
+    s = p.suffix.lower()
+    return {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
+            ".zip": "application/zip", ".mp4": "video/mp4", ".mov": "video/quicktime",
+            ".json": "application/json"}.get(s, "application/octet-stream")
+
+
+def _safe_relpath(name: str) -> PurePosixPath:
+    """An artifact name as a relative path that cannot leave the output folder."""
+    p = PurePosixPath(name)
+    if p.is_absolute() or any(part in ("..", "") for part in p.parts) or not p.parts:
+        raise ClientError(f"refusing artifact name {name!r}: not a plain relative path")
+    return p
+
+
+def zip_folder(folder: Path, dest: Path) -> Path:
+    """Zip every file under ``folder`` (relative paths kept, hidden files skipped) to
+    ``dest``; images are stored, not recompressed."""
+    with zipfile.ZipFile(dest, "w") as zf:
+        for p in sorted(folder.rglob("*")):
+            rel = p.relative_to(folder)
+            if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+                zf.write(p, rel.as_posix(), compress_type=zipfile.ZIP_STORED
+                         if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".mp4")
+                         else zipfile.ZIP_DEFLATED)
+    return dest
+
+
+# --------------------------------------------------------------------------------------------
+# progress display
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _progress_line(job: dict[str, Any]) -> str:
+    from ..progress import format_eta
+
+    prog = job.get("progress") or {}
+    step, total = prog.get("step"), prog.get("max_steps")
+    parts = [f"{job.get('status', '?')}", f"stage {job.get('stage') or '-'}"]
+    if step is not None:
+        parts.append(f"step {step}/{total}" if total else f"step {step}")
+    if job.get("eta_s") is not None:
+        parts.append(format_eta(float(job["eta_s"])))
+    return "  ".join(parts)
+
+
+class _WaitDisplay:
+    """A rich progress bar (stage, step k of n, ETA) on a terminal; throttled plain lines
+    otherwise (one per change of stage/status, and at most every ``interval`` seconds)."""
+
+    def __init__(self, job_id: str, interval: float = 2.0):
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.live = self.console.is_terminal
+        self.interval = interval
+        self.job_id = job_id
+        self._bar = None
+        self._task = None
+        self._last = (None, None)
+        self._last_t = 0.0
+
+    def update(self, job: dict[str, Any]) -> None:
+        from ..progress import format_eta
+
+        prog = job.get("progress") or {}
+        step, total = prog.get("step") or 0, prog.get("max_steps")
+        stage = job.get("stage") or job.get("status") or ""
+        if self.live:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn)
+
+            if self._bar is None:
+                self._bar = Progress(TextColumn("[bold blue]{task.description}"), BarColumn(),
+                                     MofNCompleteColumn(), TextColumn("{task.fields[eta]}"),
+                                     console=self.console)
+                self._bar.start()
+                self._task = self._bar.add_task(stage, total=total, eta="")
+            self._bar.update(self._task, description=f"{job.get('status')}: {stage}",
+                             completed=step, total=total,
+                             eta=format_eta(job.get("eta_s"))
+                             if job.get("eta_s") is not None else "")
+            return
+        key = (job.get("status"), job.get("stage"))
+        now = time.monotonic()
+        if key != self._last or now - self._last_t >= self.interval:
+            self._last, self._last_t = key, now
+            _log(f"job {self.job_id}: {_progress_line(job)}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def wait_for_job(client: ServiceClient, job_id: str, poll: float = 1.0,
+                 timeout: float | None = None, use_events: bool = True,
+                 display: _WaitDisplay | None = None) -> dict[str, Any]:
+    """Follow a job until it is succeeded, failed or cancelled; returns its final record.
+
+    Follows ``GET /jobs/{id}/events`` (server-sent events; each event triggers a fresh
+    ``GET /jobs/{id}``, at most one per ``poll`` seconds) and falls back to polling every
+    ``poll`` seconds when the stream is unavailable or ends early.
+
+    Raises:
+        ClientError: the service is unreachable, the job does not exist, or ``timeout``
+            seconds passed (the job keeps running on the server).
+    """
+    t0 = time.monotonic()
+    job = client.job(job_id)
+    if display:
+        display.update(job)
+
+    def check_timeout() -> None:
+        if timeout is not None and time.monotonic() - t0 > timeout:
+            raise ClientError(f"job {job_id} still {job.get('status')} after {timeout:g} s "
+                              "(it keeps running on the server)")
+
+    if use_events and job.get("status") not in TERMINAL:
+        try:
+            last = 0.0
+            for ev in client.events(job_id):
+                check_timeout()
+                status = ev.get("status")
+                now = time.monotonic()
+                if status in TERMINAL or now - last >= poll:
+                    last = now
+                    job = client.job(job_id)
+                    if display:
+                        display.update(job)
+                    if job.get("status") in TERMINAL:
+                        break
+        except ClientError as e:
+            if "404" in str(e) and "/events" not in str(e):
+                raise
+            # no SSE here (or the stream broke): poll instead
+    while job.get("status") not in TERMINAL:
+        check_timeout()
+        time.sleep(poll)
+        job = client.job(job_id)
+        if display:
+            display.update(job)
+    return job
+
+
+# --------------------------------------------------------------------------------------------
+# commands
+
+
+@dataclass
+class _Common:
+    url: str = field(default_factory=lambda: os.environ.get("SPLATFORGE_URL") or DEFAULT_URL)
+    """Base URL of the service ($SPLATFORGE_URL)."""
+    api_key: str | None = field(default_factory=lambda: os.environ.get("SPLATFORGE_API_KEY")
+                                or None)
+    """Bearer token ($SPLATFORGE_API_KEY)."""
+
+    def client(self) -> ServiceClient:
+        return ServiceClient(self.url, self.api_key)
+
+
+@dataclass(kw_only=True)
+class Submit(_Common):
+    """Create a scene, upload the media, start a job; prints the scene and job ids. Media: image files, a folder (zipped on the fly, sub-folders kept, so a COLMAP
+    dataset travels whole), a .zip or a video."""
+
+    media: tyro.conf.Positional[list[Path]] = field(default_factory=list)
+    """Image files, one folder, a .zip or a video."""
+    source_uri: str | None = None
+    """Instead of uploading: a URI the server reads (s3://..., file://..., a path)."""
+    preset: str | None = None
+    """preview | default | quality."""
+    max_steps: int | None = None
+    """Training steps (train.max_steps)."""
+    data_factor: int | None = None
+    """Image downsampling factor (scene.data_factor): 1, 2, 4 or 8."""
+    config: str | None = None
+    """JSON object merged into the job body, e.g. '{"train": {"device": "cpu"}}'."""
+    name: str | None = None
+    """A name for the scene."""
+    json_output: Annotated[bool, tyro.conf.arg(name="json")] = False
+    """Print {"scene_id": ..., "job_id": ..., "status": ...} as JSON."""
+
+    def job_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        if self.config:
+            try:
+                extra = json.loads(self.config)
+            except ValueError as e:
+                raise ClientError(f"--config is not valid JSON: {e}") from None
+            if not isinstance(extra, dict):
+                raise ClientError("--config must be a JSON object")
+            body.update(extra)
+        if self.preset:
+            body["preset"] = self.preset
+        if self.max_steps is not None:
+            body.setdefault("train", {})["max_steps"] = self.max_steps
+        if self.data_factor is not None:
+            body.setdefault("scene", {})["data_factor"] = self.data_factor
+        return body
+
+    def run(self) -> int:
+        if not self.media and not self.source_uri:
+            raise ClientError("give media to upload (files, a folder, a .zip or a video) or "
+                              "--source-uri")
+        if self.media and self.source_uri:
+            raise ClientError("give either media to upload or --source-uri, not both")
+        for p in self.media:
+            if not p.exists():
+                raise ClientError(f"{p}: does not exist")
+        if len(self.media) > 1 and any(p.is_dir() for p in self.media):
+            raise ClientError("give one folder, or files; not folders and files together")
+        body = self.job_body()
+        with self.client() as c, tempfile.TemporaryDirectory(prefix="splatforge-up-") as tmp:
+            scene_id = c.create_scene(self.name)
+            if self.source_uri:
+                c.add_source_uri(scene_id, self.source_uri)
+            else:
+                files = self.media
+                if files[0].is_dir():
+                    _log(f"zipping {files[0]} ...")
+                    files = [zip_folder(files[0], Path(tmp) / f"{files[0].name or 'media'}.zip")]
+                size = sum(p.stat().st_size for p in files)
+                _log(f"uploading {len(files)} file(s), {size / 1e6:.1f} MB to scene {scene_id}")
+                c.upload_media(scene_id, files)
+            job = c.create_job(scene_id, body)
+        if self.json_output:
+            print(json.dumps({"scene_id": scene_id, "job_id": job["id"],
+                              "status": job.get("status")}))
+        else:
+            print(f"scene {scene_id}\njob {job['id']} ({job.get('status', 'queued')})")
+        return 0
+
+
+@dataclass(kw_only=True)
+class Status(_Common):
+    """Print a job's record (status, stage, progress, ETA, metrics, error) as JSON."""
+
+    job: tyro.conf.Positional[str]
+    """Job id."""
+
+    def run(self) -> int:
+        with self.client() as c:
+            print(json.dumps(c.job(self.job), indent=2))
+        return 0
+
+
+@dataclass(kw_only=True)
+class Wait(_Common):
+    """Follow a job with a progress bar (stage, step k of n, ETA) until it ends. Exit
+    status: 0 succeeded, 1 failed, 3 cancelled, 2 a client error (unreachable, 404, timeout)."""
+
+    job: tyro.conf.Positional[str]
+    """Job id."""
+    poll: float = 1.0
+    """Seconds between status requests."""
+    timeout: float | None = None
+    """Give up after this many seconds (the job keeps running)."""
+    no_events: bool = False
+    """Poll only; do not follow the server-sent events stream."""
+
+    def run(self) -> int:
+        display = _WaitDisplay(self.job)
+        try:
+            with self.client() as c:
+                job = wait_for_job(c, self.job, poll=self.poll, timeout=self.timeout,
+                                   use_events=not self.no_events, display=display)
+        finally:
+            display.close()
+        status = job.get("status")
+        line = f"job {self.job} {status}"
+        if status == "failed" and job.get("error"):
+            err = job["error"]
+            if isinstance(err, dict):
+                err = (f"[{err['stage']}] " if err.get("stage") else "") + str(
+                    err.get("message") or "")
+            line += f": {err}"
+        if status == "succeeded" and job.get("metrics"):
+            m = job["metrics"]
+            nums = {k: v for k, v in m.items() if isinstance(v, (int, float))}
+            if nums:
+                line += " (" + ", ".join(f"{k} {v:.4g}" for k, v in nums.items()) + ")"
+        print(line)
+        return EXIT_CODES.get(status, 1)
+
+
+@dataclass(kw_only=True)
+class Download(_Common):
+    """Download a scene's artifacts into a folder (default: all of them). Interrupted
+    downloads resume from their .part file with an HTTP Range request; each file appears
+    complete or not at all."""
+
+    scene: tyro.conf.Positional[str]
+    """Scene id."""
+    output: Annotated[Path, tyro.conf.arg(aliases=["-o"])] = Path(".")
+    """Folder to write into."""
+    name: list[str] = field(default_factory=list)
+    """Artifact name(s) to fetch (default: every artifact the scene lists)."""
+
+    def run(self) -> int:
+        with self.client() as c:
+            names = list(self.name)
+            if not names:
+                names = [a["name"] for a in c.artifacts(self.scene)]
+                if not names:
+                    raise ClientError(f"scene {self.scene} has no artifacts yet (has its job "
+                                      "finished?)")
+            for n in names:
+                dest = self.output / Path(*_safe_relpath(n).parts)
+                path, size, resumed = c.download(self.scene, n, dest, log=_log)
+                extra = f", resumed at byte {resumed}" if resumed else ""
+                print(f"{path} ({size} bytes{extra})")
+        return 0
+
+
+@dataclass(kw_only=True)
+class Cancel(_Common):
+    """Ask the service to cancel a job (queued or running); prints the job's status."""
+
+    job: tyro.conf.Positional[str]
+    """Job id."""
+
+    def run(self) -> int:
+        with self.client() as c:
+            rec = c.cancel(self.job)
+        print(f"job {self.job}: {rec.get('status', 'cancel requested')}")
+        return 0
+
+
+ClientCommand = Union[
+    Annotated[Submit, tyro.conf.subcommand("submit")],
+    Annotated[Status, tyro.conf.subcommand("status")],
+    Annotated[Wait, tyro.conf.subcommand("wait")],
+    Annotated[Download, tyro.conf.subcommand("download")],
+    Annotated[Cancel, tyro.conf.subcommand("cancel")],
+]
+
+
+def client(command: ClientCommand) -> None:
+    """Talk to a splatforge job service: submit, status, wait, download, cancel.
+
+    Args:
+        command: the subcommand.
+    """
+    code = command.run()
+    if code:
+        raise SystemExit(code)
