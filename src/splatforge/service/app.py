@@ -29,10 +29,6 @@ from .db import get_engine, init_db
 from .settings import ServiceSettings
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 async def _send_json(send: Any, status: int, body: dict[str, Any],
                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
     data = json.dumps(body).encode()
@@ -73,29 +69,40 @@ class GuardMiddleware:
             return
         seen = 0
         started = False
+        rejected = False
 
         async def counting_receive() -> dict[str, Any]:
-            nonlocal seen
+            nonlocal seen, started, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _BodyTooLarge()
+                    # answer 413 now and make the app stop reading (it sees a disconnect)
+                    rejected = True
+                    if not started:
+                        started = True
+                        await _send_json(send, 413, {
+                            "detail": "request body exceeds the limit of "
+                                      f"{self.max_bytes} bytes (SPLATFORGE_MAX_UPLOAD_MB)"},
+                            [(b"connection", b"close")])
+                    return {"type": "http.disconnect"}
             return msg
 
         async def tracking_send(msg: dict[str, Any]) -> None:
             nonlocal started
+            if rejected:
+                return  # the 413 answer was sent; drop whatever the app says after it
             if msg["type"] == "http.response.start":
                 started = True
             await send(msg)
 
         try:
             await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await _send_json(send, 413, {"detail": "request body exceeds the limit of "
-                                             f"{self.max_bytes} bytes "
-                                             "(SPLATFORGE_MAX_UPLOAD_MB)"})
+        except Exception:
+            if not rejected:
+                raise
 
 
 def create_app(settings: ServiceSettings | None = None, *, start_executor: bool = True

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -45,10 +45,13 @@ def _model_and_images(store: Any, scene_id: str) -> tuple[bool, bool]:
 
 @router.post("/scene/{scene_id}/train_gsplat", status_code=202)
 def train_gsplat(request: Request, scene_id: str,
-                 data_factor: Literal[1, 2, 4, 8] = Query(1, description="1 | 2 | 4 | 8"),
+                 data_factor: int = Query(1, description="Image downsampling: 1 | 2 | 4 | 8"),
                  max_steps: int = Query(30_000, ge=1, le=10_000_000)) -> JSONResponse:
     """Train Gaussian splats on the scene's COLMAP model (preset ``default``)."""
     _check_id(scene_id)
+    if data_factor not in (1, 2, 4, 8):
+        raise HTTPException(422, [{"loc": ["query", "data_factor"], "type": "literal_error",
+                                   "msg": f"data_factor must be 1, 2, 4 or 8 (got {data_factor})"}])
     settings = request.app.state.settings
     store = request.app.state.storage
     has_model, has_images = _model_and_images(store, scene_id)
