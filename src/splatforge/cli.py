@@ -265,11 +265,14 @@ def reconstruct(media: tyro.conf.Positional[Path], output: Output,
 
 from .service.cli import serve  # noqa: E402
 from .aws.commands import aws_task, submit_job  # noqa: E402
+from .service.celery_exec import worker  # noqa: E402
+from .service.client import client  # noqa: E402
 
 COMMANDS = {"info": info, "ingest": ingest, "sfm": sfm, "train": train, "serve": serve,
             "convert": convert,
             "eval": eval_cmd, "render": render, "reconstruct": reconstruct,
-            "aws-task": aws_task, "submit-job": submit_job}
+            "aws-task": aws_task, "submit-job": submit_job,
+            "worker": worker, "client": client}
 
 
 def main(argv: list[str] | None = None) -> int:
