@@ -373,9 +373,9 @@ def classify_input(folder: Path, origin: str) -> tuple[str, Path]:
     files = [p for p in folder.rglob("*") if p.is_file()]
     media = [p for p in files if p.suffix.lower() in MEDIA_EXTS]
     if not media:
-        raise InputError(origin, "holds neither a COLMAP output (sparse/0/, images/) nor "
-                                 "photos or a video",
-                         f"found: {', '.join(sorted(p.name for p in files)[:5]) or 'nothing'}")
+        raise _input_error(origin, "holds neither a COLMAP output (sparse/0/, images/) nor "
+                                   "photos or a video",
+                           f"found: {', '.join(sorted(p.name for p in files)[:5]) or 'nothing'}")
     singles = [p for p in media if p.suffix.lower() not in {".jpg", ".jpeg", ".png"}]
     if len(media) == 1 and singles:
         return "media", singles[0]
@@ -401,11 +401,16 @@ def validate_colmap(folder: Path, scene_config: Any, origin: str, events: Any = 
         return load_scene(folder, scene_config, events)
     except InputError as e:
         rel = _relative(e.path, folder)
-        raise InputError(f"{origin}{rel}" if rel else origin, e.problem, e.hint) from None
+        raise _input_error(f"{origin}{rel}" if rel else origin, e.problem, e.hint) from None
     except Exception as e:  # noqa: BLE001  (a corrupt .bin raises struct/Value errors)
-        raise InputError(f"{origin}sparse/0/",
-                         f"unreadable COLMAP model ({type(e).__name__}: {e})",
-                         "upload the sparse/0/*.bin (or .txt) files of a COLMAP run") from None
+        raise _input_error(f"{origin}sparse/0/",
+                           f"unreadable COLMAP model ({type(e).__name__}: {e})",
+                           "upload the sparse/0/*.bin (or .txt) files of a COLMAP run") from None
+
+
+def _input_error(origin: str, problem: str, hint: str | None = None) -> InputError:
+    """An InputError naming an S3 location (kept as text: a Path would fold its '//')."""
+    return InputError(None, f"{origin}: {problem}", hint)
 
 
 def _relative(path: Path | None, folder: Path) -> str:
@@ -533,9 +538,9 @@ def run_worker(*, scene_id: str, store: S3Store, input_prefix: str, input_key: s
                 try:
                     n = len(store.download_prefix(input_prefix, inp))
                 except ObjectNotFound:
-                    raise InputError(origin, "no objects under this prefix",
-                                     "upload a COLMAP output (sparse/0/, images/) or photos "
-                                     "or a video there") from None
+                    raise _input_error(origin, "no objects under this prefix",
+                                       "upload a COLMAP output (sparse/0/, images/) or photos "
+                                       "or a video there") from None
                 log.info("downloaded %d objects from %s", n, origin)
                 kind, media = classify_input(inp, origin)
             else:
@@ -547,7 +552,7 @@ def run_worker(*, scene_id: str, store: S3Store, input_prefix: str, input_key: s
                     try:
                         store.download_prefix(key, inp / Path(input_key).name)
                     except ObjectNotFound:
-                        raise InputError(origin, "no such object or prefix") from None
+                        raise _input_error(origin, "no such object or prefix") from None
                     kind, media = classify_input(inp / Path(input_key).name, origin)
             scene_cfg = spec.scene
             if scene_cfg.cache_dir is None:
@@ -555,8 +560,8 @@ def run_worker(*, scene_id: str, store: S3Store, input_prefix: str, input_key: s
             if kind == "colmap":
                 validate_colmap(media, scene_cfg, origin, reporter.events)
             elif not spec.sfm_enabled:
-                raise InputError(origin, "holds photos or a video, but SfM is disabled: a "
-                                         "posed COLMAP output (sparse/0/, images/) is needed")
+                raise _input_error(origin, "holds photos or a video, but SfM is disabled: a "
+                                           "posed COLMAP output (sparse/0/, images/) is needed")
             reporter.progress(1.0)
 
             # -- training_3dgs ----------------------------------------------------------
@@ -575,8 +580,8 @@ def run_worker(*, scene_id: str, store: S3Store, input_prefix: str, input_key: s
                 from ..sfm import run_sfm
 
                 if kind == "colmap":
-                    raise InputError(origin, "is already a COLMAP output and training is "
-                                             "disabled: nothing to do")
+                    raise _input_error(origin, "is already a COLMAP output and training is "
+                                               "disabled: nothing to do")
                 ws = out / "workspace"
                 from ..ingest import run_ingest
 
