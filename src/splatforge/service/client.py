@@ -140,9 +140,10 @@ class ServiceClient:
                 f.close()
 
     def add_source_uri(self, scene_id: str, uri: str) -> dict[str, Any]:
-        """``POST /scenes/{id}/media`` with ``{"source_uri": uri}`` (the server fetches it)."""
+        """``POST /scenes/{id}/media`` with the form field ``source_uri`` (``s3://...`` or a
+        folder under the server's ``SPLATFORGE_ALLOWED_ROOTS``; fetched when the job runs)."""
         return self._request("POST", f"/scenes/{scene_id}/media",
-                             json={"source_uri": uri}).json()
+                             data={"source_uri": uri}).json()
 
     def create_job(self, scene_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /scenes/{id}/jobs`` -> the job record (``id``, ``status``, ...)."""
@@ -359,14 +360,34 @@ class _WaitDisplay:
             self._bar = None
 
 
+def _apply_event(job: dict[str, Any], ev: dict[str, Any]) -> bool:
+    """Fold one SSE event (a job event row) into the local ``job`` record; True when the
+    job's status may have changed (fetch the record again)."""
+    kind = ev.get("kind")
+    if kind == "progress":
+        if ev.get("stage"):
+            job["stage"] = ev["stage"]
+        prog = dict(job.get("progress") or {})
+        prog.update(step=ev.get("step"), max_steps=ev.get("total"), total=ev.get("total"))
+        job["progress"] = prog
+        job["eta_s"] = ev.get("eta_s")
+        return False
+    if kind == "stage_started" and ev.get("stage"):
+        job["stage"] = ev["stage"]
+        job["progress"], job["eta_s"] = {}, None
+        return False
+    return kind == "status" or "status" in ev
+
+
 def wait_for_job(client: ServiceClient, job_id: str, poll: float = 1.0,
                  timeout: float | None = None, use_events: bool = True,
                  display: _WaitDisplay | None = None) -> dict[str, Any]:
     """Follow a job until it is succeeded, failed or cancelled; returns its final record.
 
-    Follows ``GET /jobs/{id}/events`` (server-sent events; each event triggers a fresh
-    ``GET /jobs/{id}``, at most one per ``poll`` seconds) and falls back to polling every
-    ``poll`` seconds when the stream is unavailable or ends early.
+    Follows ``GET /jobs/{id}/events`` (server-sent events: progress updates the display as
+    it happens; status events and the closing ``end`` event fetch ``GET /jobs/{id}``) and
+    falls back to polling ``GET /jobs/{id}`` every ``poll`` seconds when the stream is
+    unavailable or ends early.
 
     Raises:
         ClientError: the service is unreachable, the job does not exist, or ``timeout``
@@ -384,22 +405,18 @@ def wait_for_job(client: ServiceClient, job_id: str, poll: float = 1.0,
 
     if use_events and job.get("status") not in TERMINAL:
         try:
-            last = 0.0
             for ev in client.events(job_id):
                 check_timeout()
-                status = ev.get("status")
-                now = time.monotonic()
-                if status in TERMINAL or now - last >= poll:
-                    last = now
+                if _apply_event(job, ev):
                     job = client.job(job_id)
-                    if display:
-                        display.update(job)
-                    if job.get("status") in TERMINAL:
-                        break
+                if display:
+                    display.update(job)
+                if job.get("status") in TERMINAL:
+                    break
         except ClientError as e:
-            if "404" in str(e) and "/events" not in str(e):
+            if "/events" not in str(e):
                 raise
-            # no SSE here (or the stream broke): poll instead
+            # no event stream here: poll instead
     while job.get("status") not in TERMINAL:
         check_timeout()
         time.sleep(poll)
