@@ -21,11 +21,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from sqlalchemy import select
 
-from ..config import IngestConfig, SceneConfig, SfmConfig, TrainConfig, parse_config
+from ..config import IngestConfig, SceneConfig, SfmConfig, TrainConfig
 from ..errors import ConfigError
 from ..presets import PresetName
 from .db import FINAL_STATUSES, Job, JobEvent, add_event, job_to_json, session_scope
 from .routes_scenes import get_scene_or_404
+from .runner import parse_stage_config
 
 router = APIRouter(tags=["jobs"])
 
@@ -53,12 +54,9 @@ class JobRequest(BaseModel):
         if isinstance(value, dict):
             model = cls.model_fields[info.field_name].annotation.__args__[0]
             try:
-                return parse_config(model, value, prefix=f"{info.field_name}.")
+                return parse_stage_config(info.field_name, model, value)
             except ConfigError as e:
-                msg = str(e)
-                if f"\n  {info.field_name}." not in msg:
-                    msg = msg.replace("\n  ", f"\n  {info.field_name}.")
-                raise ValueError(msg) from None
+                raise ValueError(str(e)) from None
         return value
 
 

@@ -421,14 +421,32 @@ def _job_configs(config: dict[str, Any]) -> dict[str, Any]:
     Raises:
         ConfigError: an invalid value (the field named).
     """
-    from ..config import IngestConfig, SceneConfig, SfmConfig, TrainConfig, parse_config
+    from ..config import IngestConfig, SceneConfig, SfmConfig, TrainConfig
 
     out: dict[str, Any] = {"preset": config.get("preset") or "preview"}
     for name, model in (("ingest", IngestConfig), ("sfm", SfmConfig),
                         ("scene", SceneConfig), ("train", TrainConfig)):
         if config.get(name) is not None:
-            out[name] = parse_config(model, config[name], prefix=f"{name}.")
+            out[name] = parse_stage_config(name, model, config[name])
     return out
+
+
+def parse_stage_config(stage: str, model: Any, data: dict[str, Any]) -> Any:
+    """``model`` validated from ``data``; errors name fields as ``stage.field``.
+
+    Raises:
+        ConfigError: naming each invalid field, its value and the allowed range.
+    """
+    from ..config import parse_config
+    from ..errors import ConfigError
+
+    try:
+        return parse_config(model, data, prefix=f"{stage}.")
+    except ConfigError as e:
+        msg = str(e)
+        if f"\n  {stage}." not in msg:
+            msg = msg.replace("\n  ", f"\n  {stage}.")
+        raise ConfigError(msg) from None
 
 
 def check_allowed_path(path: Path, settings: ServiceSettings) -> Path:
