@@ -1,0 +1,224 @@
+"""The Celery executor for real: the Redis on this machine (127.0.0.1:6379, its own database
+number and a queue name of its own), a throwaway PostgreSQL database shared by the server and
+the workers, ``splatforge serve`` with ``SPLATFORGE_EXECUTOR=celery`` and two
+``splatforge worker`` processes. Jobs train plush_dog at data_factor 8 on CPU.
+
+Checked: two jobs run at once on the two workers (their running intervals overlap) and both
+succeed; a cancel ends a running job ``cancelled`` within seconds; a pool process killed by
+SIGKILL (what the OOM killer does) and a whole worker killed by SIGKILL both end their job
+``failed`` with the cause while the server keeps answering and the other worker's job
+completes; the killed worker's message is never run again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from service_helpers import FINAL, Server, postgres_database, scene_with_source, training, \
+    wait_job
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+#: Redis database of these tests (SPLATFORGE_TEST_REDIS_DB); the queue name is unique per run.
+REDIS_DB = int(os.environ.get("SPLATFORGE_TEST_REDIS_DB", "13"))
+
+SHORT = {"preset": "preview", "scene": {"data_factor": 8},
+         "train": {"max_steps": 40, "device": "cpu", "log_every": 10}}
+LONG = {"preset": "preview", "scene": {"data_factor": 8},
+        "train": {"max_steps": 20000, "device": "cpu", "log_every": 5}}
+
+
+def _ts(iso: str) -> float:
+    return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+class Worker:
+    """``splatforge worker`` in its own process group."""
+
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path):
+        self.name = name
+        self.log_path = log_dir / f"worker-{name}.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "splatforge", "worker", "--name", name,
+                 "--loglevel", "INFO"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited:\n{self.log()[-3000:]}")
+            if " ready." in self.log():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"worker {self.name} not ready:\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    import redis
+
+    r = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
+    r.ping()
+    queue = f"splatforge-test-{uuid.uuid4().hex[:8]}"
+    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}", queue
+    # leave nothing of this run behind: its queue and any unacknowledged message of it
+    r.delete(queue)
+    for tag, payload in r.hgetall("unacked").items():
+        if queue.encode() in payload:
+            r.hdel("unacked", tag)
+            r.zrem("unacked_index", tag)
+
+
+@pytest.fixture(scope="module")
+def cluster(redis_url, tmp_path_factory):
+    """The server and two workers; yields (server, {name: Worker})."""
+    url, queue = redis_url
+    data = tmp_path_factory.mktemp("celery-svc")
+    with postgres_database() as db_url:
+        server = Server(data, db_url, extra_env={
+            "SPLATFORGE_EXECUTOR": "celery", "SPLATFORGE_BROKER_URL": url,
+            "SPLATFORGE_CELERY_QUEUE": queue})
+        server.start()
+        workers: dict[str, Worker] = {}
+        try:
+            for name in ("w1", "w2"):
+                workers[name] = Worker(name, server.env, data)
+            for w in workers.values():
+                w.wait_ready()
+            yield server, workers
+        finally:
+            for w in workers.values():
+                w.stop()
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def http(cluster):
+    server, _ = cluster
+    with server.client() as c:
+        yield c
+
+
+def start(http, config) -> str:
+    sid = scene_with_source(http)
+    r = http.post(f"/scenes/{sid}/jobs", json=config)
+    assert r.status_code == 202, r.text
+    return r.json()["job_id"]
+
+
+def test_two_workers_run_two_jobs_at_once(cluster, http):
+    server, workers = cluster
+    a, b = start(http, SHORT), start(http, SHORT)
+    ja, jb = wait_job(http, a, timeout=240), wait_job(http, b, timeout=240)
+    assert ja["status"] == "succeeded", (ja, server.log()[-2000:])
+    assert jb["status"] == "succeeded", jb
+    # one per worker, and their running intervals overlap
+    assert {ja["worker"].split("@")[0], jb["worker"].split("@")[0]} == {"w1", "w2"}
+    sa, fa, sb, fb = (_ts(ja["started_at"]), _ts(ja["finished_at"]),
+                      _ts(jb["started_at"]), _ts(jb["finished_at"]))
+    assert sa < fb and sb < fa, (ja, jb)
+    assert ja["metrics"]["step"] == jb["metrics"]["step"] == 40
+    names = {x["name"] for x in http.get(f"/scenes/{ja['scene_id']}/artifacts")
+             .json()["artifacts"]}
+    assert "point_cloud.ply" in names
+
+
+def test_cancel_ends_a_running_job_within_seconds(cluster, http):
+    job_id = start(http, LONG)
+    wait_job(http, job_id, until=("running",), cond=training, timeout=120)
+    t0 = time.monotonic()
+    r = http.post(f"/jobs/{job_id}/cancel")
+    assert r.status_code == 202, r.text
+    job = wait_job(http, job_id, timeout=30)
+    took = time.monotonic() - t0
+    assert job["status"] == "cancelled", job
+    assert took < 10, took
+    # the runner stopped training itself (checkpoint kept) before the revoke's grace ran out
+    log = http.get(f"/jobs/{job_id}/log").text
+    assert "interrupted after step" in log and "cancelled" in log
+
+
+def test_killed_pool_process_fails_its_job_and_the_worker_goes_on(cluster, http):
+    """SIGKILL of the process running a job (the OOM killer): WorkerLostError in the worker,
+    the job fails with the cause at once, the worker takes the next job."""
+    server, workers = cluster
+    job_id = start(http, LONG)
+    job = wait_job(http, job_id, until=("running",), cond=training, timeout=120)
+    os.kill(job["pid"], signal.SIGKILL)
+    t0 = time.monotonic()
+    job = wait_job(http, job_id, timeout=30)
+    assert job["status"] == "failed", job
+    assert time.monotonic() - t0 < 10
+    msg = job["error"]["message"]
+    assert msg.startswith("worker lost") and "signal 9 (SIGKILL)" in msg, msg
+    assert job["error"]["stage"] == "train"
+    name = job["worker"].split("@")[0]
+    assert workers[name].proc.poll() is None  # the worker itself lives on
+
+
+def test_killed_worker_fails_its_job_server_and_other_jobs_go_on(cluster, http):
+    """SIGKILL of a whole worker mid-job: the server's monitor marks its job failed with the
+    cause; the server keeps serving and the job on the other worker completes."""
+    server, workers = cluster
+    victim = start(http, LONG)
+    job = wait_job(http, victim, until=("running",), cond=training, timeout=120)
+    other = start(http, SHORT)
+    wait_job(http, other, until=("running",), timeout=60)
+    name = job["worker"].split("@")[0]
+    workers[name].proc.send_signal(signal.SIGKILL)  # the main process; its pool child follows
+    workers[name].proc.wait()
+    t0 = time.monotonic()
+    while True:
+        assert http.get("/healthz").json()["status"] == "ok"
+        job = http.get(f"/jobs/{victim}").json()
+        if job["status"] in FINAL or time.monotonic() - t0 > 60:
+            break
+        time.sleep(0.5)
+    assert job["status"] == "failed", job
+    assert time.monotonic() - t0 < 30
+    msg = job["error"]["message"]
+    assert msg.startswith(f"worker lost: {name}@") and "last heartbeat" in msg, msg
+    done = wait_job(http, other, timeout=240)
+    assert done["status"] == "succeeded", done
+    assert done["worker"].split("@")[0] != name
+    # the victim's pool process is gone too (PR_SET_PDEATHSIG), so nothing trains on
+    assert not Path(f"/proc/{job['pid']}").exists() or \
+        "Z" in Path(f"/proc/{job['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    # the broker redelivers the killed worker's message (here: sent again by hand): the
+    # surviving worker sees the job is final and does not run it again
+    from splatforge.service.celery_exec import TASK_NAME, make_app
+    from splatforge.service.settings import ServiceSettings
+
+    url, queue = server.env["SPLATFORGE_BROKER_URL"], server.env["SPLATFORGE_CELERY_QUEUE"]
+    app = make_app(ServiceSettings(broker_url=url), queue=queue)
+    app.send_task(TASK_NAME, args=[victim], task_id=f"{victim}-again", queue=queue)
+    survivor = workers[done["worker"].split("@")[0]]
+    deadline = time.monotonic() + 30
+    while f"job {victim} is already failed; not running it again" not in survivor.log():
+        assert time.monotonic() < deadline, survivor.log()[-3000:]
+        time.sleep(0.3)
+    app.close()
+    after = http.get(f"/jobs/{victim}").json()
+    assert after["status"] == "failed" and after["started_at"] == job["started_at"]
