@@ -18,6 +18,7 @@ import tyro
 from .config import IngestConfig, SceneConfig, SfmConfig, TrainConfig
 from .errors import SplatforgeError
 from .progress import ConsoleEvents
+from .viewer.command import ViewerOptions, finish_training_viewer, start_training_viewer, view
 
 Output = Annotated[Path, tyro.conf.arg(aliases=["-o"], help="Workspace folder to write.")]
 
@@ -87,7 +88,8 @@ ModelDir = Annotated[Path, tyro.conf.arg(aliases=["-o"], help="Model folder to w
 
 def train(scene_path: tyro.conf.Positional[Path], output: ModelDir,
           train: TrainConfig = TrainConfig(), scene: SceneConfig = SceneConfig(),
-          resume: bool = False, resume_from: Path | None = None) -> None:
+          resume: bool = False, resume_from: Path | None = None,
+          viewer: ViewerOptions = ViewerOptions()) -> None:
     """Train a 3D Gaussian Splatting scene from a posed dataset (COLMAP, transforms.json,
     splatforge workspace) into <output>: point_cloud/iteration_N/point_cloud.ply, ckpts/,
     train_log.jsonl, metrics.json.
@@ -100,9 +102,12 @@ def train(scene_path: tyro.conf.Positional[Path], output: ModelDir,
     from .train import TrainingInterrupted, run_train
 
     events = ConsoleEvents()
+    live = start_training_viewer(viewer)
     try:
-        res = run_train(train, scene_path, output, events, scene_config=scene,
-                        resume=resume_from if resume_from is not None else (resume or None))
+        res = run_train(train, scene_path, output, live.events(events) if live else events,
+                        scene_config=scene,
+                        resume=resume_from if resume_from is not None else (resume or None),
+                        step_hook=live.step_hook if live else None)
     except TrainingInterrupted as e:
         events.close()
         where = f"; checkpoint {e.checkpoint}" if e.checkpoint else ""
@@ -124,6 +129,7 @@ def train(scene_path: tyro.conf.Positional[Path], output: ModelDir,
     for step, path in sorted(res.ply_paths.items()):
         lines.append(f"step {step}: {path}")
     print("\n".join(lines))
+    finish_training_viewer(live, viewer)
 
 
 def convert(input: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="INPUT")],
@@ -225,8 +231,8 @@ def reconstruct(media: tyro.conf.Positional[Path], output: Output,
                 force: bool = False, lpips_weights: Path | None = None,
                 ingest: IngestConfig = IngestConfig(),
                 sfm: _ReconstructSfmConfig = _ReconstructSfmConfig(),
-                scene: SceneConfig = SceneConfig(), train: TrainConfig = TrainConfig()
-                ) -> None:
+                scene: SceneConfig = SceneConfig(), train: TrainConfig = TrainConfig(),
+                viewer: ViewerOptions = ViewerOptions()) -> None:
     """Photos, a zip, a video, a COLMAP folder or a transforms.json dataset in; a trained,
     evaluated and exported 3DGS scene out: ingest -> sfm -> train -> eval -> export.
 
@@ -248,11 +254,14 @@ def reconstruct(media: tyro.conf.Positional[Path], output: Output,
     from .train import TrainingInterrupted
 
     events = ConsoleEvents()
+    live = start_training_viewer(viewer)
     try:
         res = run_reconstruct(media, output, preset=preset, ingest=ingest,
                               sfm=SfmConfig.model_validate(sfm.model_dump()),
-                              scene=scene, train=train, events=events, force=force,
-                              lpips_weights=lpips_weights)
+                              scene=scene, train=train,
+                              events=live.events(events) if live else events, force=force,
+                              lpips_weights=lpips_weights,
+                              step_hook=live.step_hook if live else None)
     except TrainingInterrupted as e:
         events.close()
         print(f"interrupted during training after step {e.step}; run the same command again "
@@ -261,6 +270,7 @@ def reconstruct(media: tyro.conf.Positional[Path], output: Output,
     finally:
         events.close()
     print(format_summary(res))
+    finish_training_viewer(live, viewer)
 
 
 from .service.cli import serve  # noqa: E402
@@ -270,7 +280,7 @@ from .service.client import client  # noqa: E402
 
 COMMANDS = {"info": info, "ingest": ingest, "sfm": sfm, "train": train, "serve": serve,
             "convert": convert,
-            "eval": eval_cmd, "render": render, "reconstruct": reconstruct,
+            "eval": eval_cmd, "render": render, "reconstruct": reconstruct, "view": view,
             "aws-task": aws_task, "submit-job": submit_job,
             "worker": worker, "client": client}
 
