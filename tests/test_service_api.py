@@ -151,6 +151,42 @@ def test_upload_sanitises_names(server, client):
     assert not (server.data_dir.parent / "escape.jpg").exists()
 
 
+def test_video_upload_kept_as_is(server, client):
+    video = PLUSH_DOG.parent / "chair_video" / "input.mp4"
+    sid = new_scene(client)
+    r = client.post(f"/scenes/{sid}/media",
+                    files=[("files", ("my chair video.MP4", video.read_bytes(), "video/mp4"))])
+    assert r.status_code == 200, r.text
+    assert r.json()["files"] == ["my_chair_video.MP4"] and r.json()["media_kind"] == "video"
+    stored = server.data_dir / "artifacts" / "media" / sid / "my_chair_video.MP4"
+    assert stored.read_bytes() == video.read_bytes()
+    # a video goes on its own
+    r = client.post(f"/scenes/{sid}/media",
+                    files=[("files", ("a.mp4", b"x", "video/mp4")),
+                           ("files", ("b.jpg", b"x", "image/jpeg"))])
+    assert r.status_code == 400
+
+
+def test_photos_job_fails_in_sfm_with_the_reason(server, client):
+    """Photos uploaded as multipart go through ingest and SfM in the worker; three photos
+    from far-apart viewpoints cannot be registered: the job ends failed in sfm, saying why."""
+    sid = new_scene(client)
+    photos = Path(__file__).resolve().parents[1] / "samples" / "plush_dog" / "images"
+    files = [("files", (f"{n}.jpg", (photos / f"{n}.jpg").read_bytes(), "image/jpeg"))
+             for n in ("IMG_3496", "IMG_3520", "IMG_3550")]
+    assert client.post(f"/scenes/{sid}/media", files=files).status_code == 200
+    job_id = client.post(f"/scenes/{sid}/jobs", json=TINY_JOB).json()["job_id"]
+    job = wait_job(client, job_id, timeout=120)
+    assert job["status"] == "failed", job
+    assert job["error"]["stage"] == "sfm"
+    assert "only 0 of 3 images could be registered" in job["error"]["message"]
+    log = client.get(f"/jobs/{job_id}/log").text
+    assert "[ingest] stage_finished" in log and "status: failed in sfm" in log
+    # the finished ingest stage's output stays in the job's work dir
+    assert len(list((server.data_dir / "work" / job_id / "out" / "workspace" / "input")
+                    .glob("*.jpg"))) == 3
+
+
 def _zip(entries: dict[str, bytes], symlink: str | None = None) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:

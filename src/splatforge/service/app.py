@@ -148,6 +148,7 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
                     "download the trained Gaussian splats.",
         lifespan=lifespan)
     app.state.settings = settings
+    app.state.storage = get_store(settings)
     app.state.executor = None
 
     @app.exception_handler(ConfigError)
