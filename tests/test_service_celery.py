@@ -43,13 +43,13 @@ def _ts(iso: str) -> float:
 class Worker:
     """``splatforge worker`` in its own process group."""
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path):
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path, *args: str):
         self.name = name
         self.log_path = log_dir / f"worker-{name}.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "splatforge", "worker", "--name", name,
-                 "--loglevel", "INFO"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                 "--loglevel", "INFO", *args], env=env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
 
     def wait_ready(self, timeout: float = 90.0) -> None:
@@ -66,8 +66,9 @@ class Worker:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
+        """Warm shutdown (SIGTERM to the main process); SIGKILL to the group after 30 s."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -222,3 +223,62 @@ def test_killed_worker_fails_its_job_server_and_other_jobs_go_on(cluster, http):
     app.close()
     after = http.get(f"/jobs/{victim}").json()
     assert after["status"] == "failed" and after["started_at"] == job["started_at"]
+
+
+def test_time_limit_fails_the_job(cluster, http):
+    """A worker started with --time-limit 30: the runner stops the job at the soft limit
+    (15 s) with a checkpoint and records the cause."""
+    server, workers = cluster
+    for w in workers.values():
+        w.stop()  # warm shutdown: idle workers leave at once
+    workers["w3"] = Worker("w3", server.env, server.data_dir, "--time-limit", "30")
+    workers["w3"].wait_ready()
+    job_id = start(http, LONG)
+    job = wait_job(http, job_id, timeout=90)
+    assert job["status"] == "failed", job
+    assert job["error"]["message"] == "time limit of 15 s exceeded", job["error"]
+    assert job["worker"].startswith("w3@")
+    took = _ts(job["finished_at"]) - _ts(job["started_at"])
+    assert 15 <= took < 30, took
+
+
+def test_worker_needs_a_broker(monkeypatch, capsys):
+    from splatforge.cli import main
+
+    monkeypatch.delenv("SPLATFORGE_BROKER_URL", raising=False)
+    assert main(["worker"]) == 2
+    assert "SPLATFORGE_BROKER_URL is not set" in capsys.readouterr().err
+    monkeypatch.setenv("SPLATFORGE_BROKER_URL", "kafka://127.0.0.1:9092")
+    assert main(["worker"]) == 2
+    assert "unsupported broker 'kafka'" in capsys.readouterr().err
+    assert main(["worker", "--gpu", "-1"]) == 2
+    assert "--gpu" in capsys.readouterr().err
+
+
+def test_rabbitmq_broker(tmp_path):
+    """The same executor over RabbitMQ (127.0.0.1:5672, guest/guest; a queue of its own) with
+    SQLite as the shared database: a job runs on the worker and succeeds."""
+    import kombu
+
+    url = "amqp://guest:guest@127.0.0.1:5672//"
+    queue = f"splatforge-test-{uuid.uuid4().hex[:8]}"
+    with kombu.Connection(url, connect_timeout=5) as conn:
+        conn.ensure_connection(max_retries=1)
+    server = Server(tmp_path, extra_env={"SPLATFORGE_EXECUTOR": "celery",
+                                         "SPLATFORGE_BROKER_URL": url,
+                                         "SPLATFORGE_CELERY_QUEUE": queue}).start()
+    worker = None
+    try:
+        worker = Worker("rmq", server.env, tmp_path)
+        worker.wait_ready()
+        with server.client() as http:
+            job_id = start(http, {**SHORT, "train": {**SHORT["train"], "max_steps": 10}})
+            job = wait_job(http, job_id, timeout=180)
+        assert job["status"] == "succeeded", job
+        assert job["worker"].startswith("rmq@")
+    finally:
+        if worker is not None:
+            worker.stop()
+        server.stop()
+        with kombu.Connection(url) as conn:
+            conn.default_channel.queue_delete(queue)

@@ -373,6 +373,9 @@ def worker(gpu: int | None = None, name: str | None = None,
     db.init_db(settings)  # same migrations as the server; a no-op when current
     db.dispose_engines()
     _connect_worker_signals()
+    # the job database, not a result backend, records revokes: drop Celery's warning
+    logging.getLogger("celery.worker.control").addFilter(
+        lambda rec: "No result backend is configured" not in rec.getMessage())
     node = name or (f"gpu{gpu}" if gpu is not None else f"w{os.getpid()}")
     argv = ["worker", f"--hostname={node}@%h", "--pool=prefork", "--concurrency=1",
             f"--queues={app.conf.task_default_queue}", f"--loglevel={loglevel}",
