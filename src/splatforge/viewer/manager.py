@@ -27,12 +27,14 @@ class ManagedViewer:
 
     Attributes:
         key: what it shows (a scene id). source: the file or folder it was started on.
+        version: the caller's tag of the model shown (e.g. job id and file time), or None.
         viewer: the server. started: ``time.monotonic()`` at start. last_active: the last
             request for it or the last time a browser was seen connected (monotonic seconds).
     """
 
     key: str
     source: Path
+    version: str | None
     viewer: SplatViewer
     started: float
     last_active: float
@@ -88,10 +90,12 @@ class ViewerManager:
         with self._lock:
             return list(self._viewers)
 
-    def get_or_start(self, key: str, source: str | Path) -> ManagedViewer:
+    def get_or_start(self, key: str, source: str | Path, version: str | None = None
+                     ) -> ManagedViewer:
         """The viewer of ``key`` showing ``source`` (a splat file or model folder, see
         :func:`~splatforge.viewer.data.load_view_source`): the running one when it shows the
-        same ``source``, else a new one (the old one is stopped). Marks it active.
+        same ``source`` and ``version``, else a new one (the old one is stopped). Marks it
+        active.
 
         Raises:
             InputError: ``source`` cannot be read (nothing is started then).
@@ -102,7 +106,7 @@ class ViewerManager:
         with key_lock:  # one start per key at a time; other keys start in parallel
             with self._lock:
                 mv = self._viewers.get(key)
-                if mv is not None and mv.source == source:
+                if mv is not None and mv.source == source and mv.version == version:
                     mv.last_active = time.monotonic()
                     return mv
             src = load_view_source(source)
@@ -113,7 +117,7 @@ class ViewerManager:
                 viewer.stop()
                 raise
             now = time.monotonic()
-            new = ManagedViewer(key, source, viewer, now, now)
+            new = ManagedViewer(key, source, version, viewer, now, now)
             with self._lock:
                 old = self._viewers.get(key)
                 self._viewers[key] = new

@@ -171,13 +171,18 @@ class SplatViewer:
 
             @reset.on_click
             def _(_event) -> None:
-                mv.gizmo.wxyz = (1.0, 0.0, 0.0, 0.0)
-                mv.gizmo.position = (0.0, 0.0, 0.0)
-                mv.frame.wxyz = (1.0, 0.0, 0.0, 0.0)
-                mv.frame.position = (0.0, 0.0, 0.0)
+                self.set_model_transform(mv, (1.0, 0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
 
             self.models.append(mv)
             return mv
+
+    def set_model_transform(self, mv: ModelView, wxyz: Any, position: Any) -> None:
+        """Place model ``mv`` (rotation ``wxyz`` [4], translation ``position`` [3], applied to
+        its splats, cameras and points), as its transform controls do when dragged."""
+        mv.gizmo.wxyz = tuple(float(v) for v in wxyz)
+        mv.gizmo.position = tuple(float(v) for v in position)
+        mv.frame.wxyz = mv.gizmo.wxyz
+        mv.frame.position = mv.gizmo.position
 
     def add_source(self, src: ViewSource) -> ModelView:
         """Add a model read by :func:`splatforge.viewer.data.load_view_source`."""

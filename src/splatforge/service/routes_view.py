@@ -1,0 +1,138 @@
+"""``GET /scenes/{id}/view``: a browser viewer of the scene's latest model.
+
+The model is the splat artifact of the scene's latest finished job under
+``outputs/{scene_id}/`` (``point_cloud.ply``, else ``scene.spz`` / ``scene.splat``), shown with
+its ``cameras.json`` and ``input.ply`` (SfM points) when present. The files are copied from the
+artifact store into ``<data_dir>/viewer/{scene_id}/<version>/`` (so a later job replacing the
+artifacts never changes a running viewer's input), a viser viewer is started for it on a free
+port (one per scene, reused while the model is the same; see
+:class:`splatforge.viewer.manager.ViewerManager`) and the request is redirected (307) to it.
+Viewers with no browser connected and no request for ``SPLATFORGE_VIEWER_IDLE_SECONDS``
+(default 600) are stopped.
+
+Environment (or ``ServiceSettings`` attributes of the same lower-case name, when they exist):
+``SPLATFORGE_VIEWER_IDLE_SECONDS``, ``SPLATFORGE_VIEWER_HOST`` (address the viewers bind,
+default 127.0.0.1; with 0.0.0.0 the redirect names the host the request came to),
+``SPLATFORGE_VIEWER_MAX_SPLATS`` (display budget per model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import RedirectResponse
+from sqlalchemy import select
+
+from ..viewer.data import DEFAULT_MAX_SPLATS
+from ..viewer.manager import DEFAULT_IDLE_SECONDS, ViewerManager
+from .db import Job, Scene, session_scope
+from .store import SCENE_ID_RE, outputs_prefix
+
+router = APIRouter(tags=["viewer"])
+
+#: Artifact names tried, in order, as the scene's model.
+MODEL_ARTIFACTS = ("point_cloud.ply", "scene.spz", "scene.splat")
+#: Artifacts copied beside the model when present.
+EXTRA_ARTIFACTS = ("cameras.json", "input.ply")
+
+_manager_lock = threading.Lock()
+
+
+def _setting(settings: Any, name: str, default: Any, cast: Any) -> Any:
+    value = getattr(settings, name, None)
+    if value is None:
+        value = os.environ.get(f"SPLATFORGE_{name.upper()}")
+    if value is None or value == "":
+        return default
+    try:
+        return cast(value)
+    except (TypeError, ValueError) as e:
+        raise HTTPException(500, f"invalid viewer setting {name}={value!r}: {e}") from e
+
+
+def viewer_manager(app: Any) -> ViewerManager:
+    """The app's :class:`ViewerManager` (``app.state.viewer_manager``), made on first use from
+    the settings / environment described in the module docstring."""
+    with _manager_lock:
+        manager = getattr(app.state, "viewer_manager", None)
+        if manager is None:
+            settings = app.state.settings
+            manager = ViewerManager(
+                idle_seconds=_setting(settings, "viewer_idle_seconds", DEFAULT_IDLE_SECONDS,
+                                      float),
+                host=_setting(settings, "viewer_host", "127.0.0.1", str),
+                max_splats=_setting(settings, "viewer_max_splats", DEFAULT_MAX_SPLATS, int))
+            app.state.viewer_manager = manager
+        return manager
+
+
+def _fetch_model(store: Any, scene_id: str, cache_root: Path) -> tuple[Path, str]:
+    """Copy the scene's model artifacts into ``cache_root/<version>/``; returns (model file,
+    version). 404 when the scene has no model artifact."""
+    prefix = outputs_prefix(scene_id)
+    objects = {o.key[len(prefix):]: o for o in store.list(prefix)}
+    name = next((n for n in MODEL_ARTIFACTS if n in objects), None)
+    if name is None:
+        raise HTTPException(404, f"scene {scene_id!r} has no trained model yet (no "
+                                 f"{' / '.join(MODEL_ARTIFACTS)} artifact); start a job and "
+                                 "wait for it to succeed")
+    tag = "|".join(f"{n}:{objects[n].size}:{objects[n].mtime}"
+                   for n in (name, *EXTRA_ARTIFACTS) if n in objects)
+    version = hashlib.sha256(tag.encode()).hexdigest()[:16]
+    dest = cache_root / version
+    if not (dest / name).is_file():
+        tmp = cache_root / f".{version}.tmp{os.getpid()}.{threading.get_ident()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for n in (name, *EXTRA_ARTIFACTS):
+            if n in objects:
+                store.get_file(prefix + n, tmp / n)
+        try:
+            tmp.rename(dest)  # complete or absent
+        except OSError:  # another request made it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    for old in cache_root.iterdir():  # earlier models of this scene
+        if old.name != version and not old.name.startswith("."):
+            shutil.rmtree(old, ignore_errors=True)
+    return dest / name, version
+
+
+@router.get("/scenes/{scene_id}/view", status_code=307,
+            responses={307: {"description": "redirect to the scene's viewer"},
+                       404: {"description": "unknown scene, or no trained model yet"}})
+def view_scene(request: Request, scene_id: str) -> RedirectResponse:
+    """Open a browser viewer of the scene's latest model: started on demand (one per scene,
+    reused), stopped when idle; answers 307 to the viewer's URL."""
+    from ..errors import SplatforgeError
+
+    settings = request.app.state.settings
+    store = request.app.state.storage
+    if not SCENE_ID_RE.match(scene_id):
+        raise HTTPException(404, f"scene {scene_id!r} not found")
+    with session_scope(settings) as s:
+        known = s.get(Scene, scene_id) is not None
+        job = s.execute(select(Job).where(Job.scene_id == scene_id, Job.status == "succeeded")
+                        .order_by(Job.finished_at.desc()).limit(1)).scalars().first()
+        job_id = job.id if job is not None else None
+    if not known and not store.list(outputs_prefix(scene_id)):
+        raise HTTPException(404, f"scene {scene_id!r} not found")
+    cache_root = Path(settings.data_dir) / "viewer" / scene_id
+    cache_root.mkdir(parents=True, exist_ok=True)
+    path, version = _fetch_model(store, scene_id, cache_root)
+    manager = viewer_manager(request.app)
+    try:
+        mv = manager.get_or_start(scene_id, path, version=f"{job_id}:{version}")
+    except SplatforgeError as e:
+        raise HTTPException(422, f"the scene's model cannot be shown: {e}") from e
+    host = manager.host
+    if host in ("0.0.0.0", "::", ""):
+        host = request.url.hostname or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return RedirectResponse(f"http://{host}:{mv.port}/", status_code=307)
