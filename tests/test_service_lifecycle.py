@@ -13,7 +13,7 @@ from service_helpers import LONG_JOB, TINY_JOB, Server, scene_with_source, train
 from splatforge.service.loadtest import poll_load
 
 #: A job that trains for a while but finishes (the load test runs while it trains).
-MEDIUM_JOB = {**TINY_JOB, "train": {**TINY_JOB["train"], "max_steps": 120}}
+MEDIUM_JOB = {**TINY_JOB, "train": {**TINY_JOB["train"], "max_steps": 80}}
 
 
 def test_load_kill_cancel_restart(tmp_path):
@@ -26,6 +26,13 @@ def test_load_kill_cancel_restart(tmp_path):
             b = c.post(f"/scenes/{sid}/jobs", json=MEDIUM_JOB).json()["job_id"]
             wait_job(c, a, ("running",), cond=training, timeout=120)
             wait_job(c, b, ("running",), cond=training, timeout=120)
+
+            # -- a third job waits for a slot; cancelling it ends it at once --------------
+            q = c.post(f"/scenes/{sid}/jobs", json=TINY_JOB).json()["job_id"]
+            assert c.get(f"/jobs/{q}").json()["status"] == "queued"
+            r = c.post(f"/jobs/{q}/cancel")
+            assert r.status_code == 202 and r.json()["status"] == "cancelled"
+            assert r.json()["started_at"] is None
 
             # -- 50 clients polling status while both jobs train --------------------------
             load = poll_load(srv.url, [f"/jobs/{a}", f"/jobs/{b}", f"/scenes/{sid}"],
@@ -50,7 +57,7 @@ def test_load_kill_cancel_restart(tmp_path):
             assert c.get("/healthz").json()["status"] == "ok"
             jb = wait_job(c, b, timeout=180)
             assert jb["status"] == "succeeded", jb  # the other job carried on
-            assert jb["metrics"]["step"] == 120
+            assert jb["metrics"]["step"] == 80
 
             # -- cancel mid-training: stops within seconds, outputs kept -----------------
             e = c.post(f"/scenes/{sid}/jobs", json=LONG_JOB).json()["job_id"]
@@ -84,7 +91,18 @@ def test_load_kill_cancel_restart(tmp_path):
             for j in (f, g):
                 jj = wait_job(c, j, timeout=180)
                 assert jj["status"] == "succeeded", (jj, c.get(f"/jobs/{j}/log").text[-3000:])
-            assert len(c.get("/jobs", params={"scene_id": sid}).json()) == 5
+            assert len(c.get("/jobs", params={"scene_id": sid}).json()) == 6
             assert c.get(f"/scenes/{sid}/artifacts").json()["job_id"] in (f, g)
+
+            # -- the server and a worker crash together --------------------------------
+            h = c.post(f"/scenes/{sid}/jobs", json=LONG_JOB).json()["job_id"]
+            jh = wait_job(c, h, ("running",), cond=training, timeout=120)
+        srv.stop(signal.SIGKILL)
+        os.kill(jh["pid"], signal.SIGKILL)
+        with srv.start().client() as c:
+            jh = c.get(f"/jobs/{h}").json()
+            assert jh["status"] == "failed", jh
+            assert "is gone (found at server start)" in jh["error"]["message"]
+            assert c.get(f"/jobs/{g}").json()["status"] == "succeeded"
     finally:
         srv.stop()
