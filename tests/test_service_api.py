@@ -23,7 +23,6 @@ from service_helpers import (
     plush_zip_bytes,
     postgres_database,
     read_sse,
-    scene_with_source,
     wait_job,
 )
 
@@ -289,7 +288,8 @@ def test_artifacts_listing_range_and_names(server, finished_job, client):
     full = client.get(names["point_cloud.ply"]["url"])
     assert full.status_code == 200 and full.content == data
     assert full.headers.get("accept-ranges") == "bytes"
-    r = client.get(f"/scenes/{sid}/artifacts/point_cloud.ply", headers={"Range": "bytes=100-1099"})
+    r = client.get(f"/scenes/{sid}/artifacts/point_cloud.ply",
+                   headers={"Range": "bytes=100-1099"})
     assert r.status_code == 206 and r.content == data[100:1100]
     assert r.headers["content-range"] == f"bytes 100-1099/{len(data)}"
     r = client.get(f"/scenes/{sid}/artifacts/point_cloud.ply", headers={"Range": "bytes=-64"})
@@ -396,8 +396,10 @@ def test_api_key_and_upload_limit(tmp_path):
             r = c.post(f"/scenes/{sid}/media", files=[("files", ("big.jpg", big, "image/jpeg"))])
             assert r.status_code == 413, r.text
             # a chunked body (no Content-Length) is counted as it arrives
+
             def chunks():
-                yield b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"c.jpg\"\r\n\r\n"
+                yield (b"--b\r\nContent-Disposition: form-data; name=\"files\"; "
+                       b"filename=\"c.jpg\"\r\n\r\n")
                 for _ in range(24):
                     yield b"\xff" * (64 << 10)
                 yield b"\r\n--b--\r\n"

@@ -56,15 +56,18 @@ def test_job_with_s3_storage(tmp_path, moto_endpoint, monkeypatch):
 
             job_id = c.post(f"/scenes/{sid}/jobs", json=TINY_JOB).json()["job_id"]
             job = wait_job(c, job_id, timeout=180)
-            assert job["status"] == "succeeded", (job, c.get(f"/jobs/{job_id}/log").text[-3000:])
+            assert job["status"] == "succeeded", (job,
+                                                  c.get(f"/jobs/{job_id}/log").text[-3000:])
             keys = {o["Key"] for o in s3.list_objects_v2(
                 Bucket=BUCKET, Prefix=f"svc/outputs/{sid}/")["Contents"]}
             for n in ("point_cloud.ply", "cameras.json", "metrics.json", "scene.splat",
                       "scene.spz", "reconstruct.json"):
                 assert f"svc/outputs/{sid}/{n}" in keys
             assert not (tmp_path / "s3svc" / "artifacts").exists()  # nothing stored locally
-            listing = {a["name"]: a for a in c.get(f"/scenes/{sid}/artifacts").json()["artifacts"]}
-            ply = s3.get_object(Bucket=BUCKET, Key=f"svc/outputs/{sid}/point_cloud.ply")["Body"].read()
+            listing = {a["name"]: a
+                       for a in c.get(f"/scenes/{sid}/artifacts").json()["artifacts"]}
+            ply = s3.get_object(Bucket=BUCKET,
+                                Key=f"svc/outputs/{sid}/point_cloud.ply")["Body"].read()
             assert listing["point_cloud.ply"]["size"] == len(ply)
             full = c.get(f"/scenes/{sid}/artifacts/point_cloud.ply")
             assert full.status_code == 200 and full.content == ply

@@ -174,7 +174,8 @@ def test_exit_reasons_and_pids():
     assert pid_alive(p.pid)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    assert exit_reason(p.returncode, p.pid) == f"worker process {p.pid} exited with signal 9 (SIGKILL)"
+    assert (exit_reason(p.returncode, p.pid)
+            == f"worker process {p.pid} exited with signal 9 (SIGKILL)")
     assert not pid_alive(p.pid)
     assert exit_reason(3) == "worker process exited with status 3"
     assert "without finishing" in exit_reason(None)

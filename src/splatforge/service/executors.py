@@ -28,7 +28,7 @@ from typing import Protocol
 from sqlalchemy import select
 
 from .db import FINAL_STATUSES, Job, add_event, session_scope
-from .settings import ServiceSettings, cuda_device_count
+from .settings import ServiceSettings, cuda_device_ids
 
 #: Seconds a worker has to stop by itself after a cancel before it is terminated.
 CANCEL_GRACE_S = 20.0
@@ -127,7 +127,7 @@ class LocalExecutor:
 
     def __init__(self, settings: ServiceSettings, max_jobs: int | None = None):
         self.settings = settings
-        self.gpus = cuda_device_count() if settings.max_concurrent_jobs is None else 0
+        self.gpus = cuda_device_ids()
         self.max_jobs = max_jobs or settings.resolved_max_jobs()
         self.queue: deque[str] = deque()
         self.workers: dict[str, _Worker] = {}
@@ -240,8 +240,8 @@ class LocalExecutor:
         env = dict(os.environ)
         env.update(self.settings.to_env())
         env["SPLATFORGE_WORKER_NAME"] = f"local-{slot}"
-        if self.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)
+        if self.gpus:  # one GPU per worker
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / f"{job_id}.log", "ab") as log:
             proc = subprocess.Popen(

@@ -218,7 +218,8 @@ def job_events(request: Request, job_id: str, after: int = 0) -> StreamingRespon
 
 
 def format_log_line(ev: JobEvent) -> str:
-    t = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ev.time)) + f".{int(ev.time % 1 * 1000):03d}Z"
+    t = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ev.time))
+         + f".{int(ev.time % 1 * 1000):03d}Z")
     where = f"[{ev.stage}] " if ev.stage else ""
     step = ""
     if ev.step is not None:

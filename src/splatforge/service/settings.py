@@ -165,14 +165,25 @@ class ServiceSettings(BaseModel):
         """Local executor concurrency: the setting, else the number of CUDA GPUs, else 1."""
         if self.max_concurrent_jobs:
             return self.max_concurrent_jobs
-        return max(1, cuda_device_count())
+        return max(1, len(cuda_device_ids()))
 
 
-def cuda_device_count() -> int:
-    """CUDA GPUs visible to this process (0 without torch CUDA)."""
+def cuda_device_ids() -> list[str]:
+    """The CUDA GPUs this machine offers workers, without importing torch (a server need
+    not load CUDA): ``$CUDA_VISIBLE_DEVICES`` when set, else the GPUs ``nvidia-smi -L``
+    lists, else none."""
+    import shutil
+    import subprocess
+
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
     try:
-        import torch
-
-        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
-    except Exception:  # noqa: BLE001  (no CUDA runtime: CPU only)
-        return 0
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(k) for k, line in enumerate(
+        ln for ln in out.splitlines() if ln.startswith("GPU "))]
