@@ -503,3 +503,34 @@ def test_handle_s3_event_starts_the_state_machine(aws):
     assert d["name"] == "job-event"
     assert json.loads(d["input"])["training"]["maxSteps"] == 20
     assert invalid["status"] == "invalid" and "training.model" in invalid["error"]
+
+
+def test_handle_s3_event_runs_an_sfm_only_job_in_place(aws):
+    """Without STATE_MACHINE_ARN the handler runs the job itself; training disabled uploads
+    the SfM workspace (images/, sparse/0/, sfm.json)."""
+    from splatforge.aws import handle_s3_event, make_clients
+    from splatforge.storage import S3Store
+
+    S3Store(BUCKET, "", endpoint_url=aws.endpoint).upload_dir(PHOTOS, "media-input/job-sfm/")
+    job = {**TOOLBOX_JOB, "uuid": "job-sfm",
+           "s3": {**TOOLBOX_JOB["s3"], "inputKey": "job-sfm"},
+           "sfm": {"enable": True, "softwareName": "colmap", "matchingMethod": "exhaustive"},
+           "imageProcessing": {"filterBlurryImages": False},
+           "training": {"enable": False}}
+    aws.s3.put_object(Bucket=BUCKET, Key="jobs/job-sfm.json", Body=json.dumps(job))
+    env = {**CREDS, "AWS_ENDPOINT_URL": aws.endpoint, "SCENES_TABLE": TABLE}
+    res = handle_s3_event({"Records": [{"s3": {"bucket": {"name": BUCKET},
+                                               "object": {"key": "jobs/job-sfm.json"}}}]},
+                          None, environ=env, clients=make_clients(env))
+    (r,) = res["jobs"]
+    assert r["status"] == "complete", r
+    keys = aws.keys("workflow-output/job-sfm/")
+    for rel in ("sparse/0/cameras.bin", "sparse/0/images.bin", "sparse/0/points3D.bin",
+                "sfm.json"):
+        assert f"workflow-output/job-sfm/{rel}" in keys
+    sfm = json.loads(aws.s3.get_object(Bucket=BUCKET, Key="workflow-output/job-sfm/sfm.json")
+                     ["Body"].read())
+    n_images = sum(k.startswith("workflow-output/job-sfm/images/") for k in keys)
+    assert sfm["num_registered"] >= 20 and n_images == sfm["num_registered"]
+    assert not any("point_cloud" in k for k in keys)
+    assert aws.item("job-sfm")["processingStage"] == "complete"

@@ -606,7 +606,8 @@ def run_worker(*, scene_id: str, store: S3Store, input_prefix: str, input_key: s
             outcome = TaskOutcome(exit_code=0, scene_id=scene_id, stage="complete",
                                   outputs=uris, payload=payload | {"summary": summary})
     except KeyboardInterrupt:
-        outcome.stage, outcome.error = stage, reporter.failed(stage, "interrupted")
+        note = "" if own_tmp else f" (work kept in {work}: run again to resume)"
+        outcome.stage, outcome.error = stage, reporter.failed(stage, "interrupted" + note)
         outcome.exit_code = 130
     except Exception as e:  # noqa: BLE001  (every failure is reported, then returned)
         if not isinstance(e, SplatforgeError):
@@ -699,8 +700,13 @@ def _fail_early(env: Mapping[str, str], token: str | None, clients: AwsClients |
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m splatforge.aws`` / ``splatforge aws-task``: returns the exit status."""
+    import signal
+
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # ECS / AWS Batch stop a container (spot reclaim, job cancel) with SIGTERM: treat it as
+    # Ctrl-C, so training writes a checkpoint (kept in WORK_DIR) and the failure is reported.
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     out = run_aws_task()
     if out.exit_code == 0:
         print(json.dumps(out.payload, indent=2))
