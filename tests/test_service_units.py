@@ -194,3 +194,29 @@ def test_allowed_roots(tmp_path):
                 root / "missing"):
         with pytest.raises(InputError):
             check_allowed_path(bad, s)
+
+
+def test_time_limit_stops_a_job(tmp_path):
+    """run_job in this process: a job over SPLATFORGE_JOB_TIME_LIMIT_S ends failed, saying so."""
+    from conftest import PLUSH_DOG
+    from service_helpers import LONG_JOB
+
+    s = ServiceSettings(data_dir=tmp_path, allowed_roots=(PLUSH_DOG.parent,),
+                        job_time_limit_s=4)
+    db.init_db(s)
+    with db.session_scope(s) as ss:
+        scene = db.Scene(name="limit", source_uri=str(PLUSH_DOG))
+        ss.add(scene)
+        ss.flush()
+        job = db.Job(scene_id=scene.id, config=LONG_JOB, metrics={})
+        ss.add(job)
+        ss.flush()
+        job_id = job.id
+    try:
+        assert run_job(job_id, s) == "failed"
+        with db.session_scope(s) as ss:
+            j = ss.get(db.Job, job_id)
+            assert j.error_message == "time limit of 4 s exceeded"
+            assert j.finished_at - j.started_at < 30
+    finally:
+        db.dispose_engines()

@@ -194,10 +194,12 @@ def job_events(request: Request, job_id: str, after: int = 0) -> StreamingRespon
         yield "retry: 1000\n\n"
         while True:
             with session_scope(settings) as s:
+                # status first: once it reads final, the final event is already committed
+                # (they are written in one transaction), so the rows read next include it
+                status = s.execute(select(Job.status).where(Job.id == job_id)).scalar()
                 rows = s.execute(select(JobEvent).where(JobEvent.job_id == job_id,
                                                         JobEvent.id > last_id)
                                  .order_by(JobEvent.id).limit(500)).scalars().all()
-                status = s.execute(select(Job.status).where(Job.id == job_id)).scalar()
             for ev in rows:
                 last_id = ev.id
                 yield _sse(ev)
