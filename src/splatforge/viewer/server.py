@@ -323,11 +323,13 @@ class SplatViewer:
         if not mv.cameras and means is None:
             return
         centre, radius = _scene_extent(mv.cameras, means)
-        if mv.cameras:  # the first training camera's view, orbiting at the cameras' centre
+        if mv.cameras:  # behind the first training camera, looking where it looks
             cam = mv.cameras[0]
-            _, pos = self.model_pose(mv, cam.camtoworld)
+            _, cam_pos = self.model_pose(mv, cam.camtoworld)
             forward = cam.camtoworld[:3, 2]
-            centre = pos + forward * max(float(np.linalg.norm(centre - pos)), 1e-3)
+            dist = max(float(np.linalg.norm(centre - cam_pos)), 1e-3)
+            centre = cam_pos + forward * dist
+            pos = cam_pos - forward * 0.5 * dist
             up = -cam.camtoworld[:3, 1]
         else:
             up = np.array([0.0, 0.0, 1.0])
