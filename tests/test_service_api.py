@@ -159,6 +159,14 @@ def test_video_upload_kept_as_is(server, client):
     assert r.json()["files"] == ["my_chair_video.MP4"] and r.json()["media_kind"] == "video"
     stored = server.data_dir / "artifacts" / "media" / sid / "my_chair_video.MP4"
     assert stored.read_bytes() == video.read_bytes()
+    # a zip of photos (no model inside) is kept as it is, for ingest to read
+    img = next((PLUSH_DOG / "images_4").iterdir()).read_bytes()
+    sid2 = new_scene(client)
+    r = client.post(f"/scenes/{sid2}/media", files=[("files", (
+        "my photos.zip", _zip({"trip/day 1/a.jpg": img, "trip/b.jpg": img}),
+        "application/zip"))])
+    assert r.status_code == 200 and r.json()["files"] == ["my_photos.zip"], r.text
+    assert r.json()["media_kind"] == "zip"
     # a video goes on its own
     r = client.post(f"/scenes/{sid}/media",
                     files=[("files", ("a.mp4", b"x", "video/mp4")),

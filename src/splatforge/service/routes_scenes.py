@@ -118,8 +118,10 @@ def upload_media(request: Request, scene_id: str,
                      None, description="s3://bucket/prefix or a local folder under "
                                        "SPLATFORGE_ALLOWED_ROOTS (fetched when a job runs).")
                  ) -> dict[str, Any]:
-    """Add media to a scene. Everything is checked first (types, names, zip entries); a
-    rejected request (400) stores nothing."""
+    """Add media to a scene. Everything is checked first (types, names, every zip entry); a
+    rejected request (400) stores nothing. A zip holding a COLMAP model or a
+    transforms.json is extracted (a posed dataset: ingest and SfM are skipped); a zip of
+    photos and a video are stored as they are."""
     settings = request.app.state.settings
     store = request.app.state.storage
     with session_scope(settings) as s:
@@ -154,9 +156,9 @@ def upload_media(request: Request, scene_id: str,
         try:
             for f, name, kind, plan in plans:
                 f.file.seek(0)
-                if kind == "zip":
+                if kind == "zip" and plan.is_dataset:
                     extract_zip(f.file, plan, stage)
-                else:
+                else:  # images, a video, a zip of photos: stored as they are
                     with open(stage / name, "wb") as out:
                         shutil.copyfileobj(f.file, out, 1 << 20)
             keys = store.upload_dir(stage, media_prefix(scene_id))
@@ -178,6 +180,8 @@ def upload_media(request: Request, scene_id: str,
                 scene.media_kind = "dataset"
             elif "video" in kinds:
                 scene.media_kind = "video"
+            elif "zip" in kinds and len(names) == 1:
+                scene.media_kind = "zip"
             else:
                 scene.media_kind = "images"
         elif checked_uri:

@@ -23,6 +23,11 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 DATASET_EXTENSIONS = (".bin", ".txt", ".json", ".ply", ".db")
 
 
+#: Member names that make a zip a posed dataset.
+DATASET_MARKERS = frozenset({"cameras.bin", "cameras.txt", "images.bin", "images.txt",
+                             "transforms.json", "transforms_train.json"})
+
+
 class UploadRejected(ValueError):
     """A request that must be answered 400 (the message says why)."""
 
@@ -70,6 +75,12 @@ class ZipPlan:
 
     members: list[tuple[zipfile.ZipInfo, str]]
     total_bytes: int
+
+    @property
+    def is_dataset(self) -> bool:
+        """The zip holds a posed dataset (a COLMAP model or a transforms.json): it is
+        extracted; a zip of photos only is stored as it is (ingest reads zips)."""
+        return any(rel.rsplit("/", 1)[-1] in DATASET_MARKERS for _, rel in self.members)
 
 
 def check_zip(fileobj: BinaryIO, label: str, max_bytes: int) -> ZipPlan:
