@@ -195,7 +195,7 @@ def retry_call(fn: Callable[[], T], *, op: str, key: str, attempts: int,
             attempt += 1
 
 
-def _parallel(fn: Callable[[Any], T], items: Iterable[Any], workers: int) -> list[T]:
+def parallel_map(fn: Callable[[Any], T], items: Iterable[Any], workers: int) -> list[T]:
     """``[fn(x) for x in items]`` on a thread pool; the first error propagates after every
     started call has finished."""
     items = list(items)
@@ -304,7 +304,7 @@ class ArtifactStore(ABC):
     def delete_prefix(self, prefix: str) -> int:
         """Remove every object under the folder ``prefix``; returns how many."""
         keys = [o.key for o in self.list(prefix)]
-        _parallel(self.delete, keys, self.workers)
+        parallel_map(self.delete, keys, self.workers)
         return len(keys)
 
     def upload_dir(self, local_dir: str | Path, prefix: str) -> list[str]:
@@ -318,7 +318,7 @@ class ArtifactStore(ABC):
         prefix = normalize_prefix(prefix)
         files = _local_files(Path(local_dir))
         pairs = [(p, validate_key(prefix + rel)) for p, rel in files]
-        _parallel(lambda pk: self.put_file(pk[1], pk[0]), pairs, self.workers)
+        parallel_map(lambda pk: self.put_file(pk[1], pk[0]), pairs, self.workers)
         return sorted(k for _, k in pairs)
 
     def download_prefix(self, prefix: str, dest_dir: str | Path) -> list[Path]:
@@ -338,7 +338,7 @@ class ArtifactStore(ABC):
         def one(o: ObjectInfo) -> Path:
             return self.get_file(o.key, dest_dir.joinpath(*o.key[len(prefix):].split("/")))
 
-        return sorted(_parallel(one, objs, self.workers))
+        return sorted(parallel_map(one, objs, self.workers))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
@@ -557,7 +557,8 @@ class S3Store(ArtifactStore):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not a file")
-        cfg = TransferConfig(use_threads=False)  # files are parallel already (upload_dir)
+        # a few threads per file for the parts of a large (multipart) upload
+        cfg = TransferConfig(use_threads=True, max_concurrency=4)
         # upload_file: PutObject, or a multipart upload that only becomes an object on
         # CompleteMultipartUpload (s3transfer aborts it on failure): complete or absent.
         self._retry("upload", key, lambda: self.client.upload_file(

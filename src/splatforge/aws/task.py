@@ -43,14 +43,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import ConfigError, InputError, SplatforgeError
 from ..events import Event
-from ..storage import (InvalidKey, ObjectNotFound, S3Store, _parallel, normalize_prefix,
-                       outputs_prefix, colmap_prefix, validate_key)
+from ..storage import (InvalidKey, ObjectNotFound, S3Store, colmap_prefix, normalize_prefix,
+                       outputs_prefix, parallel_map, validate_key)
 
 log = logging.getLogger("splatforge.aws")
 
@@ -468,7 +468,7 @@ def upload_outputs(store: S3Store, files: list[tuple[Path, str]], prefix: str) -
         return key
 
     try:
-        return _parallel(one, files, store.workers)
+        return parallel_map(one, files, store.workers)
     except BaseException:
         for key in done:
             try:
@@ -521,8 +521,6 @@ def run_worker(*, scene_id: str, store: S3Store, input_prefix: str, input_key: s
         :class:`TaskOutcome` (exit_code 0 or 1). Never raises for a failing stage: the
         failure is reported and returned.
     """
-    from ..config import SceneConfig  # noqa: F401  (import check before any work)
-
     own_tmp = work_dir is None
     work = Path(tempfile.mkdtemp(prefix="splatforge-aws-")) if own_tmp else Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
