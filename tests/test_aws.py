@@ -534,3 +534,28 @@ def test_handle_s3_event_runs_an_sfm_only_job_in_place(aws):
     assert sfm["num_registered"] >= 20 and n_images == sfm["num_registered"]
     assert not any("point_cloud" in k for k in keys)
     assert aws.item("job-sfm")["processingStage"] == "complete"
+
+
+def test_classify_downloaded_input(tmp_path):
+    from splatforge.aws.task import classify_input
+    from splatforge.errors import InputError
+
+    def folder(name: str, *files: str) -> Path:
+        d = tmp_path / name
+        for f in files:
+            (d / f).parent.mkdir(parents=True, exist_ok=True)
+            (d / f).write_bytes(b"x")
+        return d
+
+    d = folder("colmap", "sparse/0/cameras.bin", "images/a.jpg")
+    assert classify_input(d, "s3://b/p/") == ("colmap", d)
+    d = folder("video", "clip.MP4")
+    assert classify_input(d, "s3://b/p/") == ("media", d / "clip.MP4")
+    d = folder("zip", "photos.zip")
+    assert classify_input(d, "s3://b/p/") == ("media", d / "photos.zip")
+    d = folder("nested", "images/a.jpg", "images/b.JPG", "LICENSE")
+    assert classify_input(d, "s3://b/p/") == ("media", d / "images")
+    d = folder("flat", "a.jpg", "b.png")
+    assert classify_input(d, "s3://b/p/") == ("media", d)
+    with pytest.raises(InputError, match=r"(?s)s3://b/p/: holds neither.*found: notes.txt"):
+        classify_input(folder("other", "notes.txt"), "s3://b/p/")
