@@ -23,6 +23,7 @@ from service_helpers import (
     plush_zip_bytes,
     postgres_database,
     read_sse,
+    scene_with_source,
     wait_job,
 )
 
@@ -327,6 +328,14 @@ def test_compat_routes(server, finished_job, client):
     assert r.status_code == 200
     assert f'filename="{sid}_gaussian_splatting.ply"' in r.headers["content-disposition"]
     assert r.content.startswith(b"ply\n")
+    # a scene whose source_uri is a COLMAP dataset is accepted (cancelled at once here)
+    src = scene_with_source(client)
+    r = client.post(f"/scene/{src}/train_gsplat?data_factor=8&max_steps=20")
+    assert r.status_code == 202, r.text
+    client.post(f"/jobs/{r.json()['job_id']}/cancel")
+    assert wait_job(client, r.json()["job_id"], timeout=60)["status"] == "cancelled"
+    st = client.get(f"/scene/{src}/train_gsplat/status").json()
+    assert st["status"] == "failed" and "cancel" in st["error"]
     # a scene without a COLMAP model -> 404; a model without images -> 400
     empty = new_scene(client)
     assert client.post(f"/scene/{empty}/train_gsplat").status_code == 404

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -34,10 +35,20 @@ def _check_id(scene_id: str) -> None:
         raise HTTPException(400, f"invalid scene id {scene_id!r}")
 
 
-def _model_and_images(store: Any, scene_id: str) -> tuple[bool, bool]:
-    """(has a COLMAP model, has images) from ``colmap/{id}/`` and ``media/{id}/``."""
+def _model_and_images(store: Any, scene_id: str, source_uri: str | None,
+                      settings: Any) -> tuple[bool, bool]:
+    """(has a COLMAP model, has images) from ``colmap/{id}/``, ``media/{id}/`` and the
+    scene's ``source_uri``."""
     keys = [o.key for o in store.list(colmap_prefix(scene_id))]
     keys += [o.key for o in store.list(media_prefix(scene_id))]
+    if source_uri and source_uri.startswith("s3://"):
+        from .store import open_source
+
+        keys += [o.key for o in open_source(source_uri, settings).list("")]
+    elif source_uri:
+        root = Path(source_uri)
+        if root.is_dir():
+            keys += [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
     has_model = any(k.rsplit("/", 1)[-1] in ("cameras.bin", "cameras.txt") for k in keys)
     has_images = any(k.lower().endswith(_IMAGE_EXT) for k in keys)
     return has_model, has_images
@@ -54,7 +65,10 @@ def train_gsplat(request: Request, scene_id: str,
                                    "msg": f"data_factor must be 1, 2, 4 or 8 (got {data_factor})"}])
     settings = request.app.state.settings
     store = request.app.state.storage
-    has_model, has_images = _model_and_images(store, scene_id)
+    with session_scope(settings) as s:
+        scene = s.get(Scene, scene_id)
+        source_uri = scene.source_uri if scene is not None else None
+    has_model, has_images = _model_and_images(store, scene_id, source_uri, settings)
     with session_scope(settings) as s:
         scene = s.get(Scene, scene_id)
         if not has_model:

@@ -297,7 +297,9 @@ class _JobRun:
                 pass
         if info.get("kind") == "train_gsplat":
             return self._colmap_dataset(scene_id, media_dir, work)
-        if not media_dir.exists() or not any(media_dir.iterdir()):
+        if media_dir.is_file():  # a source_uri naming a zip or a video
+            return media_dir
+        if not media_dir.is_dir() or not any(media_dir.iterdir()):
             raise InputError(media_dir, "the scene has no media",
                              "upload images, a zip or a video first")
         return resolve_media(media_dir)
