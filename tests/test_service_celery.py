@@ -155,7 +155,7 @@ def test_cancel_ends_a_running_job_within_seconds(cluster, http):
     job = wait_job(http, job_id, timeout=30)
     took = time.monotonic() - t0
     assert job["status"] == "cancelled", job
-    assert took < 10, took
+    assert took < 20, took  # about 1 s on an idle machine
     # the runner stopped training itself (checkpoint kept) before the revoke's grace ran out
     log = http.get(f"/jobs/{job_id}/log").text
     assert "interrupted after step" in log and "cancelled" in log
@@ -171,7 +171,7 @@ def test_killed_pool_process_fails_its_job_and_the_worker_goes_on(cluster, http)
     t0 = time.monotonic()
     job = wait_job(http, job_id, timeout=30)
     assert job["status"] == "failed", job
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 20  # about 1 s on an idle machine
     msg = job["error"]["message"]
     assert msg.startswith("worker lost") and "signal 9 (SIGKILL)" in msg, msg
     assert job["error"]["stage"] == "train"
@@ -198,7 +198,7 @@ def test_killed_worker_fails_its_job_server_and_other_jobs_go_on(cluster, http):
             break
         time.sleep(0.5)
     assert job["status"] == "failed", job
-    assert time.monotonic() - t0 < 30
+    assert time.monotonic() - t0 < 45  # about 10 s on an idle machine
     msg = job["error"]["message"]
     assert msg.startswith(f"worker lost: {name}@") and "last heartbeat" in msg, msg
     done = wait_job(http, other, timeout=240)
@@ -282,3 +282,34 @@ def test_rabbitmq_broker(tmp_path):
         server.stop()
         with kombu.Connection(url) as conn:
             conn.default_channel.queue_delete(queue)
+
+
+def test_broker_down_fails_the_job_with_the_cause(tmp_path):
+    """Submitting while the broker is unreachable: the job ends failed, naming the broker."""
+    from service_helpers import free_port
+    from splatforge.service import db
+    from splatforge.service.celery_exec import CeleryExecutor
+    from splatforge.service.settings import ServiceSettings
+
+    port = free_port()
+    st = ServiceSettings(data_dir=tmp_path, broker_url=f"redis://127.0.0.1:{port}/0")
+    db.init_db(st)
+    ex = CeleryExecutor(st)
+    try:
+        with db.session_scope(st) as s:
+            scene = db.Scene()
+            s.add(scene)
+            s.flush()
+            job = db.Job(scene_id=scene.id)
+            s.add(job)
+            s.flush()
+            job_id = job.id
+        ex.submit(job_id)
+        with db.session_scope(st) as s:
+            job = s.get(db.Job, job_id)
+            assert job.status == "failed" and job.error_stage == "queue"
+            assert f"could not queue the job on the broker 127.0.0.1:{port}/0" in \
+                job.error_message or f"redis://127.0.0.1:{port}/0" in job.error_message
+    finally:
+        ex.shutdown()
+        db.dispose_engines()

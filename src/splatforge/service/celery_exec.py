@@ -53,7 +53,7 @@ TASK_NAME = "splatforge.run_job"
 QUEUE_ENV = "SPLATFORGE_CELERY_QUEUE"
 DEFAULT_QUEUE = "splatforge"
 #: Seconds a pool process that got SIGTERM (a revoke) gives the runner to stop cleanly.
-CANCEL_GRACE_S = 10.0
+CANCEL_GRACE_S = 20.0
 #: A running job whose heartbeat is younger than this is alive, whatever the broker says.
 HEARTBEAT_FRESH_S = 6.0
 #: Redis/SQS redeliver an unacknowledged message after this long; it must exceed the longest
@@ -163,7 +163,7 @@ def _finish(settings: Any, job_id: str, status: str, message: str | None,
             return False
         values: dict[str, Any] = {"status": status, "finished_at": now, "updated_at": now,
                                   "eta_s": None}
-        if status == "failed":
+        if status in ("failed", "cancelled"):
             values["error_stage"] = stage or job.stage
             values["error_message"] = message
         res = s.execute(update(db.Job).where(db.Job.id == job_id)
@@ -228,8 +228,17 @@ def _run_job_task(task: Any, job_id: str) -> str:
     return run_job(job_id, settings, worker=hostname)
 
 
+def _job_id(args: Any, task_id: str | None) -> str | None:
+    """The job a ``splatforge.run_job`` message is about: its argument (the task id equals
+    it for messages the executor sends)."""
+    if isinstance(args, (list, tuple)) and args and isinstance(args[0], str):
+        return args[0]
+    return task_id
+
+
 def _on_task_failure(sender: Any = None, task_id: str | None = None,
-                     exception: BaseException | None = None, **_: Any) -> None:
+                     exception: BaseException | None = None, args: Any = None,
+                     **_: Any) -> None:
     """``task_failure``: the pool process died (WorkerLostError), the hard time limit killed
     it (TimeLimitExceeded), or the task raised. Runs in the worker's main process for the
     first two."""
@@ -247,7 +256,7 @@ def _on_task_failure(sender: Any = None, task_id: str | None = None,
                "and was killed" if limit else f"time limit exceeded ({exception})")
     else:
         msg = f"the worker task failed: {type(exception).__name__}: {exception}"
-    _main_process_finish(settings, task_id, "failed", msg)
+    _main_process_finish(settings, _job_id(args, task_id), "failed", msg)
 
 
 def _on_task_revoked(sender: Any = None, request: Any = None, terminated: bool = False,
@@ -261,12 +270,13 @@ def _on_task_revoked(sender: Any = None, request: Any = None, terminated: bool =
     if sender is None or getattr(sender, "name", None) != TASK_NAME or request is None:
         return
     settings = _settings(getattr(sender.app, "_splatforge_settings", None))
+    job_id = _job_id(getattr(request, "args", None), request.id)
     if not terminated:
         why = "expired before it started" if expired else "cancelled before it started"
-        _main_process_finish(settings, request.id, "cancelled", why)
+        _main_process_finish(settings, job_id, "cancelled", why)
         return
     timer = threading.Timer(CANCEL_GRACE_S + 5.0, _main_process_finish,
-                            (settings, request.id, "cancelled",
+                            (settings, job_id, "cancelled",
                              "cancelled: the job's process was terminated"))
     timer.daemon = True
     timer.start()
@@ -421,15 +431,22 @@ class CeleryExecutor:
     # -- Executor protocol -------------------------------------------------------------------
 
     def submit(self, job_id: str) -> None:
-        """Queue job ``job_id`` (already ``queued`` in the database)."""
+        """Queue job ``job_id`` (already ``queued`` in the database). When the broker cannot
+        be reached the job ends ``failed`` with that cause (the server keeps serving)."""
         from . import db
 
         with db.session_scope(self.settings) as s:
             job = s.get(db.Job, job_id)
             if job is not None:
                 job.task_id = job_id
-        self.app.tasks[TASK_NAME].apply_async(args=[job_id], task_id=job_id,
-                                              queue=self.queue)
+        try:
+            self.app.tasks[TASK_NAME].apply_async(args=[job_id], task_id=job_id,
+                                                  queue=self.queue)
+        except Exception as e:  # noqa: BLE001  (kombu/redis/amqp errors: the job says why)
+            url = self.app.conf.broker_url.split("@")[-1]
+            _finish(self.settings, job_id, "failed", f"could not queue the job on the broker "
+                    f"{url}: {type(e).__name__}: {e}", stage="queue")
+            return
         self._start_monitor()
 
     def cancel(self, job_id: str) -> None:
