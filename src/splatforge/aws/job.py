@@ -228,8 +228,12 @@ def run_job(job: JobSpec, environ: Mapping[str, str] | None = None, *,
         clients = make_clients(env)
     table = (env.get("SCENES_TABLE") or "").strip() or None
     token = (env.get("SFN_TASK_TOKEN") or "").strip() or None
-    reporter = StatusReporter(job.uuid, table, token, clients,
-                              float(env.get("HEARTBEAT_SECONDS") or 60))
+    try:
+        heartbeat = float(env.get("HEARTBEAT_SECONDS") or 60)
+    except ValueError:
+        raise ConfigError(f"HEARTBEAT_SECONDS: not a number ({env.get('HEARTBEAT_SECONDS')!r})"
+                          ) from None
+    reporter = StatusReporter(job.uuid, table, token, clients, heartbeat)
     store = S3Store(job.s3.bucketName, "", client=clients.s3)
     return run_worker(scene_id=job.uuid, store=store, input_prefix=job.s3.inputPrefix,
                       input_key=job.s3.inputKey or None, output_prefix=job.output_prefix,

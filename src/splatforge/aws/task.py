@@ -494,7 +494,17 @@ class PipelineSpec:
 
 @dataclass
 class TaskOutcome:
-    """What a finished (or failed) run reports."""
+    """What a finished (or failed) run reports.
+
+    Attributes:
+        exit_code: 0 done, 1 failed, 2 invalid environment, 130 interrupted.
+        stage: the stage reached (``complete``, or the one that failed).
+        error: ``gsplat failed at {stage}: {message}`` when it failed.
+        outputs: the uploaded objects' ``s3://`` URIs.
+        payload: what was sent with ``send_task_success``.
+        summary: ``numGaussians`` and held-out ``psnr`` of the trained model.
+        heartbeats / progress_writes: Step Functions heartbeats sent, DynamoDB progress writes.
+    """
 
     exit_code: int
     scene_id: str | None = None
@@ -502,6 +512,7 @@ class TaskOutcome:
     error: str | None = None
     outputs: list[str] = field(default_factory=list)
     payload: dict[str, Any] | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
     heartbeats: int = 0
     progress_writes: int = 0
 
@@ -602,7 +613,7 @@ def run_worker(*, scene_id: str, store: S3Store, input_prefix: str, input_key: s
             stage = "complete"
             reporter.complete(payload)
             outcome = TaskOutcome(exit_code=0, scene_id=scene_id, stage="complete",
-                                  outputs=uris, payload=payload | {"summary": summary})
+                                  outputs=uris, payload=payload, summary=summary)
     except KeyboardInterrupt:
         note = "" if own_tmp else f" (work kept in {work}: run again to resume)"
         outcome.stage, outcome.error = stage, reporter.failed(stage, "interrupted" + note)
