@@ -46,17 +46,26 @@ class GuardMiddleware:
         self.api_key = api_key
         self.max_bytes = max_bytes
 
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        """``Authorization: Bearer <key>`` with the right key (constant-time compare)."""
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode(), (self.api_key or "").encode())
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
+        if scope["type"] == "websocket":
+            if self.api_key and not self._authorized(headers):
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await self.app(scope, receive, send)
+            return
         if self.api_key and scope.get("path") != "/healthz":
-            auth = headers.get("authorization", "")
-            scheme, _, token = auth.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                    token.strip().encode(), self.api_key.encode()):
+            if not self._authorized(headers):
                 await _send_json(send, 401, {"detail": "missing or wrong API key "
                                              "(Authorization: Bearer <key>)"},
                                  [(b"www-authenticate", b"Bearer")])
