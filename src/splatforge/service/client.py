@@ -25,7 +25,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Iterator, Union
+from typing import Annotated, Any, Iterator, Literal, Union
 
 import httpx
 import tyro
@@ -313,8 +313,9 @@ def _progress_line(job: dict[str, Any]) -> str:
 
 
 class _WaitDisplay:
-    """A rich progress bar (stage, step k of n, ETA) on a terminal; throttled plain lines
-    otherwise (one per change of stage/status, and at most every ``interval`` seconds)."""
+    """On a terminal: one rich progress bar per stage (step k of n, ETA; a pulsing bar while
+    the stage has no step count), the finished stages' bars left above. Elsewhere: plain
+    lines, one per change of status or stage and at most one every ``interval`` seconds."""
 
     def __init__(self, job_id: str, interval: float = 2.0):
         from rich.console import Console
@@ -323,36 +324,61 @@ class _WaitDisplay:
         self.live = self.console.is_terminal
         self.interval = interval
         self.job_id = job_id
-        self._bar = None
-        self._task = None
-        self._last = (None, None)
+        self._bar: Any = None
+        self._task: Any = None
+        self._stage: str | None = None
+        self._total: int | None = None
+        self._last: tuple[Any, Any] = (None, None)
         self._last_t = 0.0
 
     def update(self, job: dict[str, Any]) -> None:
-        from ..progress import format_eta
-
-        prog = job.get("progress") or {}
-        step, total = prog.get("step") or 0, prog.get("max_steps")
-        stage = job.get("stage") or job.get("status") or ""
         if self.live:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn)
-
-            if self._bar is None:
-                self._bar = Progress(TextColumn("[bold blue]{task.description}"), BarColumn(),
-                                     MofNCompleteColumn(), TextColumn("{task.fields[eta]}"),
-                                     console=self.console)
-                self._bar.start()
-                self._task = self._bar.add_task(stage, total=total, eta="")
-            self._bar.update(self._task, description=f"{job.get('status')}: {stage}",
-                             completed=step, total=total,
-                             eta=format_eta(job.get("eta_s"))
-                             if job.get("eta_s") is not None else "")
+            self._update_bar(job)
             return
         key = (job.get("status"), job.get("stage"))
         now = time.monotonic()
         if key != self._last or now - self._last_t >= self.interval:
             self._last, self._last_t = key, now
             _log(f"job {self.job_id}: {_progress_line(job)}")
+
+    def _update_bar(self, job: dict[str, Any]) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        from ..progress import format_eta
+
+        status = job.get("status") or ""
+        prog = job.get("progress") or {}
+        step, total = prog.get("step") or 0, prog.get("max_steps") or prog.get("total")
+        stage = job.get("stage") or status
+        if self._bar is None:
+            self._bar = Progress(TextColumn("[bold blue]{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn("{task.fields[eta]}"),
+                                 console=self.console)
+            self._bar.start()
+        if status in TERMINAL:
+            if self._task is None:
+                self._task = self._bar.add_task(status, total=1, eta="")
+            label = status if self._stage in (None, status) else f"{status}: {self._stage}"
+            done: dict[str, Any] = {}
+            if status == "succeeded":
+                done = {"completed": self._total or 1, "total": self._total or 1}
+            elif not self._total:
+                done = {"completed": 0, "total": 1}  # stop the pulsing bar
+            self._bar.update(self._task, description=label, eta="", **done)
+            return
+        if stage != self._stage or self._task is None:
+            if self._task is not None:  # the previous stage is over: a full bar
+                self._bar.update(self._task, completed=self._total or 1,
+                                 total=self._total or 1, eta="")
+            self._task = self._bar.add_task(stage, total=total or None, eta="")
+            self._stage, self._total = stage, total
+        if total:
+            self._total = total
+        eta = job.get("eta_s")
+        label = status if stage == status else f"{status}: {stage}"
+        self._bar.update(self._task, description=label, completed=step,
+                         total=total or None,
+                         eta=format_eta(float(eta)) if eta is not None else "")
 
     def close(self) -> None:
         if self._bar is not None:
@@ -444,15 +470,16 @@ class _Common:
 
 @dataclass(kw_only=True)
 class Submit(_Common):
-    """Create a scene, upload the media, start a job; prints the scene and job ids. Media: image files, a folder (zipped on the fly, sub-folders kept, so a COLMAP
-    dataset travels whole), a .zip or a video."""
+    """Create a scene, upload the media, start a job; prints the scene and job ids. Media:
+    image files, a folder (zipped on the fly, sub-folders kept, so a COLMAP dataset travels
+    whole), a .zip or a video; or --source-uri."""
 
     media: tyro.conf.Positional[list[Path]] = field(default_factory=list)
     """Image files, one folder, a .zip or a video."""
     source_uri: str | None = None
     """Instead of uploading: a URI the server reads (s3://..., file://..., a path)."""
-    preset: str | None = None
-    """preview | default | quality."""
+    preset: Literal["preview", "default", "quality"] | None = None
+    """Stage settings preset (the server's default: preview)."""
     max_steps: int | None = None
     """Training steps (train.max_steps)."""
     data_factor: int | None = None
