@@ -94,9 +94,11 @@ def test_load_kill_cancel_restart(tmp_path):
             assert len(c.get("/jobs", params={"scene_id": sid}).json()) == 6
             assert c.get(f"/scenes/{sid}/artifacts").json()["job_id"] in (f, g)
 
-            # -- the server and a worker crash together --------------------------------
+            # -- the server and one of two workers crash -------------------------------
             h = c.post(f"/scenes/{sid}/jobs", json=LONG_JOB).json()["job_id"]
+            h2 = c.post(f"/scenes/{sid}/jobs", json=LONG_JOB).json()["job_id"]
             jh = wait_job(c, h, ("running",), cond=training, timeout=120)
+            jh2 = wait_job(c, h2, ("running",), cond=training, timeout=120)
         srv.stop(signal.SIGKILL)
         os.kill(jh["pid"], signal.SIGKILL)
         with srv.start().client() as c:
@@ -104,5 +106,13 @@ def test_load_kill_cancel_restart(tmp_path):
             assert jh["status"] == "failed", jh
             assert "is gone (found at server start)" in jh["error"]["message"]
             assert c.get(f"/jobs/{g}").json()["status"] == "succeeded"
+            # the surviving worker kept training and is watched by the new server
+            step = c.get(f"/jobs/{h2}").json()["progress"]["step"]
+            again = wait_job(c, h2, ("running",), timeout=60,
+                             cond=lambda j: j["progress"]["step"] > step)
+            assert again["pid"] == jh2["pid"]
+            assert "watching worker" in c.get(f"/jobs/{h2}/log").text
+            c.post(f"/jobs/{h2}/cancel")
+            assert wait_job(c, h2, timeout=30)["status"] == "cancelled"
     finally:
         srv.stop()

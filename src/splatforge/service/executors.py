@@ -196,21 +196,32 @@ class LocalExecutor:
             workers = list(self.workers.values())
             self.cond.notify_all()
         for w in workers:
-            if w.proc is not None and w.proc.poll() is None:
-                try:
-                    w.proc.send_signal(signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+            try:
+                if w.proc is not None:
+                    if w.proc.poll() is None:
+                        w.proc.send_signal(signal.SIGTERM)
+                elif pid_alive(w.pid, w.job_id):  # adopted from an earlier server
+                    os.kill(w.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
         for w in workers:
-            if w.proc is None:
+            if w.proc is not None:
+                try:
+                    w.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    w.proc.kill()
+                    w.proc.wait()
+                self._on_exit(w, w.proc.returncode, shutdown=True)
                 continue
-            try:
-                w.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                w.proc.kill()
-                w.proc.wait()
-            self._on_exit(w, w.proc.returncode, shutdown=True)
+            while pid_alive(w.pid, w.job_id) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if pid_alive(w.pid, w.job_id):
+                try:
+                    os.kill(w.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self._on_exit(w, None, shutdown=True)
         self.thread.join(timeout=5)
 
     # -- internals --------------------------------------------------------------------------
@@ -259,7 +270,8 @@ class LocalExecutor:
                 if job is None or job.status in FINAL_STATUSES:
                     return
                 now = time.time()
-                if job.status == "queued" and returncode == 0:
+                if job.status == "queued" and (returncode == 0 or shutdown):
+                    # the worker put its job back (server shutdown): run it again later
                     if not shutdown and not self.stopping:
                         self.submit(job.id)
                     return
