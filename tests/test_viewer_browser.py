@@ -104,6 +104,19 @@ def connected_client(viewer, timeout: float = 60.0):
     return list(viewer.server.get_clients().values())[0]
 
 
+def dismiss_notifications(driver) -> None:
+    """Close the page's notifications (headless chromium gets "Software WebGL rendering
+    detected"), so screenshots show the scene."""
+    from selenium.webdriver.common.by import By
+
+    for button in driver.find_elements(By.CSS_SELECTOR, "button"):
+        if "closebutton" in (button.get_attribute("class") or "").lower():
+            try:
+                button.click()
+            except Exception:  # noqa: BLE001 (gone already; only cosmetic)
+                pass
+
+
 def save_png(img: np.ndarray, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / name
@@ -125,6 +138,8 @@ def test_browser_draws_the_splat(trained_plush):
         with headless_chromium() as driver:
             driver.get(viewer.url)
             client = connected_client(viewer)
+            time.sleep(1.0)
+            dismiss_notifications(driver)
             overview = settled_screenshot(driver)
             save_png(overview, "overview.png")
             viewer.show_cameras.value = False  # only splats in the centre from here on

@@ -18,6 +18,10 @@ from test_viewer_browser import (
 
 STEPS = 60
 REFRESH = 10
+#: The step at which the test presses Pause. The test's own hook holds the loop there until
+#: the browser's click has reached the server, so a slow browser cannot let training finish
+#: first; the pause itself is then the viewer's.
+PAUSE_AT = 15
 
 
 def _click_button(driver, label: str) -> None:
@@ -49,6 +53,8 @@ def test_train_with_live_viewer_pause_resume(plush_scene, plush_scene_config, tm
 
     def hook(trainer, step):
         hook_steps.append(step)
+        if step == PAUSE_AT:
+            wait_for(lambda: live.paused, 120, "the browser's Pause click")
         live.step_hook(trainer, step)
 
     def train():
@@ -66,12 +72,13 @@ def test_train_with_live_viewer_pause_resume(plush_scene, plush_scene_config, tm
             t0 = time.monotonic()
             thread = threading.Thread(target=train, daemon=True)
             thread.start()
-            wait_for(lambda: live.step >= 15 or "error" in out, 180, "15 training steps")
+            wait_for(lambda: len(hook_steps) >= PAUSE_AT or "error" in out, 180,
+                     f"{PAUSE_AT} training steps")
             assert "error" not in out, out.get("error")
             _click_button(driver, "Pause training")
-            wait_for(lambda: live.paused, 30, "the pause to take effect")
-            # the loop stops at the next step boundary and stays there
-            time.sleep(1.0)
+            wait_for(lambda: live.paused, 60, "the pause to take effect")
+            # the loop stops at the step boundary and stays there
+            wait_for(lambda: live.step == PAUSE_AT, 30, "the viewer's hook to hold the loop")
             stopped_at = live.step
             time.sleep(3.0)
             assert live.step == stopped_at and hook_steps[-1] == stopped_at

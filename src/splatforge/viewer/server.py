@@ -329,7 +329,7 @@ class SplatViewer:
             forward = cam.camtoworld[:3, 2]
             dist = max(float(np.linalg.norm(centre - cam_pos)), 1e-3)
             centre = cam_pos + forward * dist
-            pos = cam_pos - forward * 0.5 * dist
+            pos = cam_pos - forward * 0.25 * dist
             up = -cam.camtoworld[:3, 1]
         else:
             up = np.array([0.0, 0.0, 1.0])
