@@ -17,6 +17,11 @@ MEDIUM_JOB = {**TINY_JOB, "train": {**TINY_JOB["train"], "max_steps": 80}}
 
 
 def test_load_kill_cancel_restart(tmp_path):
+    t_start = time.monotonic()
+
+    def phase(name: str) -> None:
+        print(f"[{time.monotonic() - t_start:6.1f} s] {name}")
+
     data = tmp_path / "life"
     srv = Server(data, max_jobs=2).start()
     try:
@@ -27,6 +32,7 @@ def test_load_kill_cancel_restart(tmp_path):
             wait_job(c, a, ("running",), cond=training, timeout=120)
             wait_job(c, b, ("running",), cond=training, timeout=120)
 
+            phase("A and B training")
             # -- a third job waits for a slot; cancelling it ends it at once --------------
             q = c.post(f"/scenes/{sid}/jobs", json=TINY_JOB).json()["job_id"]
             assert c.get(f"/jobs/{q}").json()["status"] == "queued"
@@ -47,6 +53,7 @@ def test_load_kill_cancel_restart(tmp_path):
             both = [c.get(f"/jobs/{j}").json() for j in (a, b)]
             assert [j["status"] for j in both] == ["running", "running"], both
 
+            phase("load test done")
             # -- a worker killed mid-job -------------------------------------------------
             ja = c.get(f"/jobs/{a}").json()
             assert ja["stage"] == "train" and ja["pid"]
@@ -59,6 +66,7 @@ def test_load_kill_cancel_restart(tmp_path):
             assert jb["status"] == "succeeded", jb  # the other job carried on
             assert jb["metrics"]["step"] == 80
 
+            phase("A killed, B done")
             # -- cancel mid-training: stops within seconds, outputs kept -----------------
             e = c.post(f"/scenes/{sid}/jobs", json=LONG_JOB).json()["job_id"]
             wait_job(c, e, ("running",), cond=lambda j: training(j)
@@ -79,9 +87,11 @@ def test_load_kill_cancel_restart(tmp_path):
             assert "point_cloud.ply" in names
             ply_before = c.get(f"/scenes/{sid}/artifacts/point_cloud.ply").content
 
+            phase("E cancelled")
             # -- restart with work in flight ---------------------------------------------
             f = c.post(f"/scenes/{sid}/jobs", json=TINY_JOB).json()["job_id"]
             g = c.post(f"/scenes/{sid}/jobs", json=TINY_JOB).json()["job_id"]
+        phase("F, G submitted")
         assert srv.stop(signal.SIGTERM) is not None
         with srv.start().client() as c:
             for j, status in ((a, "failed"), (b, "succeeded"), (e, "cancelled")):
@@ -94,11 +104,13 @@ def test_load_kill_cancel_restart(tmp_path):
             assert len(c.get("/jobs", params={"scene_id": sid}).json()) == 6
             assert c.get(f"/scenes/{sid}/artifacts").json()["job_id"] in (f, g)
 
+            phase("F, G done after restart")
             # -- the server and one of two workers crash -------------------------------
             h = c.post(f"/scenes/{sid}/jobs", json=LONG_JOB).json()["job_id"]
             h2 = c.post(f"/scenes/{sid}/jobs", json=LONG_JOB).json()["job_id"]
             jh = wait_job(c, h, ("running",), cond=training, timeout=120)
             jh2 = wait_job(c, h2, ("running",), cond=training, timeout=120)
+        phase("H, H2 training")
         srv.stop(signal.SIGKILL)
         os.kill(jh["pid"], signal.SIGKILL)
         with srv.start().client() as c:
@@ -106,6 +118,7 @@ def test_load_kill_cancel_restart(tmp_path):
             assert jh["status"] == "failed", jh
             assert "is gone (found at server start)" in jh["error"]["message"]
             assert c.get(f"/jobs/{g}").json()["status"] == "succeeded"
+            phase("restarted after crash")
             # the surviving worker kept training and is watched by the new server
             step = c.get(f"/jobs/{h2}").json()["progress"]["step"]
             again = wait_job(c, h2, ("running",), timeout=60,
