@@ -495,9 +495,12 @@ def test_handle_s3_event_starts_the_state_machine(aws):
         {"eventName": "ObjectCreated:Put",
          "s3": {"bucket": {"name": BUCKET}, "object": {"key": "jobs/job+event.json"}}},
         {"eventName": "ObjectCreated:Put",
-         "s3": {"bucket": {"name": BUCKET}, "object": {"key": "jobs/bad.json"}}}]}
+         "s3": {"bucket": {"name": BUCKET}, "object": {"key": "jobs/bad.json"}}},
+        {"eventName": "ObjectCreated:Put",
+         "s3": {"bucket": {"name": BUCKET}, "object": {"key": "jobs/deleted.json"}}}]}
     res = handle_s3_event(event, None, environ=env, clients=make_clients(env))
-    started, invalid = res["jobs"]
+    started, invalid, missing = res["jobs"]
+    assert missing["status"] == "error" and "NoSuchKey" in missing["error"]
     assert started["status"] == "started" and started["uuid"] == "job-event"
     d = aws.sfn.describe_execution(executionArn=started["executionArn"])
     assert d["name"] == "job-event"

@@ -252,8 +252,9 @@ def handle_s3_event(event: Mapping[str, Any], context: Any = None, *,
 
     Returns:
         ``{"jobs": [{"key", "uuid", "status", ...}]}``: status ``started`` (with
-        ``executionArn``), ``complete`` / ``failed`` (run here), or ``invalid`` (with
-        ``error``) for a job file that does not validate.
+        ``executionArn``), ``complete`` / ``failed`` (run here), ``invalid`` (with
+        ``error``) for a job file that does not validate, ``error`` for one that cannot be
+        read.
     """
     env = os.environ if environ is None else environ
     if clients is None:
@@ -270,6 +271,12 @@ def handle_s3_event(event: Mapping[str, Any], context: Any = None, *,
         source = f"s3://{bucket}/{key}"
         try:
             body = clients.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception as e:  # noqa: BLE001  (one unreadable record must not stop the rest)
+            log.error("%s: cannot read the job file: %s", source, e)
+            results.append({"key": key, "status": "error",
+                            "error": f"{source}: cannot read the job file: {e}"})
+            continue
+        try:
             job = parse_job(json.loads(body), source)
         except (ConfigError, ValueError) as e:
             log.error("%s", e)
