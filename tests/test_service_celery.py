@@ -31,7 +31,7 @@ REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 REDIS_DB = int(os.environ.get("SPLATFORGE_TEST_REDIS_DB", "13"))
 
 SHORT = {"preset": "preview", "scene": {"data_factor": 8},
-         "train": {"max_steps": 40, "device": "cpu", "log_every": 10}}
+         "train": {"max_steps": 30, "device": "cpu", "log_every": 10}}
 LONG = {"preset": "preview", "scene": {"data_factor": 8},
         "train": {"max_steps": 20000, "device": "cpu", "log_every": 5}}
 
@@ -140,7 +140,7 @@ def test_two_workers_run_two_jobs_at_once(cluster, http):
     sa, fa, sb, fb = (_ts(ja["started_at"]), _ts(ja["finished_at"]),
                       _ts(jb["started_at"]), _ts(jb["finished_at"]))
     assert sa < fb and sb < fa, (ja, jb)
-    assert ja["metrics"]["step"] == jb["metrics"]["step"] == 40
+    assert ja["metrics"]["step"] == jb["metrics"]["step"] == 30
     names = {x["name"] for x in http.get(f"/scenes/{ja['scene_id']}/artifacts")
              .json()["artifacts"]}
     assert "point_cloud.ply" in names
