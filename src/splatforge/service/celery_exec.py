@@ -29,8 +29,13 @@ with a stale heartbeat) and does not run it again.
 Cancelling a running job: the ``cancel_requested`` flag makes the runner stop at its next
 progress event (within about a second, with a checkpoint) and record ``cancelled``; the revoke's
 SIGTERM reaches the pool process, which gives the runner :data:`CANCEL_GRACE_S` seconds to do
-so and then exits; the worker's main process records ``cancelled`` in any case
-(``task_revoked``).
+so and then exits; if the job is still not final 5 s after that, the worker's main process
+records ``cancelled`` (``task_revoked``). A job cancelled before it started is recorded at
+once (by the executor, or by the worker that receives the revoked message).
+
+Time limits (:func:`job_limits`): the runner stops a job cleanly at the soft limit; Celery's
+soft limit follows 10 s later and its hard limit kills the process (``failed``, "time limit
+exceeded").
 """
 
 from __future__ import annotations
