@@ -84,8 +84,9 @@ def redis_url():
     r.ping()
     queue = f"splatforge-test-{uuid.uuid4().hex[:8]}"
     yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}", queue
-    # leave nothing of this run behind: its queue and any unacknowledged message of it
-    r.delete(queue)
+    # leave nothing of this run behind: its queue, its exchange bindings and any
+    # unacknowledged message of it
+    r.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
     for tag, payload in r.hgetall("unacked").items():
         if queue.encode() in payload:
             r.hdel("unacked", tag)
@@ -282,6 +283,7 @@ def test_rabbitmq_broker(tmp_path):
         server.stop()
         with kombu.Connection(url) as conn:
             conn.default_channel.queue_delete(queue)
+            conn.default_channel.exchange_delete(queue)
 
 
 def test_broker_down_fails_the_job_with_the_cause(tmp_path):
