@@ -243,7 +243,7 @@ def test_time_limit_fails_the_job(cluster, http):
     assert 15 <= took < 30, took
 
 
-def test_worker_needs_a_broker(monkeypatch, capsys):
+def test_worker_options_and_broker_errors(monkeypatch, capsys):
     from splatforge.cli import main
 
     monkeypatch.delenv("SPLATFORGE_BROKER_URL", raising=False)
@@ -254,6 +254,11 @@ def test_worker_needs_a_broker(monkeypatch, capsys):
     assert "unsupported broker 'kafka'" in capsys.readouterr().err
     assert main(["worker", "--gpu", "-1"]) == 2
     assert "--gpu" in capsys.readouterr().err
+    # --gpu N owns device N: set before anything could initialise CUDA
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    monkeypatch.delenv("SPLATFORGE_BROKER_URL")
+    assert main(["worker", "--gpu", "3"]) == 2
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
 
 
 def test_rabbitmq_broker(tmp_path):
