@@ -216,6 +216,13 @@ def test_upload_dir_and_parallel_download(store, tmp_path):
         assert len(threads) > 1, threads  # the downloads ran on several threads
     with pytest.raises(ObjectNotFound):
         store.download_prefix("colmap/other", tmp_path / "none")
+    if isinstance(store, S3Store):
+        # folder markers the S3 console creates ("images/", 0 bytes) are not files
+        store.client.put_object(Bucket=BUCKET, Key=store.prefix + "colmap/dog/images/",
+                                Body=b"")
+        assert [o.key for o in store.list("colmap/dog")] == keys
+        assert store.download_prefix("colmap/dog", tmp_path / "dl2") == sorted(
+            tmp_path / "dl2" / n for n in names)
 
 
 # -- atomicity and retries ---------------------------------------------------------------------

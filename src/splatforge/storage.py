@@ -267,7 +267,8 @@ class ArtifactStore(ABC):
 
     @abstractmethod
     def list(self, prefix: str = "") -> list[ObjectInfo]:
-        """Every object under the folder ``prefix``, sorted by key."""
+        """Every object under the folder ``prefix``, sorted by key (S3 "folder" markers,
+        keys ending in '/', and other keys that are not valid here are left out)."""
 
     @abstractmethod
     def exists(self, key: str) -> bool:
@@ -605,8 +606,16 @@ class S3Store(ArtifactStore):
             Bucket=self.bucket, Prefix=full)
         for page in pages:
             for o in page.get("Contents", []):
-                out.append(ObjectInfo(o["Key"][len(self.prefix):], int(o["Size"]),
-                                      o["LastModified"].timestamp()))
+                key = o["Key"][len(self.prefix):]
+                if key.endswith("/"):  # a "folder" marker made by the S3 console: no file
+                    continue
+                try:
+                    validate_key(key)
+                except InvalidKey as e:
+                    log.warning("%s: skipping an object this store cannot address: %s",
+                                self.url, e)
+                    continue
+                out.append(ObjectInfo(key, int(o["Size"]), o["LastModified"].timestamp()))
         return sorted(out, key=lambda o: o.key)
 
     def _head(self, key: str) -> dict[str, Any]:
