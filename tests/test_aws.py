@@ -129,12 +129,17 @@ def aws():
     endpoint = f"http://{host}:{port}"
     # moto's state-machine interpreter sends its SQS message to localhost:MOTO_PORT
     os.environ.update(CREDS, MOTO_PORT=str(port))
-    req = urllib.request.Request(
-        endpoint + "/moto-api/config", method="POST",
-        data=json.dumps({"stepfunctions": {"execute_state_machine": True}}).encode(),
-        headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(req).read()
+
+    def sfn_config(execute: bool) -> None:  # moto's option is process-wide: reset it after
+        req = urllib.request.Request(
+            endpoint + "/moto-api/config", method="POST",
+            data=json.dumps({"stepfunctions": {"execute_state_machine": execute}}).encode(),
+            headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req).read()
+
+    sfn_config(True)
     yield Aws(endpoint)
+    sfn_config(False)
     server.stop()
     for k, v in saved.items():
         if v is None:
