@@ -138,6 +138,8 @@ def test_cancel_a_running_job(server, http, capsys):
     assert code == 0, err
     job_id = json.loads(out)["job_id"]
     wait_job(http, job_id, until=("running",), cond=training, timeout=120)
+    code, out, err = run_cli(capsys, *client_args(server, "wait", job_id, "--timeout", "1"))
+    assert code == 2 and "still running after 1 s" in err
     code, out, err = run_cli(capsys, *client_args(server, "cancel", job_id))
     assert code == 0, err
     assert job_id in out

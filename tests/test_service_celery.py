@@ -160,6 +160,9 @@ def test_cancel_ends_a_running_job_within_seconds(cluster, http):
     # the runner stopped training itself (checkpoint kept) before the revoke's grace ran out
     log = http.get(f"/jobs/{job_id}/log").text
     assert "interrupted after step" in log and "cancelled" in log
+    # ... and the task was revoked with terminate=True, signal SIGTERM
+    _, workers = cluster
+    assert f"Terminating {job_id} (15)" in workers[job["worker"].split("@")[0]].log()
 
 
 def test_killed_pool_process_fails_its_job_and_the_worker_goes_on(cluster, http):
