@@ -305,32 +305,43 @@ class LocalExecutor:
             with self.cond:
                 if self.stopping:
                     return
-                workers = list(self.workers.values())
-            now = time.monotonic()
-            for w in workers:
-                if w.proc is not None:
-                    rc = w.proc.poll()
-                    if rc is not None:
-                        self._on_exit(w, rc)
-                        continue
-                    if w.cancel_at is not None:
-                        if w.terminated_at is None and now - w.cancel_at > CANCEL_GRACE_S:
-                            w.terminated_at = now
-                            w.proc.terminate()
-                        elif w.terminated_at is not None and now - w.terminated_at > 5.0:
-                            w.proc.kill()
-                elif not pid_alive(w.pid, w.job_id):
-                    self._on_exit(w, None)
-            with self.cond:
-                while (self.queue and len(self.workers) < self.max_jobs
-                       and not self.stopping):
-                    job_id = self.queue.popleft()
-                    if self._startable(job_id):
-                        try:
-                            self._spawn(job_id)
-                        except OSError as e:
-                            self._fail_to_start(job_id, e)
-                self.cond.wait(POLL_S)
+            try:
+                self._tick()
+            except Exception as e:  # noqa: BLE001  (a database outage must not end the loop)
+                print(f"splatforge executor: {type(e).__name__}: {e}", file=sys.stderr)
+                time.sleep(1.0)
+
+    def _tick(self) -> None:
+        """One monitor round: reap ended workers, enforce cancel grace, start queued jobs."""
+        with self.cond:
+            workers = list(self.workers.values())
+        now = time.monotonic()
+        for w in workers:
+            if w.proc is not None:
+                rc = w.proc.poll()
+                if rc is not None:
+                    self._on_exit(w, rc)
+                    continue
+                if w.cancel_at is not None:
+                    if w.terminated_at is None and now - w.cancel_at > CANCEL_GRACE_S:
+                        w.terminated_at = now
+                        w.proc.terminate()
+                    elif w.terminated_at is not None and now - w.terminated_at > 5.0:
+                        w.proc.kill()
+            elif not pid_alive(w.pid, w.job_id):
+                self._on_exit(w, None)
+        with self.cond:
+            while (self.queue and len(self.workers) < self.max_jobs
+                   and not self.stopping):
+                job_id = self.queue[0]
+                startable = self._startable(job_id)  # may raise: the job stays queued
+                self.queue.popleft()
+                if startable:
+                    try:
+                        self._spawn(job_id)
+                    except OSError as e:
+                        self._fail_to_start(job_id, e)
+            self.cond.wait(POLL_S)
 
     def _startable(self, job_id: str) -> bool:
         with session_scope(self.settings) as s:
