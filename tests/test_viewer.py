@@ -88,8 +88,11 @@ def test_view_sources(trained_plush, tmp_path):
     assert len(src.cameras) == 84 and len(src.points) == 3122
     assert src.points_rgb.dtype == np.uint8 and src.points_rgb.max() > 0
 
-    file_src = load_view_source(ply)  # a PLY alone: no cameras.json beside it
-    assert file_src.splats_path == ply and file_src.cameras == []
+    file_src = load_view_source(ply)  # the model folder's cameras and points come along
+    assert file_src.splats_path == ply and len(file_src.cameras) == 84
+    alone = shutil.copy(ply, tmp_path / "alone.ply")  # nothing beside it
+    alone_src = load_view_source(alone)
+    assert alone_src.cameras == [] and len(alone_src.points) == 0
 
     splat_file = write_splats(tmp_path / "m.splat", read_splats(ply))
     assert len(load_view_source(splat_file).splats["means"]) == len(src.splats["means"])
@@ -298,8 +301,7 @@ def test_service_view_route(trained_plush, tmp_path, monkeypatch):
             assert http.get("/scenes/scene1/view").headers["location"] == url  # reused
             # the job status links here
             job = http.get("/jobs/job1")
-            if job.status_code == 200:
-                assert "/scenes/scene1/view" in json.dumps(job.json())
+            assert job.status_code == 200 and "/scenes/scene1/view" in json.dumps(job.json())
             r = http.get("/scenes/scene2/view")
             assert r.status_code == 404 and "no trained model" in r.text
             assert http.get("/scenes/nope/view").status_code == 404

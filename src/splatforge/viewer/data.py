@@ -7,7 +7,8 @@ folder (see :mod:`splatforge.export.model_dir`).
 Accepted inputs (:func:`load_view_source`):
 
 * a splat file: ``.ply`` (INRIA / gsplat / SuperSplat compressed), ``.splat``, ``.spz``;
-  its folder's ``cameras.json`` / ``input.ply`` are shown too when they are there;
+  the ``cameras.json`` / ``input.ply`` of its folder (or of its model folder, for
+  ``point_cloud/iteration_N/point_cloud.ply``) are shown too when they are there;
 * an INRIA model folder (``point_cloud/iteration_N/point_cloud.ply``; the latest N is shown,
   with ``cameras.json`` and ``input.ply``);
 * a ``reconstruct`` output folder (``<out>/model``) or a dataset / SfM workspace without
@@ -193,7 +194,10 @@ def load_view_source(path: str | Path) -> ViewSource:
             raise InputError(path, f"unknown file type {path.suffix!r}",
                              f"expected one of {', '.join(sorted(SPLAT_EXTENSIONS))}")
         src = ViewSource(path.name, path, read_splats(path), path)
-        _add_model_dir_extras(src, path.parent)
+        folder = path.parent
+        if folder.parent.name == "point_cloud":  # <model>/point_cloud/iteration_N/x.ply
+            folder = folder.parent.parent
+        _add_model_dir_extras(src, folder)
         return src
     folder = path
     if latest_point_cloud(folder) is None and latest_point_cloud(folder / "model") is not None:
