@@ -318,3 +318,36 @@ def test_service_view_route(trained_plush, tmp_path, monkeypatch):
             mgr.close()
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def test_cli_train_with_viewer(plush_scene, plush_cache, tmp_path):
+    """``splatforge train --viewer``: the URL is printed, the page answers while training, and
+    the run finishes (``--no-viewer-keep-open``) with its model."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "model"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "splatforge", "train", str(PLUSH_DOG), "-o", str(out),
+         "--data-factor", "8", "--cache-dir", str(plush_cache), "--max-steps", "8",
+         "--device", "cpu", "--viewer", "--viewer-port", "0", "--viewer-refresh-every", "4",
+         "--no-viewer-keep-open"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        lines = []
+        url = None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("viewer: http://127.0.0.1:"):
+                url = line.split()[1]
+                assert httpx.get(url, timeout=10).status_code == 200
+                break
+        rest, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = "".join(lines) + rest
+    assert url is not None, text
+    assert proc.returncode == 0, text
+    assert "trained 8 steps" in text
+    assert (out / "point_cloud" / "iteration_8" / "point_cloud.ply").is_file()
+    assert _wait_port_closed(int(url.rsplit(":", 1)[1].strip("/")))
