@@ -67,6 +67,7 @@ def main() -> None:
     server = subprocess.Popen([sys.executable, "-m", "splatforge", "serve", "--port", str(port),
                                "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL)
     rows = []
+    load_at_start = [round(x, 2) for x in os.getloadavg()]  # other work on the machine
     try:
         for _ in range(300):
             try:
@@ -98,14 +99,17 @@ def main() -> None:
         server.wait(timeout=60)
         shutil.rmtree(data, ignore_errors=True)
     print(f"\njob service: status polling while {args.jobs} jobs train "
-          f"({machine()}; {'PostgreSQL' if args.database_url else 'SQLite'})\n")
+          f"({machine()}; {'PostgreSQL' if args.database_url else 'SQLite'}; load average "
+          f"{load_at_start[0]} at the start)\n")
     print("| clients | seconds | requests | requests/s | p50 ms | p99 ms | max ms | errors |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['clients']} | {r['seconds']} | {r['requests']} | {r['requests_per_s']} | "
               f"{r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['errors']} |")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        args.json.write_text(json.dumps({
+            "machine": machine(), "database": "postgresql" if args.database_url else "sqlite",
+            "load_average_at_start": load_at_start, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
