@@ -113,3 +113,39 @@ def test_train_with_live_viewer_pause_resume(plush_scene, plush_scene_config, tm
     assert live.psnr_number.value > 10
     print(f"paused {live.paused_seconds:.1f} s at step {stopped_at}; {live.refreshes} "
           f"refreshes; train {res.train_seconds:.1f} s of {wall:.1f} s wall")
+
+
+def test_ctrl_c_while_paused_stops_with_a_checkpoint(plush_scene, plush_scene_config,
+                                                     tmp_path):
+    """Training in the main thread, paused from the page at step 3: Ctrl-C (SIGINT) stops it
+    with a checkpoint at that step instead of hanging in the pause."""
+    import os
+    import signal
+
+    import pytest
+
+    from splatforge.config import TrainConfig
+    from splatforge.train import TrainingInterrupted, run_train
+    from splatforge.viewer import LiveTrainingViewer
+
+    cfg = TrainConfig(max_steps=50, log_every=5, eval_every=0, sh_degree=0, seed=0,
+                      device="cpu")
+    live = LiveTrainingViewer("127.0.0.1", 0, refresh_every=100)
+
+    def hook(trainer, step):
+        if step == 3:
+            live.toggle_pause()  # what the page's button does
+            threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        live.step_hook(trainer, step)
+
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(TrainingInterrupted) as info:
+            run_train(cfg, plush_scene, tmp_path / "model", None,
+                      scene_config=plush_scene_config, step_hook=hook)
+    finally:
+        live.stop()
+    assert info.value.step == 3 and info.value.checkpoint is not None
+    assert info.value.checkpoint.is_file()
+    assert 1.0 <= live.paused_seconds < 30 and time.monotonic() - t0 < 120
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -13,9 +13,11 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from ..events import Event, EventCallback
 from .data import DEFAULT_MAX_SPLATS, scene_cameras, scene_points
@@ -138,11 +140,30 @@ class LiveTrainingViewer:
             self.status_md.content = f"**paused** after step {step}"
             t0 = time.monotonic()
             self.show_splats(trainer)  # show exactly what is paused
-            while not self._resume.wait(0.2):
-                pass
+            with self._ctrl_c_stops():
+                while not self._resume.wait(0.2):
+                    pass
             self.paused_seconds += time.monotonic() - t0
         if self._stop_requested:
             raise KeyboardInterrupt
+
+    @contextmanager
+    def _ctrl_c_stops(self) -> Iterator[None]:
+        """While paused in the main thread, Ctrl-C stops training (with a checkpoint) instead
+        of waiting for the next step, which would never come."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+        try:
+            signal.signal(signal.SIGINT, lambda signum, frame: self.request_stop())
+        except ValueError:  # signals not allowed here
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def events(self, downstream: EventCallback | None = None) -> EventCallback:
         """An events callback that updates the page from ``progress`` events of the ``train``
