@@ -190,7 +190,7 @@ class LiveTrainingViewer:
 
         return callback
 
-    def finish(self, trainer_or_splats: Any = None) -> None:
+    def finish(self) -> None:
         """Mark training as finished (the page keeps showing the last splats)."""
         self.status_md.content = f"training finished at step {self.step}"
         self.pause_button.disabled = True
