@@ -142,7 +142,9 @@ class WindowProfiler:
             if e.name.startswith("sf.") and e.device_type == DeviceType.CPU:
                 r = self.ranges.setdefault(e.name, {"cpu_ms": 0.0})
                 r["cpu_ms"] += e.cpu_time_total / 1e3
-            elif e.device_type == DeviceType.CUDA and not e.name.startswith("sf."):
+            elif (e.device_type == DeviceType.CUDA and not e.name.startswith("sf.")
+                  and not getattr(e, "is_user_annotation", False)
+                  and not e.name.startswith("Optimizer.")):
                 ms = _dev_us(e) / 1e3
                 if any(m in e.name for m in GSPLAT_KERNEL_MARKERS):
                     self.gsplat_ms += ms
@@ -161,7 +163,7 @@ def _dev_us(e) -> float:
     return 0.0
 
 
-def diagnose(res, scene, cfg, backend: str) -> dict:
+def diagnose(res, scene, cfg, backend: str, renders: Path | None = None) -> dict:
     """Gaussians unseen by every training camera but seen by a held-out one, and the held-out
     PSNR without them."""
     import torch
@@ -171,19 +173,56 @@ def diagnose(res, scene, cfg, backend: str) -> dict:
     from splatforge.train.evaluate import evaluate_splats
     from splatforge.train.visibility import camera_stack, in_any_frustum
 
-    ckpt = load_checkpoint(find_latest_checkpoint(res.model_dir), map_location="cuda")
-    params = {k: v.cuda() for k, v in ckpt["splats"].items()}
+    where = "cuda" if torch.cuda.is_available() else "cpu"
+    ckpt = load_checkpoint(find_latest_checkpoint(res.model_dir), map_location=where)
+    params = {k: v.to(where) for k, v in ckpt["splats"].items()}
     dev = params["means"].device
     train_seen = in_any_frustum(params["means"], *camera_stack(scene, scene.train_indices, dev))
     test_seen = in_any_frustum(params["means"], *camera_stack(scene, scene.test_indices, dev))
     floaters = (~train_seen) & test_seen
     sh = min(res.step // cfg.sh_degree_interval, cfg.sh_degree)
+    from splatforge.train.visibility import camera_centres, camera_clearance, near_cameras
+
+    tv, tk, ts = camera_stack(scene, scene.test_indices, dev)
+    pts = torch.as_tensor(scene.points, dtype=torch.float32, device=dev).reshape(-1, 3)
+    near_test = near_cameras(params["means"], camera_centres(tv),
+                             camera_clearance(pts, tv, tk, ts, 0.2))
+    ev_near = evaluate_splats({k: v[~near_test] for k, v in params.items()}, scene,
+                              scene.test_indices, sh, backend)
     keep = {k: v[~floaters] for k, v in params.items()}
     ev = evaluate_splats(keep, scene, scene.test_indices, sh, backend)
+    if renders is not None:
+        save_renders(params, scene, sh, backend, renders)
     opa = torch.sigmoid(params["opacities"][floaters])
-    return {"unseen_by_train": int((~train_seen).sum()), "unseen_in_test_view": int(
+    per = {scene.images[r["index"]].name: round(r["psnr"], 2) for r in ev["images"]}
+    return {"near_test_cameras_0.2": int(near_test.sum()),
+            "test_psnr_without_near_test": round(ev_near["psnr"], 3),
+            "test_psnr_per_image": per, "unseen_by_train": int((~train_seen).sum()), "unseen_in_test_view": int(
         floaters.sum()), "their_mean_opacity": round(float(opa.mean()), 3) if len(opa) else 0,
         "test_psnr_without_them": round(ev["psnr"], 3)}
+
+
+def save_renders(params, scene, sh, backend, folder: Path) -> None:
+    """Held-out photo | render side by side, as JPEGs named by image and PSNR."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from splatforge.metrics import psnr
+    from splatforge.scene import load_image
+    from splatforge.train.evaluate import render_view
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in scene.test_indices:
+        with torch.no_grad():
+            r, _, _ = render_view(params, scene, i, sh, backend)
+        r = r[0].clamp(0, 1)
+        gt = torch.from_numpy(load_image(scene.images[i], scene.background)).to(r.device)
+        gt = gt.float() / 255.0
+        p = float(psnr(r, gt))
+        both = torch.cat([gt, r], dim=1).mul(255).round().byte().cpu().numpy()
+        Image.fromarray(np.ascontiguousarray(both)).save(
+            folder / f"{scene.images[i].name.rsplit('.', 1)[0]}_psnr{p:.1f}.jpg", quality=80)
 
 
 def main() -> None:
@@ -202,25 +241,30 @@ def main() -> None:
                     help="TrainConfig overrides for every row")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:K=V,K=V",
                     help="extra rows with these overrides (on top of --set)")
+    ap.add_argument("--name", default="splatforge", help="name of the base row")
     ap.add_argument("--eval-every", type=int, default=0)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--window", type=int, default=100)
     ap.add_argument("--diagnose", action="store_true")
+    ap.add_argument("--renders", type=Path, help="with --diagnose: save held-out renders here")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--cpu-smoke", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--keep", type=Path, help="keep the model dirs under this folder")
     args = ap.parse_args()
 
-    if not torch.cuda.is_available():
-        raise SystemExit("train_gpu.py needs a CUDA device")
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.cpu_smoke:
+        raise SystemExit("train_gpu.py needs a CUDA device (--cpu-smoke: a tiny CPU check of "
+                         "this script)")
     import gsplat
 
-    device = torch.cuda.get_device_name(0)
+    device = torch.cuda.get_device_name(0) if cuda else "cpu (smoke test)"
     scene_cfg = SceneConfig(data_factor=args.data_factor)
     t0 = time.monotonic()
     scene = load_scene(args.scene, scene_cfg)
     load_s = time.monotonic() - t0
     common = parse_sets(args.set)
-    variants = [("splatforge", {})]
+    variants = [(args.name, {})]
     for v in args.variant:
         name, _, sets = v.partition(":")
         variants.append((name, parse_sets([sets])))
@@ -234,14 +278,15 @@ def main() -> None:
             cfg = TrainConfig(**kw)
             model_dir = base / f"{name}_{steps}"
             wins = windows_for(steps, args.window)
-            profile = args.profile and name == "splatforge"
+            profile = args.profile and name == args.name
             timer = WindowTimer(wins) if profile else None
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
             t0 = time.monotonic()
             res = run_train(cfg, scene, model_dir, scene_config=scene_cfg, step_hook=timer)
             wall = time.monotonic() - t0
-            peak = torch.cuda.max_memory_allocated()
+            peak = torch.cuda.max_memory_allocated() if cuda else 0
             test = res.metrics.get("test", {})
             row = {"variant": name, "steps": steps, "overrides": over,
                    "train_s": round(res.train_seconds, 1), "wall_s": round(wall, 1),
@@ -278,13 +323,16 @@ def main() -> None:
                 }
                 row["outside_gsplat"] = row["profile"]["outside_gsplat_share"]
             if args.diagnose:
-                row["diagnosis"] = diagnose(res, scene, cfg, res.backend)
+                row["diagnosis"] = diagnose(res, scene, cfg, res.backend,
+                                            args.renders / f"{name}_{steps}"
+                                            if args.renders else None)
             rows.append(row)
             print(json.dumps(row), flush=True)
 
     info = {
         "device": device, "torch": torch.__version__, "cuda": torch.version.cuda,
         "gsplat": gsplat.__version__, "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
         "git_commit": git_commit(), "scene": str(args.scene), "images": len(scene.images),
         "train_images": len(scene.train_indices), "test_images": len(scene.test_indices),
         "data_factor": args.data_factor, "seed": args.seed, "overrides": common,

@@ -332,6 +332,20 @@ class TrainConfig(StageConfig):
                           "Gaussians whose centre lies in no training camera's view frustum: "
                           "no photo constrains them, and left alone they become floaters in "
                           "front of held-out views.")
+    unseen_margin: float = Field(
+        0.15, ge=0.0, le=2.0,
+        description="prune_unseen: a centre counts as seen when it projects within this "
+                    "fraction of the image size outside a training image's border.")
+    camera_clearance: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="At every densification interval (default strategy), remove Gaussians "
+                    "closer to a training camera than this fraction of the median depth of "
+                    "the SfM points it sees (0 = off; see splatforge.train.visibility).")
+    prune_scale2d: float = Field(
+        0.0, ge=0.0, le=10.0,
+        description="default strategy: during densification, also prune (and split at a "
+                    "third of it) Gaussians whose screen radius exceeded this fraction of the "
+                    "image size in a training view (gsplat's refine_scale2d; 0 = off).")
     fused_ssim: bool = Field(
         True, description="SSIM loss with the hand-derived backward pass "
                           "(splatforge.train.fused_ssim; same values, less memory and time).")

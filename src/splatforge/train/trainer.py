@@ -218,7 +218,10 @@ def make_strategy(config: TrainConfig, scene_scale: float):
         prune_opa=0.005, grow_grad2d=config.grow_grad2d(), grow_scale3d=0.01,
         prune_scale3d=0.1, refine_start_iter=config.densify_from_iter,
         refine_stop_iter=config.densify_until_iter, reset_every=config.opacity_reset_interval,
-        refine_every=config.densification_interval, absgrad=config.absgrad)
+        refine_every=config.densification_interval, absgrad=config.absgrad,
+        refine_scale2d_stop_iter=config.densify_until_iter if config.prune_scale2d > 0 else 0,
+        prune_scale2d=config.prune_scale2d or 0.15,
+        grow_scale2d=(config.prune_scale2d or 0.15) / 3.0)
     return strat, strat.initialize_state(scene_scale=scene_scale)
 
 
@@ -439,11 +442,26 @@ class Trainer:
         self.optimizers = self._make_optimizers()
         self.strategy, self.strategy_state = make_strategy(cfg, self.scene_scale)
         self.strategy.check_sanity(self.params, self.optimizers)
-        if cfg.prune_unseen and cfg.strategy == "default":
-            from .visibility import camera_stack, in_any_frustum
+        if (cfg.prune_unseen or cfg.camera_clearance > 0) and cfg.strategy == "default":
+            from .visibility import (camera_centres, camera_clearance, camera_stack,
+                                     in_any_frustum, near_cameras)
 
             stack = camera_stack(scene, scene.train_indices, self.device)
-            self.strategy.seen_fn = lambda means: in_any_frustum(means, *stack)
+            margin = cfg.unseen_margin
+            centres = camera_centres(stack[0])
+            pts = torch.as_tensor(np.asarray(scene.points, dtype=np.float32),
+                                  device=self.device).reshape(-1, 3)
+            radii = camera_clearance(pts, *stack, cfg.camera_clearance)
+            prune_unseen = cfg.prune_unseen
+
+            def seen_fn(means: torch.Tensor) -> torch.Tensor:
+                ok = (in_any_frustum(means, *stack, margin=margin) if prune_unseen
+                      else torch.ones(len(means), dtype=torch.bool, device=means.device))
+                if cfg.camera_clearance > 0:
+                    ok &= ~near_cameras(means, centres, radii)
+                return ok
+
+            self.strategy.seen_fn = seen_fn
         self.sampler = ViewSampler(scene.train_indices, cfg.seed)
         self.bg_generator = torch.Generator().manual_seed(cfg.seed + 1)
         self.train_seconds = 0.0

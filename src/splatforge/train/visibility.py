@@ -61,3 +61,62 @@ def camera_stack(scene, indices: list[int], device: torch.device
     Ks = torch.stack([torch.as_tensor(im.K, dtype=torch.float32) for im in ims])
     sizes = torch.tensor([[im.width, im.height] for im in ims], dtype=torch.float32)
     return viewmats.to(device), Ks.to(device), sizes.to(device)
+
+
+def camera_centres(viewmats: torch.Tensor) -> torch.Tensor:
+    """``[C, 3]`` camera centres ``-R^T t`` of ``[C, 4, 4]`` world-to-camera matrices."""
+    R = viewmats[:, :3, :3]
+    t = viewmats[:, :3, 3]
+    return -torch.einsum("cji,cj->ci", R, t)
+
+
+def camera_clearance(points: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor,
+                     sizes: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Radius of the free ball around each camera: ``fraction`` times the median depth of the
+    SfM points in its view.
+
+    The space right around a camera that photographed the scene is air: a surface there would
+    fill its photo. Gaussians that drift there are seen by the photos only at a grazing angle or
+    against a uniform backdrop, so nothing in the loss removes them, yet they stand in front
+    of any novel view taken nearby (the held-out views of an orbit capture).
+
+    Args:
+        points: ``[P, 3]`` SfM points (world frame).
+        viewmats, Ks, sizes: as :func:`in_any_frustum`, ``C`` cameras.
+        fraction: the radius as a fraction of the median point depth (0 = no clearance).
+
+    Returns:
+        ``[C]`` radii in scene units (0 for a camera that sees no point).
+    """
+    radii = torch.zeros(viewmats.shape[0], dtype=torch.float32, device=viewmats.device)
+    if fraction <= 0 or points.shape[0] == 0:
+        return radii
+    for c in range(viewmats.shape[0]):
+        pc = points @ viewmats[c, :3, :3].T + viewmats[c, :3, 3]
+        z = pc[:, 2]
+        front = z > 1e-6
+        u = Ks[c, 0, 0] * pc[:, 0] / z.clamp_min(1e-6) + Ks[c, 0, 2]
+        v = Ks[c, 1, 1] * pc[:, 1] / z.clamp_min(1e-6) + Ks[c, 1, 2]
+        inside = front & (u >= 0) & (u < sizes[c, 0]) & (v >= 0) & (v < sizes[c, 1])
+        if inside.any():
+            radii[c] = fraction * z[inside].median()
+    return radii
+
+
+def near_cameras(means: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
+                 chunk: int = 65536) -> torch.Tensor:
+    """``[N]`` bool: the centre lies within ``radii[c]`` of some camera centre ``centres[c]``.
+
+    Args:
+        means: ``[N, 3]``. centres: ``[C, 3]``. radii: ``[C]`` (scene units).
+    """
+    out = torch.zeros(means.shape[0], dtype=torch.bool, device=means.device)
+    keep = radii > 0
+    if not bool(keep.any()):
+        return out
+    centres, radii = centres[keep], radii[keep]
+    x = means.detach()
+    for s in range(0, x.shape[0], chunk):
+        d = torch.cdist(x[s:s + chunk], centres)                       # [n, C]
+        out[s:s + chunk] = (d < radii[None, :]).any(dim=1)
+    return out
