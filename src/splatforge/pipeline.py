@@ -92,7 +92,7 @@ class ReconstructResult:
 
 
 def view_command(model_dir: Path) -> str:
-    """How to look at the result (the built-in viewer is coming; SuperSplat opens the PLY)."""
+    """How to look at the result in the built-in viewer (``splatforge view``)."""
     return f"splatforge view {model_dir}"
 
 
@@ -430,7 +430,7 @@ def format_summary(res: ReconstructResult) -> str:
     lines.append("outputs:")
     for p, n in res.outputs.items():
         lines.append(f"  {p}  ({n / 1e6:.2f} MB)" if n >= 1e5 else f"  {p}  ({n} B)")
-    lines.append(f"view: {view_command(res.model_dir)}  (the viewer is coming; meanwhile open "
-                 f"{res.model_dir}/point_cloud/iteration_{res.step}/point_cloud.ply in "
-                 "SuperSplat, https://superspl.at/editor)")
+    lines.append(f"view: {view_command(res.model_dir)}  (in the browser; SuperSplat, "
+                 "https://superspl.at/editor, also opens "
+                 f"{res.model_dir}/point_cloud/iteration_{res.step}/point_cloud.ply)")
     return "\n".join(lines)
