@@ -328,7 +328,7 @@ class TrainConfig(StageConfig):
     packed: bool = Field(False, description="gsplat packed mode (less memory).")
     sparse_grad: bool = Field(False, description="Sparse gradients (needs packed).")
     prune_unseen: bool = Field(
-        True, description="At every densification interval (default strategy), remove "
+        False, description="At every densification interval (default strategy), remove "
                           "Gaussians whose centre lies in no training camera's view frustum: "
                           "no photo constrains them, and left alone they become floaters in "
                           "front of held-out views.")
