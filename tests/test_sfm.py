@@ -44,7 +44,9 @@ def sceaux(tmp_path_factory):
 @pytest.fixture(scope="module")
 def plush(tmp_path_factory):
     ws = tmp_path_factory.mktemp("plush")
-    res = run_sfm(SfmConfig(), DATASETS / "plush_dog" / "images_4", ws)
+    # one mapper thread: pycolmap's multi-threaded mapper is not deterministic (84/84 with one
+    # thread in every run seen; fewer in some multi-threaded runs)
+    res = run_sfm(SfmConfig(num_threads=1), DATASETS / "plush_dog" / "images_4", ws)
     return ws, res
 
 
