@@ -180,7 +180,9 @@ def test_force_reuses_nothing_and_resume_reuses_features(tmp_path):
     for p in sorted((DATASETS / "plush_dog" / "images_4").iterdir())[:12]:
         shutil.copy(p, src / p.name)
     ws = tmp_path / "ws"
-    cfg = SfmConfig(max_num_features=2048)
+    # One mapper thread: the multi-threaded mapper is not deterministic and once registered
+    # fewer than 3 of these 12 photos on a forced rerun (CI, session 3).
+    cfg = SfmConfig(max_num_features=2048, num_threads=1)
     first = run_sfm(cfg, src, ws)
     assert first.skipped_steps == []
     assert first.num_registered >= 3
@@ -190,12 +192,12 @@ def test_force_reuses_nothing_and_resume_reuses_features(tmp_path):
     resumed = run_sfm(cfg, src, ws)
     assert resumed.skipped_steps == ["extract", "match"]
     assert "extract" not in resumed.seconds and "match" not in resumed.seconds
-    # The features and matches are the very same (the multi-threaded mapper itself is not
-    # deterministic, so registration counts may differ between runs).
+    # The features and matches are the very same, and so is the single-threaded mapping.
     assert _db_counts(ws / "database.db") == before
-    assert resumed.num_registered >= 3
+    assert resumed.num_registered == first.num_registered
     forced = run_sfm(cfg, src, ws, force=True)
     assert forced.skipped_steps == []
+    assert forced.num_registered == first.num_registered >= 3
 
 
 def test_too_few_registered_images_is_a_clear_error(tmp_path):
