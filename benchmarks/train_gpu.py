@@ -2,7 +2,10 @@
 
 For every row (a fresh run with a fixed seed) it prints the training-loop time (the
 optimisation loop alone: no data loading before step 0, no saving, no evaluation), steps/s,
-peak ``torch.cuda.max_memory_allocated``, final Gaussians and held-out PSNR/SSIM. With
+peak ``torch.cuda.max_memory_allocated`` of the loop in GiB (read at the last step, before the
+final save and evaluation, as gsplat's simple_trainer reads its ``mem``; plus the memory held by
+CUDA graph pools, see :func:`graph_pool_bytes`; the peak including the final evaluation is kept
+in the JSON), final Gaussians and held-out PSNR/SSIM. With
 ``--eval-every N`` the held-out PSNR is also measured every N steps (outside the timed loop), so
 a PSNR that falls as training goes on shows. With ``--profile`` it adds, per row, the share of
 step time spent outside gsplat's kernels, from ``torch.profiler``:
@@ -106,6 +109,56 @@ class WindowTimer:
                 self.ms.append((time.perf_counter() - self.t0[i]) * 1e3)
                 self.steps.append(b - a + 1)
                 self.gaussians.append(len(trainer.params["means"]))
+
+
+def read_log(model_dir: Path) -> list[dict]:
+    """The records of ``<model_dir>/train_log.jsonl``."""
+    lines = (model_dir / "train_log.jsonl").read_text().splitlines()
+    return [json.loads(x) for x in lines if x.strip()]
+
+
+def eval_curve(log: list[dict]) -> list[tuple[int, float]]:
+    """``(step, held-out PSNR)`` of every evaluation in a training log (the trainer logs the
+    final one too)."""
+    return [(r["step"], round(r["psnr"], 2)) for r in log if r.get("kind") == "eval"]
+
+
+def graph_pool_bytes() -> int:
+    """Bytes that CUDA graphs' private memory pools hold but do not count as allocated.
+
+    Tensors a graph uses inside its replays (the graphed loss's intermediates) were allocated
+    and freed during capture, so ``max_memory_allocated`` no longer sees them although every
+    replay writes them; their pool's reserved-but-unallocated bytes are added to the peak so
+    the figure stays comparable with an eager loop's."""
+    import torch
+
+    total = 0
+    for seg in torch.cuda.memory_snapshot():
+        if tuple(seg.get("segment_pool_id") or (0, 0)) != (0, 0):
+            total += int(seg["total_size"]) - int(seg.get("allocated_size", 0))
+    return total
+
+
+class Hooks:
+    """Several step hooks as one; also reads the peak memory of the training loop at its last
+    step, before the final save and held-out evaluation (where gsplat's simple_trainer reads
+    its ``mem`` statistic: ``torch.cuda.max_memory_allocated() / 1024**3`` at the last step)."""
+
+    def __init__(self, last_step: int, *hooks):
+        import torch
+
+        self.torch = torch
+        self.last_step = last_step
+        self.hooks = [h for h in hooks if h is not None]
+        self.loop_peak = 0
+        self.graph_pool = 0
+
+    def __call__(self, trainer, step: int) -> None:
+        for h in self.hooks:
+            h(trainer, step)
+        if step == self.last_step and self.torch.cuda.is_available():
+            self.graph_pool = graph_pool_bytes()
+            self.loop_peak = self.torch.cuda.max_memory_allocated() + self.graph_pool
 
 
 class WindowProfiler:
@@ -244,6 +297,10 @@ def main() -> None:
     ap.add_argument("--name", default="splatforge", help="name of the base row")
     ap.add_argument("--eval-every", type=int, default=0)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--curve-every", type=int, default=0,
+                    help="with --profile: evaluate the profiled (second) run every N steps, "
+                         "so the timed run stays free of evaluation (pick N so that no "
+                         "profiling window holds a multiple of N)")
     ap.add_argument("--window", type=int, default=100)
     ap.add_argument("--diagnose", action="store_true")
     ap.add_argument("--renders", type=Path, help="with --diagnose: save held-out renders here")
@@ -284,29 +341,35 @@ def main() -> None:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             t0 = time.monotonic()
-            res = run_train(cfg, scene, model_dir, scene_config=scene_cfg, step_hook=timer)
+            hooks = Hooks(steps, timer)
+            res = run_train(cfg, scene, model_dir, scene_config=scene_cfg, step_hook=hooks)
             wall = time.monotonic() - t0
-            peak = torch.cuda.max_memory_allocated() if cuda else 0
+            peak_all = torch.cuda.max_memory_allocated() if cuda else 0
             test = res.metrics.get("test", {})
             row = {"variant": name, "steps": steps, "overrides": over,
                    "train_s": round(res.train_seconds, 1), "wall_s": round(wall, 1),
                    "steps_per_s": round(steps / res.train_seconds, 1),
-                   "peak_mem_GB": round(peak / 1e9, 3), "gaussians": res.num_gaussians,
+                   "peak_mem_GiB": round(hooks.loop_peak / 2**30, 3),
+                   "peak_mem_with_eval_GiB": round((peak_all + hooks.graph_pool) / 2**30, 3),
+                   "graph_pool_GiB": round(hooks.graph_pool / 2**30, 4),
+                   "gaussians": res.num_gaussians,
                    "test_psnr": round(test.get("psnr") or float("nan"), 3),
                    "test_ssim": round(test.get("ssim") or float("nan"), 4),
                    "backend": res.backend}
-            log = [json.loads(x) for x in (model_dir / "train_log.jsonl").read_text()
-                   .splitlines() if x.strip()]
-            curve = [(r["step"], round(r["psnr"], 2)) for r in log if r.get("kind") == "eval"]
-            if curve:
-                row["test_psnr_curve"] = curve + [(steps, row["test_psnr"])]
+            log = read_log(model_dir)
+            if args.eval_every:
+                row["test_psnr_curve"] = eval_curve(log)
             dens = [r.get("densification") for r in log if r.get("densification")]
             if dens:
                 row["densification"] = dens[-1]
             if profile:
                 prof = WindowProfiler(wins)
-                run_train(cfg, scene, base / f"{name}_{steps}_profiled",
-                          scene_config=scene_cfg, step_hook=prof)
+                pcfg = cfg.model_copy(update={"eval_every": args.curve_every}) \
+                    if args.curve_every else cfg
+                pdir = base / f"{name}_{steps}_profiled"
+                run_train(pcfg, scene, pdir, scene_config=scene_cfg, step_hook=prof)
+                if args.curve_every:
+                    row["profiled_run_test_psnr_curve"] = eval_curve(read_log(pdir))
                 wall_ms = sum(timer.ms)
                 row["profile"] = {
                     "windows": wins, "window_wall_ms": [round(x, 1) for x in timer.ms],
@@ -342,7 +405,7 @@ def main() -> None:
           f"gsplat {gsplat.__version__}, commit {info['git_commit']})")
     print(f"scene {args.scene}: {info['train_images']} train / {info['test_images']} test images, "
           f"data_factor {args.data_factor}, seed {args.seed}, overrides {common}\n")
-    cols = ["variant", "steps", "train_s", "steps_per_s", "peak_mem_GB", "gaussians",
+    cols = ["variant", "steps", "train_s", "steps_per_s", "peak_mem_GiB", "gaussians",
             "test_psnr", "test_ssim"] + (["outside_gsplat"] if args.profile else [])
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))

@@ -76,8 +76,8 @@ def trained_plush(tmp_path_factory, plush_scene, plush_scene_config) -> TrainedR
     from splatforge.train import evaluate_splats, run_train
 
     cfg = TrainConfig(
-        max_steps=SESSION_STEPS, save_steps=SESSION_SAVE_STEPS, sh_degree=1,
-        sh_degree_interval=100, densify_from_iter=50, densification_interval=50,
+        strategy="default", max_steps=SESSION_STEPS, save_steps=SESSION_SAVE_STEPS,
+        sh_degree=1, sh_degree_interval=100, densify_from_iter=50, densification_interval=50,
         densify_until_iter=250, log_every=10, seed=0, device="cpu")
     scene = plush_scene
     eval_indices = scene.train_indices[::9]

@@ -82,8 +82,10 @@ def test_config_aliases_defaults_and_notes():
     # resolved defaults
     assert TrainConfig().grow_grad2d() == 2e-4
     assert TrainConfig(absgrad=True).grow_grad2d() == 8e-4
+    assert TrainConfig().strategy == "mcmc" and TrainConfig().cap_max is None
     assert TrainConfig(strategy="mcmc").regularization() == (0.01, 0.01)
-    assert TrainConfig().regularization() == (0.0, 0.0)
+    assert TrainConfig().regularization() == (0.01, 0.01)  # the default is mcmc
+    assert TrainConfig(strategy="default").regularization() == (0.0, 0.0)
     # cross-field oddities are notes, not errors
     odd = TrainConfig(max_steps=1000)
     assert any("densify_until_iter" in n for n in odd.notes())
@@ -230,7 +232,7 @@ def test_default_strategy_resets_opacity_inside_the_refine_window(plush_scene):
     from splatforge.train import make_strategy
     from splatforge.train.evaluate import render_view
 
-    cfg = TrainConfig(opacity_reset_interval=10, densify_from_iter=1000,
+    cfg = TrainConfig(strategy="default", opacity_reset_interval=10, densify_from_iter=1000,
                       densify_until_iter=50, sh_degree=0)
 
     def one_step(step):
@@ -365,11 +367,12 @@ RESUME_STEPS = 30
 
 
 def _resume_config(**kw) -> TrainConfig:
-    """Refinement at steps 10, 15, 20 and 25 (on both sides of the step-15 checkpoint), an
-    opacity reset at 24, SH degree 1 from step 12, random backgrounds (their generator is
-    part of the state)."""
-    base = {"max_steps": RESUME_STEPS, "save_steps": [RESUME_STEPS // 2, RESUME_STEPS],
-            "sh_degree": 1, "sh_degree_interval": 12, "densify_from_iter": 5,
+    """The default (INRIA) strategy with refinement at steps 10, 15, 20 and 25 (on both sides
+    of the step-15 checkpoint), an opacity reset at 24, SH degree 1 from step 12, random
+    backgrounds (their generator is part of the state)."""
+    base = {"strategy": "default", "max_steps": RESUME_STEPS,
+            "save_steps": [RESUME_STEPS // 2, RESUME_STEPS], "sh_degree": 1,
+            "sh_degree_interval": 12, "densify_from_iter": 5,
             "densification_interval": 5, "densify_until_iter": 26,
             "opacity_reset_interval": 24, "random_background": True, "log_every": 1,
             "seed": 3, "device": "cpu"}
@@ -575,9 +578,9 @@ def test_gpu_training_uses_gsplat_and_keeps_images_on_the_gpu(tmp_path):
 
     scfg = SceneConfig(cache_dir=tmp_path / "cache")  # images_4: 750x500
     scene = load_scene(PLUSH_DOG, scfg)
-    cfg = TrainConfig(max_steps=3000, save_steps=[1500], densify_from_iter=500,
-                      densification_interval=100, densify_until_iter=2500, log_every=100,
-                      device="cuda", seed=0)
+    cfg = TrainConfig(strategy="default", max_steps=3000, save_steps=[1500],
+                      densify_from_iter=500, densification_interval=100,
+                      densify_until_iter=2500, log_every=100, device="cuda", seed=0)
     res = run_train(cfg, scene, tmp_path / "default", scene_config=scfg)
     m = res.metrics
     print(f"default: {res.steps_per_second:.1f} steps/s, {res.num_gaussians} Gaussians, "
@@ -597,8 +600,9 @@ def test_gpu_training_uses_gsplat_and_keeps_images_on_the_gpu(tmp_path):
           f"test PSNR {mc.metrics['test']['psnr']:.2f}")
     assert mc.num_gaussians == cap
     # absgrad + packed + sparse_grad + antialiased pass through to gsplat
-    ab = run_train(TrainConfig(max_steps=700, absgrad=True, packed=True, sparse_grad=True,
-                               antialiased=True, log_every=100, device="cuda"), scene,
+    ab = run_train(TrainConfig(strategy="default", max_steps=700, absgrad=True, packed=True,
+                               sparse_grad=True, antialiased=True, log_every=100,
+                               device="cuda"), scene,
                    tmp_path / "abs", scene_config=scfg)
     assert ab.backend == "gsplat" and ab.num_gaussians > len(scene.points)
     # resume on CUDA: same schedule and densification; gsplat's backward uses atomics, so

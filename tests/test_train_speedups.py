@@ -120,3 +120,22 @@ def test_fused_ssim_on_cuda_matches_the_reference():
     (g_ref,) = torch.autograd.grad(ssim(x, y, padding="same"), x)
     assert abs(ssim_mean(x, y).item() - ssim(x, y, padding="same").item()) < 1e-5
     assert float((g_fused - g_ref).abs().max() / g_ref.abs().max()) < 1e-3
+
+
+def test_graphed_loss_beyond_its_shape_budget_runs_the_eager_loss():
+    """GraphedPhotometricLoss graphs at most max_graphs shapes; with none allowed it is the
+    eager loss (same values and gradient), which also lets this path run without CUDA."""
+    from splatforge.train.losses import GraphedPhotometricLoss, photometric_loss
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(20, 30, 3, generator=g, requires_grad=True)
+    y = torch.rand(20, 30, 3, generator=g)
+    fn = GraphedPhotometricLoss(0.2, max_graphs=0)
+    loss, l1, s = fn(x, y)
+    (gx,) = torch.autograd.grad(loss, x)
+    x2 = x.detach().clone().requires_grad_(True)
+    ref, ref_l1, ref_s = photometric_loss(x2, y, 0.2, fused_ssim=True)
+    (gref,) = torch.autograd.grad(ref, x2)
+    assert torch.equal(loss.detach(), ref.detach()) and torch.equal(gx, gref)
+    assert torch.equal(l1.detach(), ref_l1.detach()) and torch.equal(s.detach(), ref_s.detach())
+    assert fn._graphs == {}

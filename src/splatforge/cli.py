@@ -245,8 +245,8 @@ def reconstruct(media: tyro.conf.Positional[Path], output: Output,
 
     Args:
         media: photos folder, .zip, video, COLMAP folder or transforms.json dataset.
-        preset: preview (minutes on a CPU, small images), default (INRIA recipe, 30000 steps),
-            quality (more features, antialiased, 40000 steps).
+        preset: preview (minutes on a CPU, small images), default (30000 steps, MCMC with a
+            Gaussian budget), quality (more features, antialiased, 40000 steps).
         force: redo every stage.
         lpips_weights: local LPIPS weights for eval (never downloaded).
     """

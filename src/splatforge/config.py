@@ -219,6 +219,15 @@ from pydantic import AliasChoices
 #: Steps at which INRIA 3DGS and gsplat save by default (besides the last step).
 DEFAULT_SAVE_STEPS = (7000,)
 
+#: The automatic MCMC budget (TrainConfig.cap_max = None): this many Gaussians per initial
+#: Gaussian, clamped to [CAP_MIN, CAP_MAX]. On plush_dog (3122 SfM points -> 46,830) the
+#: held-out PSNR stays within 1 dB of its peak over 15k/30k steps, where caps of 100k/300k
+#: (and the default strategy's unbounded growth) fall 2-3 dB from it (benchmarks/NOTES.md).
+#: CAP_MAX is gsplat's own MCMC default.
+CAP_PER_INITIAL = 15
+CAP_MIN = 10_000
+CAP_MAX = 1_000_000
+
 
 def _alias(*names: str) -> AliasChoices:
     return AliasChoices(*names)
@@ -255,9 +264,12 @@ class TrainConfig(StageConfig):
         description="Raise the SH degree by one every this many steps (INRIA: 1000).")
     # -- densification ----------------------------------------------------------------------
     strategy: Literal["default", "mcmc"] = Field(
-        "default", description="default = gsplat DefaultStrategy (INRIA clone/split/prune and "
-                               "opacity reset); mcmc = gsplat MCMCStrategy (Kheradmand et al. "
-                               "2024), capped at cap_max Gaussians.")
+        "mcmc", description="mcmc = gsplat MCMCStrategy (Kheradmand et al. 2024) with a Gaussian "
+                            "budget (cap_max): relocation instead of clone/split, opacity and "
+                            "scale regularisers; default = gsplat DefaultStrategy (INRIA "
+                            "clone/split/prune and opacity reset), whose growth makes the "
+                            "held-out PSNR of small captures fall as training goes on "
+                            "(benchmarks/NOTES.md).")
     densify_from_iter: int = Field(
         500, ge=0, le=10_000_000, description="Refinement starts after this step.")
     densify_until_iter: int = Field(
@@ -272,8 +284,11 @@ class TrainConfig(StageConfig):
     opacity_reset_interval: int = Field(
         3000, ge=1, le=10_000_000,
         description="default strategy: clamp opacities to 0.01 every this many steps.")
-    cap_max: int = Field(
-        1_000_000, ge=1, le=100_000_000, description="mcmc: maximum number of Gaussians.")
+    cap_max: int | None = Field(
+        None, ge=1, le=100_000_000,
+        description="mcmc: maximum number of Gaussians (the budget). Default: "
+                    f"{CAP_PER_INITIAL} x the initial Gaussians (SfM points or init_num_pts), "
+                    f"between {CAP_MIN:,} and {CAP_MAX:,}.")
     opacity_reg: float | None = Field(
         None, ge=0.0, le=100.0,
         description="Weight of mean(opacity) in the loss (default 0.01 with mcmc, else 0; "
@@ -349,6 +364,13 @@ class TrainConfig(StageConfig):
     fused_ssim: bool = Field(
         True, description="SSIM loss with the hand-derived backward pass "
                           "(splatforge.train.fused_ssim; same values, less memory and time).")
+    graph_loss: bool = Field(
+        True, description="On CUDA, replay the photometric loss (forward and backward) as CUDA "
+                          "graphs (splatforge.train.losses.GraphedPhotometricLoss): same "
+                          "kernels, far fewer launches.")
+    fused_mcmc_noise: bool = Field(
+        True, description="mcmc on CUDA: the per-step position noise in one Triton kernel "
+                          "(splatforge.train.mcmc_noise; same formula as gsplat's).")
     fused_adam: bool = Field(
         True, description="On CUDA, PyTorch's fused (single-kernel) Adam.")
     images_on_gpu: Literal["auto", "yes", "no"] = Field(
@@ -404,6 +426,17 @@ class TrainConfig(StageConfig):
         if self.densify_grad_threshold is not None:
             return self.densify_grad_threshold
         return 8e-4 if self.absgrad else 2e-4
+
+    def resolved_cap_max(self, num_initial: int) -> int:
+        """The MCMC Gaussian budget: ``cap_max``, else ``CAP_PER_INITIAL * num_initial``
+        clamped to ``[CAP_MIN, CAP_MAX]``.
+
+        Args:
+            num_initial: Gaussians at initialisation (SfM points, or ``init_num_pts``).
+        """
+        if self.cap_max is not None:
+            return self.cap_max
+        return int(min(CAP_MAX, max(CAP_MIN, CAP_PER_INITIAL * int(num_initial))))
 
     def regularization(self) -> tuple[float, float]:
         """(opacity_reg, scale_reg): the fields, else 0.01 each with mcmc and 0 otherwise."""

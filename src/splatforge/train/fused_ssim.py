@@ -53,28 +53,39 @@ def _blur(x: torch.Tensor, win: torch.Tensor) -> torch.Tensor:
 
 
 class _SSIMMean(torch.autograd.Function):
+    # Memory: the five moment images are blurred one at a time into one [1, 5C, H, W] buffer,
+    # and the SSIM arithmetic runs in place on it with four [1, C, H, W] temporaries, so the
+    # forward pass peaks at about 12 C-channel images (was ~17 with a batched blur and
+    # out-of-place arithmetic); the backward pass blurs the three partials one at a time.
     @staticmethod
     def forward(ctx, x: torch.Tensor, y: torch.Tensor, size: int, sigma: float,
                 c1: float, c2: float) -> torch.Tensor:
         # x, y: [1, C, H, W]
         c = x.shape[1]
         win = _window(size, sigma, x.dtype, x.device)
-        moments = _blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), win)
+        moments = x.new_empty((x.shape[0], 5 * c) + tuple(x.shape[2:]))
+        for i, m in enumerate((x, y, x * x, y * y, x * y)):
+            moments[:, i * c:(i + 1) * c] = _blur(m, win)
         mu_x, mu_y, e_xx, e_yy, e_xy = moments.split(c, dim=1)
-        mu_xy = mu_x * mu_y
-        mu_xx = mu_x * mu_x
-        mu_yy = mu_y * mu_y
-        a1 = 2 * mu_xy + c1
-        a2 = 2 * (e_xy - mu_xy) + c2
-        b1 = mu_xx + mu_yy + c1
-        b2 = (e_xx - mu_xx) + (e_yy - mu_yy) + c2
-        inv_b = 1.0 / (b1 * b2)
-        s = a1 * a2 * inv_b
+        b1 = mu_x * mu_x
+        b1.addcmul_(mu_y, mu_y)                       # mu_x^2 + mu_y^2
+        b2 = e_xx.add_(e_yy).sub_(b1).add_(c2)        # sigma_x^2 + sigma_y^2 + C2
+        b1.add_(c1)                                   # B1
+        a1 = mu_x * mu_y
+        a2 = e_xy.sub_(a1).mul_(2.0).add_(c2)         # 2 sigma_xy + C2
+        a1.mul_(2.0).add_(c1)                         # A1
+        inv_b = torch.mul(b1, b2).reciprocal_()       # 1 / (B1 B2)
+        s = torch.mul(a1, a2).mul_(inv_b)             # SSIM map
         if ctx.needs_input_grad[0]:
-            d_mu = 2 * mu_y * (a2 - a1) * inv_b - 2 * mu_x * s * (1.0 / b1 - 1.0 / b2)
-            d_exx = -s / b2
-            d_exy = 2 * a1 * inv_b
-            ctx.save_for_backward(x, y, torch.cat([d_mu, d_exx, d_exy], dim=1))
+            partials = x.new_empty((x.shape[0], 3 * c) + tuple(x.shape[2:]))
+            d_mu, d_exx, d_exy = partials.split(c, dim=1)
+            torch.mul(a1, inv_b, out=d_exy).mul_(2.0)             # 2 A1 / (B1 B2)
+            torch.div(s, b2, out=d_exx).neg_()                    # -S / B2
+            torch.sub(a2, a1, out=d_mu).mul_(inv_b).mul_(mu_y).mul_(2.0)
+            # 2 mu_x S (1/B1 - 1/B2) = 2 mu_x S (B2 - B1) / (B1 B2)
+            b1.neg_().add_(b2).mul_(inv_b).mul_(s).mul_(mu_x).mul_(2.0)
+            d_mu.sub_(b1)
+            ctx.save_for_backward(x, y, partials)
             ctx.size, ctx.sigma, ctx.numel = size, sigma, s.numel()
         return s.mean()
 
@@ -83,9 +94,11 @@ class _SSIMMean(torch.autograd.Function):
         x, y, partials = ctx.saved_tensors
         c = x.shape[1]
         win = _window(ctx.size, ctx.sigma, x.dtype, x.device)
-        g = grad_out / ctx.numel
-        b_mu, b_exx, b_exy = _blur(partials, win).split(c, dim=1)
-        grad_x = g * (b_mu + 2 * x * b_exx + y * b_exy)
+        d_mu, d_exx, d_exy = partials.split(c, dim=1)
+        grad_x = _blur(d_mu, win)
+        grad_x.addcmul_(x, _blur(d_exx, win), value=2.0)
+        grad_x.addcmul_(y, _blur(d_exy, win))
+        grad_x.mul_(grad_out / ctx.numel)
         return grad_x, None, None, None, None, None
 
 

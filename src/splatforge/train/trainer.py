@@ -2,8 +2,9 @@
 
 The recipe is Kerbl et al. 2023, "3D Gaussian Splatting for Real-Time Radiance Field
 Rendering" (INRIA ``train.py`` and ``arguments/__init__.py``), with densification by gsplat's
-``DefaultStrategy`` (INRIA's clone/split/prune/opacity-reset) or ``MCMCStrategy`` (Kheradmand
-et al. 2024), used as gsplat 1.5.3 ``examples/simple_trainer.py`` uses them:
+``MCMCStrategy`` (Kheradmand et al. 2024; the default, with a Gaussian budget, see
+``TrainConfig.cap_max``) or ``DefaultStrategy`` (INRIA's clone/split/prune/opacity-reset), used
+as gsplat 1.5.3 ``examples/simple_trainer.py`` uses them:
 
 * one image per step, drawn epoch by epoch in a seeded random order;
 * loss ``(1 - 0.2) L1 + 0.2 (1 - SSIM)`` (+ MCMC opacity/scale regularisers);
@@ -60,7 +61,8 @@ from .checkpoint import (
 )
 from .data import ImageCache, ViewSampler
 from .evaluate import camera_tensors, evaluate_splats, render_view
-from .losses import mcmc_regularization, photometric_loss
+from .losses import GraphedPhotometricLoss, mcmc_regularization, photometric_loss
+from .optim import fused_adam_step, supports_fused_adam_step
 from .schedule import expon_lr, sh_degree_at
 
 STAGE = "train"
@@ -75,7 +77,7 @@ _INCOMPATIBLE = ("sh_degree", "strategy")
 
 #: Config fields that do not change the optimisation (no warning when they differ on resume).
 _NO_EFFECT = ("log_every", "eval_every", "image_cache_mb", "save_steps", "fused_adam",
-              "images_on_gpu", "fused_ssim")
+              "images_on_gpu", "fused_ssim", "fused_mcmc_noise", "graph_loss")
 
 #: ``step_hook(trainer, step)``: called after every completed step (parameters consistent, in
 #: the training thread). It may block (the loop really pauses while it does), read
@@ -201,18 +203,25 @@ def _install_cpu_mcmc_ops() -> None:
     install_torch_relocation()
 
 
-def make_strategy(config: TrainConfig, scene_scale: float):
+def make_strategy(config: TrainConfig, scene_scale: float, num_initial: int | None = None):
     """gsplat strategy for ``config`` and its initial state.
+
+    Args:
+        config: the training config (``strategy``, ``cap_max``, refinement window, ...).
+        scene_scale: the scene extent (world units; the default strategy's size thresholds).
+        num_initial: Gaussians at initialisation, for the automatic MCMC budget
+            (:meth:`TrainConfig.resolved_cap_max`; default ``config.init_num_pts``).
 
     Returns:
         (strategy, state).
     """
-    from gsplat.strategy import MCMCStrategy
-
     if config.strategy == "mcmc":
-        strat = MCMCStrategy(cap_max=config.cap_max, refine_start_iter=config.densify_from_iter,
-                             refine_stop_iter=config.densify_until_iter,
-                             refine_every=config.densification_interval, min_opacity=0.005)
+        n0 = config.init_num_pts if num_initial is None else num_initial
+        strat = SplatforgeMCMCStrategy(
+            cap_max=config.resolved_cap_max(n0), refine_start_iter=config.densify_from_iter,
+            refine_stop_iter=config.densify_until_iter,
+            refine_every=config.densification_interval, min_opacity=0.005,
+            fused_noise=config.fused_mcmc_noise)
         return strat, strat.initialize_state()
     strat = InriaDefaultStrategy(
         prune_opa=0.005, grow_grad2d=config.grow_grad2d(), grow_scale3d=0.01,
@@ -223,6 +232,47 @@ def make_strategy(config: TrainConfig, scene_scale: float):
         prune_scale2d=config.prune_scale2d or 0.15,
         grow_scale2d=(config.prune_scale2d or 0.15) / 3.0)
     return strat, strat.initialize_state(scene_scale=scene_scale)
+
+
+def _mcmc_strategy_cls():
+    from gsplat.strategy import MCMCStrategy
+
+    from .mcmc_noise import inject_position_noise_
+
+    @dataclass
+    class _SplatforgeMCMCStrategy(MCMCStrategy):
+        """gsplat 1.5.3 ``MCMCStrategy`` with the per-step position noise in one fused kernel
+        (:mod:`splatforge.train.mcmc_noise`, same formula), no ``torch.cuda.empty_cache()``
+        after each refinement (it only returns cached blocks to the driver, at the cost of a
+        device synchronisation), and refinement counts recorded."""
+
+        fused_noise: bool = True
+
+        def __post_init__(self) -> None:
+            self.counts = {"relocated": 0, "added": 0, "refines": 0}
+
+        def step_post_backward(self, params, optimizers, state, step, info, lr):
+            means = params["means"]
+            if state["binoms"].device != means.device:
+                state["binoms"] = state["binoms"].to(means.device)
+            if self.refine_start_iter < step < self.refine_stop_iter \
+                    and step % self.refine_every == 0:
+                self.counts["relocated"] += int(self._relocate_gs(params, optimizers,
+                                                                  state["binoms"]))
+                self.counts["added"] += int(self._add_new_gs(params, optimizers,
+                                                             state["binoms"]))
+                self.counts["refines"] += 1
+            means = params["means"]
+            inject_position_noise_(means.data, params["quats"].data, params["scales"].data,
+                                   params["opacities"].data, lr * self.noise_lr,
+                                   fused=self.fused_noise)
+
+    return _SplatforgeMCMCStrategy
+
+
+def SplatforgeMCMCStrategy(**kwargs):
+    """gsplat ``MCMCStrategy`` with fused position noise (see ``_mcmc_strategy_cls``)."""
+    return _mcmc_strategy_cls()(**kwargs)
 
 
 def _default_strategy_cls():
@@ -338,6 +388,9 @@ def _scene_fingerprint(scene, train_indices: list[int]) -> dict[str, Any]:
 class Trainer:
     """One training run over a scene into a model folder (see :func:`run_train`)."""
 
+    #: the photometric loss as CUDA graphs (set in :meth:`run` when ``graph_loss`` applies)
+    loss_fn: GraphedPhotometricLoss | None = None
+
     def __init__(self, config: TrainConfig, scene: Any, model_dir: str | Path,
                  events: EventCallback | None = None, scene_config: SceneConfig | None = None,
                  step_hook: StepHook | None = None):
@@ -432,15 +485,22 @@ class Trainer:
             rep.info(f"initialised {len(init.params['means'])} Gaussians from {init.reason}",
                      init=init.method, num_gaussians=len(init.params["means"]))
             tensors = init.params
+            self.num_initial = len(init.params["means"])
             self.start_step = 0
         else:
             self.init_method = "checkpoint"
             tensors = ckpt["splats"]
+            self.num_initial = int(ckpt.get("num_initial") or len(tensors["means"]))
             self.start_step = int(ckpt["step"])
         self.params = {name: torch.nn.Parameter(tensors[name].to(self.device).contiguous())
                        for name in PARAM_NAMES}
         self.optimizers = self._make_optimizers()
-        self.strategy, self.strategy_state = make_strategy(cfg, self.scene_scale)
+        self.fast_adam = all(supports_fused_adam_step(o) for o in self.optimizers.values())
+        self.strategy, self.strategy_state = make_strategy(cfg, self.scene_scale,
+                                                           self.num_initial)
+        if cfg.strategy == "mcmc":
+            rep.info(f"MCMC budget: at most {self.strategy.cap_max} Gaussians",
+                     cap_max=self.strategy.cap_max)
         self.strategy.check_sanity(self.params, self.optimizers)
         if (cfg.prune_unseen or cfg.camera_clearance > 0) and cfg.strategy == "default":
             from .visibility import (camera_centres, camera_clearance, camera_stack,
@@ -522,6 +582,7 @@ class Trainer:
             "strategy_state": {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v)
                                for k, v in self.strategy_state.items()},
             "strategy_counts": dict(getattr(self.strategy, "counts", {}) or {}),
+            "num_initial": self.num_initial,
             "rng": capture_rng_state(),
             "sampler": self.sampler.state_dict(),
             "background_rng": self.bg_generator.get_state(),
@@ -596,8 +657,11 @@ class Trainer:
                 self.strategy.step_pre_backward(self.params, self.optimizers,
                                                 self.strategy_state, k, info)
         with rf("sf.loss"):
-            loss, l1, ssim_val = photometric_loss(render[0], gt, cfg.ssim_lambda,
-                                                  fused_ssim=cfg.fused_ssim)
+            if self.loss_fn is not None:  # CUDA graphs of the same loss
+                loss, l1, ssim_val = self.loss_fn(render[0], gt)
+            else:
+                loss, l1, ssim_val = photometric_loss(render[0], gt, cfg.ssim_lambda,
+                                                      fused_ssim=cfg.fused_ssim)
             reg = mcmc_regularization(self.params, *self.regularization)
             total = loss + reg if reg is not None else loss
         with rf("sf.backward"):
@@ -611,9 +675,12 @@ class Trainer:
                     g = self.params[name].grad
                     if g is not None and not g.is_sparse:
                         self.params[name].grad = g.to_sparse(1)
-            for opt in self.optimizers.values():
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+            if self.fast_adam:
+                fused_adam_step(self.optimizers.values())
+            else:
+                for opt in self.optimizers.values():
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
         with rf("sf.densify"):
             if cfg.strategy == "default":
                 self.strategy.step_post_backward(self.params, self.optimizers,
@@ -634,6 +701,9 @@ class Trainer:
         ckpt_path = self._resume_checkpoint(resume)
         self._setup(ckpt_path)
         self.regularization = cfg.regularization()
+        self.loss_fn = (GraphedPhotometricLoss(cfg.ssim_lambda)
+                        if cfg.graph_loss and cfg.fused_ssim and self.device.type == "cuda"
+                        and cfg.ssim_lambda > 0 else None)
         self.model_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoints: dict[int, Path] = {}
         self.ply_paths: dict[int, Path] = {}

@@ -1,0 +1,83 @@
+"""GPU checks of the training loop: the fused MCMC noise kernel against its PyTorch reference,
+and the held-out PSNR of plush_dog over a 15k-step run (the regression that the INRIA
+clone/split strategy shows: its held-out PSNR falls as Gaussians are added).
+
+Run on a CUDA machine: ``pytest -o addopts="" -m gpu tests/test_train_gpu.py``
+(``SPLATFORGE_DATASETS`` may point at a copy of the shared datasets)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import splatforge  # noqa: F401  (import-order guard)
+from splatforge.train.mcmc_noise import inject_position_noise_, position_noise_reference
+
+from conftest import PLUSH_DOG
+
+pytestmark = pytest.mark.gpu
+
+#: gsplat 1.5.3 simple_trainer.py default on plush_dog, held-out PSNR at 7k steps
+#: (../shared/NOTES.md): the bar "beats the reference by a wide margin" is measured against.
+REFERENCE_PSNR_7K = 19.88
+
+
+def test_fused_position_noise_matches_the_reference_on_cuda():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    n = 100_003  # not a multiple of the block size
+    means = torch.randn(n, 3, device="cuda", generator=g)
+    quats = torch.randn(n, 4, device="cuda", generator=g)
+    scales = torch.randn(n, 3, device="cuda", generator=g) * 0.5 - 3.0
+    opac = torch.randn(n, 1, device="cuda", generator=g) * 4.0
+    eps = torch.randn(n, 3, device="cuda", generator=g)
+    scaler = 1.6e-4 * 5e5
+    fused = means.clone()
+    inject_position_noise_(fused, quats, scales, opac, scaler, eps=eps, fused=True)
+    ref = means + position_noise_reference(means, quats, scales, opac, scaler, eps)
+    moved = (ref - means).abs().max()
+    assert float(moved) > 1e-4  # the test data does move some Gaussians
+    assert torch.allclose(fused, ref, atol=1e-5 * float(moved), rtol=1e-5)
+
+
+def test_held_out_psnr_does_not_fall_on_plush_dog(tmp_path):
+    """15k steps of the default config (MCMC with its automatic budget) on plush_dog,
+    evaluated every 1000 steps: the final held-out PSNR stays within 1 dB of the best one
+    and beats the reference trainer's by more than 6 dB. The INRIA strategy fails the first
+    check (22.4 -> 20.3 dB over the same 15k steps, benchmarks/NOTES.md), as do MCMC caps of
+    100k and 300k with seed 42 (-2.1 and -2.9 dB from their peaks)."""
+    from splatforge.config import SceneConfig, TrainConfig
+    from splatforge.train import run_train
+
+    cfg = TrainConfig(max_steps=15_000, eval_every=1000, save_steps=[15_000], seed=42)
+    res = run_train(cfg, PLUSH_DOG, tmp_path / "model", scene_config=SceneConfig(data_factor=1))
+    log = [json.loads(x) for x in res.log_path.read_text().splitlines() if x.strip()]
+    curve = [(r["step"], r["psnr"]) for r in log if r.get("kind") == "eval"]
+    final = res.metrics["test"]["psnr"]
+    best_step, best = max(curve, key=lambda sp: sp[1])
+    print("held-out PSNR curve:", [(s, round(p, 2)) for s, p in curve])
+    assert len(curve) >= 15
+    assert final >= best - 1.0, f"held-out PSNR fell from {best:.2f} (step {best_step}) to " \
+                                f"{final:.2f}"
+    assert final > REFERENCE_PSNR_7K + 6.0
+    assert res.num_gaussians <= cfg.resolved_cap_max(3122)
+
+
+def test_graphed_loss_matches_the_eager_loss_on_new_inputs():
+    from splatforge.train.losses import GraphedPhotometricLoss, photometric_loss
+
+    fn = GraphedPhotometricLoss(0.2)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    for _ in range(3):  # the first call captures; later calls replay with new data
+        x = torch.rand(500, 750, 3, device="cuda", generator=g, requires_grad=True)
+        y = torch.rand(500, 750, 3, device="cuda", generator=g)
+        loss, l1, s = fn(x, y)
+        (gx,) = torch.autograd.grad(loss, x)
+        x2 = x.detach().clone().requires_grad_(True)
+        ref, ref_l1, ref_s = photometric_loss(x2, y, 0.2, fused_ssim=True)
+        (gref,) = torch.autograd.grad(ref, x2)
+        assert torch.allclose(loss, ref, rtol=1e-6, atol=1e-7)
+        assert torch.allclose(l1, ref_l1) and torch.allclose(s, ref_s)
+        assert torch.allclose(gx, gref, rtol=1e-5, atol=1e-9)
+    assert len(fn._graphs) == 1
