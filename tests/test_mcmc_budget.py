@@ -329,3 +329,25 @@ def test_automatic_budget_from_the_sfm_points_fresh_and_resumed(budget_run, tmp_
               scene_config=plush_scene_config, resume=md / "ckpts" / "step_6.pt",
               step_hook=hook)
     assert seen == [(7, PLUSH_POINTS, PLUSH_CAP, PLUSH_POINTS + BUDGET_EXTRA)]
+
+
+@pytest.mark.parametrize("after_refine", [True, False])
+def test_position_noise_after_refinement_follows_noise_after_refine(after_refine):
+    from splatforge.train.trainer import make_strategy
+
+    cfg = TrainConfig(max_steps=40, densify_from_iter=2, densify_until_iter=20,
+                      densification_interval=1000, noise_after_refine=after_refine,
+                      device="cpu")
+    strat, state = make_strategy(cfg, scene_scale=1.0, num_initial=300)
+    means, quats, log_scales, opac = _noise_inputs(300)
+    params = {"means": torch.nn.Parameter(means.clone()), "quats": torch.nn.Parameter(quats),
+              "scales": torch.nn.Parameter(log_scales),
+              "opacities": torch.nn.Parameter(opac.clone().fill_(-6.0))}  # fully gated in
+    moved = {}
+    for step in (5, 19, 20, 35):
+        before = params["means"].detach().clone()
+        strat.step_post_backward(params, {}, state, step, {}, lr=1e-3)
+        moved[step] = not torch.equal(params["means"].detach(), before)
+    # during refinement the noise always runs; after densify_until_iter only if asked
+    assert moved[5] and moved[19]
+    assert moved[20] is after_refine and moved[35] is after_refine

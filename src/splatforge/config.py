@@ -289,6 +289,9 @@ class TrainConfig(StageConfig):
         description="mcmc: maximum number of Gaussians (the budget). Default: "
                     f"{CAP_PER_INITIAL} x the initial Gaussians (SfM points or init_num_pts), "
                     f"between {CAP_MIN:,} and {CAP_MAX:,}.")
+    noise_after_refine: bool = Field(
+        True, description="mcmc: keep adding the SGLD position noise after refinement stops "
+                          "(densify_until_iter), as gsplat does; false: plain Adam from then on.")
     opacity_reg: float | None = Field(
         None, ge=0.0, le=100.0,
         description="Weight of mean(opacity) in the loss (default 0.01 with mcmc, else 0; "
@@ -364,8 +367,13 @@ class TrainConfig(StageConfig):
     fused_ssim: bool = Field(
         True, description="SSIM loss with the hand-derived backward pass "
                           "(splatforge.train.fused_ssim; same values, less memory and time).")
+    triton_loss: bool = Field(
+        True, description="On CUDA with Triton (and ssim_lambda > 0): the photometric loss and "
+                          "its gradient in five Triton kernels, reading the uint8 training "
+                          "image directly (splatforge.train.triton_loss; same values, least "
+                          "memory and time). Takes precedence over graph_loss.")
     graph_loss: bool = Field(
-        True, description="On CUDA, replay the photometric loss (forward and backward) as CUDA "
+        True, description="On CUDA when triton_loss does not apply, replay the photometric loss (forward and backward) as CUDA "
                           "graphs (splatforge.train.losses.GraphedPhotometricLoss): same "
                           "kernels, far fewer launches.")
     fused_mcmc_noise: bool = Field(

@@ -62,6 +62,7 @@ from .checkpoint import (
 from .data import ImageCache, ViewSampler
 from .evaluate import camera_tensors, evaluate_splats, render_view
 from .losses import GraphedPhotometricLoss, mcmc_regularization, photometric_loss
+from .triton_loss import fused_photometric_loss, triton_loss_available
 from .optim import fused_adam_step, supports_fused_adam_step
 from .schedule import expon_lr, sh_degree_at
 
@@ -77,7 +78,8 @@ _INCOMPATIBLE = ("sh_degree", "strategy")
 
 #: Config fields that do not change the optimisation (no warning when they differ on resume).
 _NO_EFFECT = ("log_every", "eval_every", "image_cache_mb", "save_steps", "fused_adam",
-              "images_on_gpu", "fused_ssim", "fused_mcmc_noise", "graph_loss")
+              "images_on_gpu", "fused_ssim", "fused_mcmc_noise", "graph_loss",
+              "triton_loss")
 
 #: ``step_hook(trainer, step)``: called after every completed step (parameters consistent, in
 #: the training thread). It may block (the loop really pauses while it does), read
@@ -221,7 +223,8 @@ def make_strategy(config: TrainConfig, scene_scale: float, num_initial: int | No
             cap_max=config.resolved_cap_max(n0), refine_start_iter=config.densify_from_iter,
             refine_stop_iter=config.densify_until_iter,
             refine_every=config.densification_interval, min_opacity=0.005,
-            fused_noise=config.fused_mcmc_noise)
+            fused_noise=config.fused_mcmc_noise,
+            noise_stop_iter=None if config.noise_after_refine else config.densify_until_iter)
         return strat, strat.initialize_state()
     strat = InriaDefaultStrategy(
         prune_opa=0.005, grow_grad2d=config.grow_grad2d(), grow_scale3d=0.01,
@@ -247,6 +250,8 @@ def _mcmc_strategy_cls():
         device synchronisation), and refinement counts recorded."""
 
         fused_noise: bool = True
+        #: no position noise from this step on (None: every step, as gsplat)
+        noise_stop_iter: int | None = None
 
         def __post_init__(self) -> None:
             self.counts = {"relocated": 0, "added": 0, "refines": 0}
@@ -262,6 +267,8 @@ def _mcmc_strategy_cls():
                 self.counts["added"] += int(self._add_new_gs(params, optimizers,
                                                              state["binoms"]))
                 self.counts["refines"] += 1
+            if self.noise_stop_iter is not None and step >= self.noise_stop_iter:
+                return
             means = params["means"]
             inject_position_noise_(means.data, params["quats"].data, params["scales"].data,
                                    params["opacities"].data, lr * self.noise_lr,
@@ -390,6 +397,8 @@ class Trainer:
 
     #: the photometric loss as CUDA graphs (set in :meth:`run` when ``graph_loss`` applies)
     loss_fn: GraphedPhotometricLoss | None = None
+    #: the photometric loss by :func:`~splatforge.train.triton_loss.fused_photometric_loss`
+    triton_loss: bool = False
 
     def __init__(self, config: TrainConfig, scene: Any, model_dir: str | Path,
                  events: EventCallback | None = None, scene_config: SceneConfig | None = None,
@@ -637,7 +646,7 @@ class Trainer:
             nxt = self.sampler.peek()
             if nxt is not None:
                 self.images.prefetch(nxt)
-            gt = self.images.get(idx).float() / 255.0
+            gt_u8 = self.images.get(idx)                          # [H, W, 3] uint8
             sh_degree = sh_degree_at(k, cfg.sh_degree, cfg.sh_degree_interval)
             means_lr = self.scene_scale * expon_lr(k, cfg.means_lr, cfg.means_lr_final,
                                                    cfg.max_steps)
@@ -657,11 +666,13 @@ class Trainer:
                 self.strategy.step_pre_backward(self.params, self.optimizers,
                                                 self.strategy_state, k, info)
         with rf("sf.loss"):
-            if self.loss_fn is not None:  # CUDA graphs of the same loss
-                loss, l1, ssim_val = self.loss_fn(render[0], gt)
+            if self.triton_loss:  # five Triton kernels, reading the uint8 image
+                loss, l1, ssim_val = fused_photometric_loss(render[0], gt_u8, cfg.ssim_lambda)
+            elif self.loss_fn is not None:  # CUDA graphs of the same loss
+                loss, l1, ssim_val = self.loss_fn(render[0], gt_u8.float() / 255.0)
             else:
-                loss, l1, ssim_val = photometric_loss(render[0], gt, cfg.ssim_lambda,
-                                                      fused_ssim=cfg.fused_ssim)
+                loss, l1, ssim_val = photometric_loss(render[0], gt_u8.float() / 255.0,
+                                                      cfg.ssim_lambda, fused_ssim=cfg.fused_ssim)
             reg = mcmc_regularization(self.params, *self.regularization)
             total = loss + reg if reg is not None else loss
         with rf("sf.backward"):
@@ -689,7 +700,8 @@ class Trainer:
             else:
                 self.strategy.step_post_backward(self.params, self.optimizers,
                                                  self.strategy_state, k, info, lr=means_lr)
-        return {"render": render.detach(), "gt": gt, "loss": total.detach(), "l1": l1.detach(),
+        return {"render": render.detach(), "gt": gt_u8, "loss": total.detach(),
+                "l1": l1.detach(),
                 "ssim": ssim_val.detach(), "sh_degree": sh_degree, "means_lr": means_lr,
                 "index": idx}
 
@@ -701,9 +713,12 @@ class Trainer:
         ckpt_path = self._resume_checkpoint(resume)
         self._setup(ckpt_path)
         self.regularization = cfg.regularization()
+        self.triton_loss = (cfg.triton_loss and cfg.ssim_lambda > 0
+                            and triton_loss_available(self.device)
+                            and self.device.type == "cuda")
         self.loss_fn = (GraphedPhotometricLoss(cfg.ssim_lambda)
                         if cfg.graph_loss and cfg.fused_ssim and self.device.type == "cuda"
-                        and cfg.ssim_lambda > 0 else None)
+                        and cfg.ssim_lambda > 0 and not self.triton_loss else None)
         self.model_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoints: dict[int, Path] = {}
         self.ply_paths: dict[int, Path] = {}
@@ -806,7 +821,7 @@ class Trainer:
                 sps = window_steps / max(window_time, 1e-9)
                 window_time, window_steps = 0.0, 0
                 with torch.no_grad():
-                    p = float(psnr_fn(out["render"][0].clamp(0, 1), out["gt"]))
+                    p = float(psnr_fn(out["render"][0].clamp(0, 1), out["gt"].float() / 255.0))
                 data = {"loss": float(out["loss"]), "l1": float(out["l1"]),
                         "ssim": float(out["ssim"]), "psnr": p,
                         "num_gaussians": len(self.params["means"]),
