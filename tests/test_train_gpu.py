@@ -102,11 +102,11 @@ def test_triton_loss_matches_the_pytorch_loss_on_cuda(shape):
         assert float((gx - gref).abs().max()) < 1e-5 * float(gref.abs().max())
 
 
-def test_trainer_uses_the_triton_loss_by_default_on_cuda(tmp_path):
+def test_trainer_uses_the_triton_loss_when_asked_on_cuda(tmp_path):
     from splatforge.config import SceneConfig, TrainConfig
     from splatforge.train.trainer import Trainer
 
-    cfg = TrainConfig(max_steps=50, eval_every=0, save_steps=[50])
+    cfg = TrainConfig(max_steps=50, eval_every=0, save_steps=[50], triton_loss=True)
     tr = Trainer(cfg, PLUSH_DOG, tmp_path / "m", scene_config=SceneConfig(data_factor=1))
     res = tr.run()
     assert tr.triton_loss and tr.loss_fn is None

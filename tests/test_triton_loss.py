@@ -83,3 +83,43 @@ def test_bad_inputs_are_refused():
     if not triton_loss_available(x.device):  # this process has no interpreter
         with pytest.raises(ValueError, match="cannot run on cpu"):
             fused_photometric_loss(x, x.clone())
+
+
+_TRAIN_SCRIPT = r"""
+import json, sys
+from pathlib import Path
+from splatforge.config import SceneConfig, TrainConfig
+from splatforge.train.trainer import Trainer
+scene, cache, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+rows = {}
+for on in (True, False):
+    cfg = TrainConfig(max_steps=6, save_steps=[6], log_every=1, eval_every=0, device="cpu",
+                      seed=3, sh_degree=0, triton_loss=on)
+    tr = Trainer(cfg, scene, out / str(on), scene_config=SceneConfig(data_factor=8,
+                                                                    cache_dir=cache))
+    res = tr.run()
+    log = [json.loads(x) for x in res.log_path.read_text().splitlines() if x.strip()]
+    rows[str(on)] = {"used": tr.triton_loss,
+                     "loss": [r["loss"] for r in log if r.get("kind") != "eval"],
+                     "psnr": [r["psnr"] for r in log if r.get("kind") != "eval"]}
+print(json.dumps(rows))
+"""
+
+
+def test_trainer_with_the_triton_loss_follows_the_pytorch_loss(tmp_path, plush_scene_config):
+    """Six training steps with ``triton_loss=True`` (interpreted kernels, uint8 target) log
+    the same losses and training PSNRs as the PyTorch loss, step for step: steps 2-6 render
+    parameters updated with the kernels' gradient, so a wrong gradient would show."""
+    from conftest import PLUSH_DOG
+
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", _TRAIN_SCRIPT, str(PLUSH_DOG),
+                          str(plush_scene_config.cache_dir), str(tmp_path)],
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    on, off = rows["True"], rows["False"]
+    assert on["used"] is True and off["used"] is False
+    assert len(on["loss"]) == len(off["loss"]) == 6
+    for a, b in zip(on["loss"] + on["psnr"], off["loss"] + off["psnr"]):
+        assert a == pytest.approx(b, rel=1e-4), (on, off)

@@ -368,10 +368,11 @@ class TrainConfig(StageConfig):
         True, description="SSIM loss with the hand-derived backward pass "
                           "(splatforge.train.fused_ssim; same values, less memory and time).")
     triton_loss: bool = Field(
-        True, description="On CUDA with Triton (and ssim_lambda > 0): the photometric loss and "
-                          "its gradient in five Triton kernels, reading the uint8 training "
-                          "image directly (splatforge.train.triton_loss; same values, least "
-                          "memory and time). Takes precedence over graph_loss.")
+        False, description="On CUDA with Triton (and ssim_lambda > 0): the photometric loss and "
+                           "its gradient in five Triton kernels that read the uint8 training "
+                           "image directly (splatforge.train.triton_loss; same values, fewer "
+                           "temporaries, no graph pool). Takes precedence over graph_loss. Off "
+                           "by default until it has been measured on a GPU (CPU-tested only).")
     graph_loss: bool = Field(
         True, description="On CUDA when triton_loss does not apply, replay the photometric loss (forward and backward) as CUDA "
                           "graphs (splatforge.train.losses.GraphedPhotometricLoss): same "

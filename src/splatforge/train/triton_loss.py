@@ -257,8 +257,9 @@ def fused_photometric_loss(render: torch.Tensor, target: torch.Tensor, ssim_lamb
         to ``photometric_loss(render, target_in_0_1)`` to float32 rounding.
 
     Raises:
-        ValueError: shapes differ, ``render`` is not float32, or the device cannot run the
-            kernels (see :func:`triton_loss_available`).
+        ValueError: shapes differ, ``render`` is not float32 or has 5 x numel >= 2^31 values
+            (32-bit offsets), or the device cannot run the kernels
+            (see :func:`triton_loss_available`).
     """
     if render.shape != target.shape or render.dim() not in (3, 4):
         raise ValueError(f"render {tuple(render.shape)} and target {tuple(target.shape)} must "
@@ -270,6 +271,9 @@ def fused_photometric_loss(render: torch.Tensor, target: torch.Tensor, ssim_lamb
                          f"{'missing' if triton is None else 'needs CUDA'})")
     if render.device != target.device:
         raise ValueError(f"render on {render.device}, target on {target.device}")
+    if 5 * render.numel() >= 2 ** 31:
+        raise ValueError(f"render {tuple(render.shape)} is too large for the kernels' 32-bit "
+                         f"offsets (5 x {render.numel():,} values)")
     y_scale = 1.0 / 255.0 if target.dtype == torch.uint8 else 1.0
     if target.dtype not in (torch.uint8, torch.float32):
         target = target.float()
