@@ -125,21 +125,28 @@ if triton is not None:
             tl.store(p_ptr + 2 * n + offs, d_exy, mask=mask)
 
     @triton.jit
-    def _hblur3(p_ptr, g_ptr, q_ptr, n, W, C, WIN: tl.constexpr, BLOCK: tl.constexpr):
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < n
-        w = (offs // C) % W
+    def _blur3(p_ptr, g_ptr, n, offs, mask, pos, size, stride, WIN: tl.constexpr,
+               BLOCK: tl.constexpr):
+        """11-tap zero-padded blur of three planes ``p_ptr + {0, n, 2n}`` along the axis where
+        the element's coordinate is ``pos`` (< ``size``) and neighbours lie ``stride`` apart."""
         a0 = tl.zeros([BLOCK], dtype=tl.float32)
         a1 = tl.zeros([BLOCK], dtype=tl.float32)
         a2 = tl.zeros([BLOCK], dtype=tl.float32)
         for k in tl.static_range(WIN):
             d = k - WIN // 2
-            ok = mask & (w + d >= 0) & (w + d < W)
-            o = offs + d * C
+            ok = mask & (pos + d >= 0) & (pos + d < size)
+            o = offs + d * stride
             gk = tl.load(g_ptr + k)
             a0 += gk * tl.load(p_ptr + o, mask=ok, other=0.0)
             a1 += gk * tl.load(p_ptr + n + o, mask=ok, other=0.0)
             a2 += gk * tl.load(p_ptr + 2 * n + o, mask=ok, other=0.0)
+        return a0, a1, a2
+
+    @triton.jit
+    def _hblur3(p_ptr, g_ptr, q_ptr, n, W, C, WIN: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        a0, a1, a2 = _blur3(p_ptr, g_ptr, n, offs, mask, (offs // C) % W, W, C, WIN, BLOCK)
         tl.store(q_ptr + offs, a0, mask=mask)
         tl.store(q_ptr + n + offs, a1, mask=mask)
         tl.store(q_ptr + 2 * n + offs, a2, mask=mask)
@@ -150,18 +157,7 @@ if triton is not None:
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
         row = W * C
-        h = (offs // row) % H
-        b0 = tl.zeros([BLOCK], dtype=tl.float32)
-        b1 = tl.zeros([BLOCK], dtype=tl.float32)
-        b2 = tl.zeros([BLOCK], dtype=tl.float32)
-        for k in tl.static_range(WIN):
-            d = k - WIN // 2
-            ok = mask & (h + d >= 0) & (h + d < H)
-            o = offs + d * row
-            gk = tl.load(g_ptr + k)
-            b0 += gk * tl.load(q_ptr + o, mask=ok, other=0.0)
-            b1 += gk * tl.load(q_ptr + n + o, mask=ok, other=0.0)
-            b2 += gk * tl.load(q_ptr + 2 * n + o, mask=ok, other=0.0)
+        b0, b1, b2 = _blur3(q_ptr, g_ptr, n, offs, mask, (offs // row) % H, H, row, WIN, BLOCK)
         xv = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         yv = tl.load(y_ptr + offs, mask=mask, other=0).to(tl.float32) * y_scale
         diff = xv - yv
