@@ -1,6 +1,7 @@
 """GPU checks of the training loop: the fused MCMC noise kernel against its PyTorch reference,
-and the held-out PSNR of plush_dog over a 15k-step run (the regression that the INRIA
-clone/split strategy shows: its held-out PSNR falls as Gaussians are added).
+the graphed and the Triton photometric losses against the PyTorch loss, and the held-out PSNR
+of plush_dog over a 15k-step run (the regression that the INRIA clone/split strategy shows:
+its held-out PSNR falls as Gaussians are added).
 
 Run on a CUDA machine: ``pytest -o addopts="" -m gpu tests/test_train_gpu.py``
 (``SPLATFORGE_DATASETS`` may point at a copy of the shared datasets)."""
