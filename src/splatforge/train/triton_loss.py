@@ -127,8 +127,8 @@ if triton is not None:
     @triton.jit
     def _blur3(p_ptr, g_ptr, n, offs, mask, pos, size, stride, WIN: tl.constexpr,
                BLOCK: tl.constexpr):
-        """11-tap zero-padded blur of three planes ``p_ptr + {0, n, 2n}`` along the axis where
-        the element's coordinate is ``pos`` (< ``size``) and neighbours lie ``stride`` apart."""
+        # WIN-tap zero-padded blur of three planes p_ptr + {0, n, 2n} along the axis where the
+        # element's coordinate is pos (< size) and neighbours lie stride values apart
         a0 = tl.zeros([BLOCK], dtype=tl.float32)
         a1 = tl.zeros([BLOCK], dtype=tl.float32)
         a2 = tl.zeros([BLOCK], dtype=tl.float32)
