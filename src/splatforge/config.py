@@ -374,9 +374,10 @@ class TrainConfig(StageConfig):
                            "temporaries, no graph pool). Takes precedence over graph_loss. Off "
                            "by default until it has been measured on a GPU (CPU-tested only).")
     graph_loss: bool = Field(
-        True, description="On CUDA when triton_loss does not apply, replay the photometric loss (forward and backward) as CUDA "
-                          "graphs (splatforge.train.losses.GraphedPhotometricLoss): same "
-                          "kernels, far fewer launches.")
+        True, description="On CUDA when triton_loss does not apply, replay the photometric "
+                          "loss (forward and backward) as CUDA graphs "
+                          "(splatforge.train.losses.GraphedPhotometricLoss): same kernels, far "
+                          "fewer launches.")
     fused_mcmc_noise: bool = Field(
         True, description="mcmc on CUDA: the per-step position noise in one Triton kernel "
                           "(splatforge.train.mcmc_noise; same formula as gsplat's).")

@@ -16,9 +16,9 @@ Presets:
   300 steps, SH degree 1 (raised at step 100), densification every 50 steps from step 50 to
   250 (INRIA's 500..15000 every 100 of 30000, compressed), no opacity reset (too few steps to
   recover from one), and the INRIA clone/split strategy: MCMC's growth of 5 % per refinement
-  would leave 300 steps with a few more Gaussians than SfM points. Measured on the shipped sample (2 idle cores): 54 s in all, held-out
-  PSNR 23.4 dB / SSIM 0.899; 1000 steps took 3 min 55 s for 23.0 dB / 0.909, so the preview
-  stays short.
+  would leave 300 steps with a few more Gaussians than SfM points. Measured on the shipped
+  sample (2 idle cores): 54 s in all, held-out PSNR 23.4 dB / SSIM 0.899; 1000 steps took
+  3 min 55 s for 23.0 dB / 0.909, so the preview stays short.
 * ``default``: the model defaults: 30000 steps, SH degree 3, full resolution, INRIA's losses,
   learning rates and schedule, and the MCMC strategy (Kheradmand et al. 2024) with a Gaussian
   budget of 15x the SfM points (at most 1M) instead of INRIA's clone/split, whose growth made

@@ -62,9 +62,9 @@ from .checkpoint import (
 from .data import ImageCache, ViewSampler
 from .evaluate import camera_tensors, evaluate_splats, render_view
 from .losses import GraphedPhotometricLoss, mcmc_regularization, photometric_loss
-from .triton_loss import fused_photometric_loss, triton_loss_available
 from .optim import fused_adam_step, supports_fused_adam_step
 from .schedule import expon_lr, sh_degree_at
+from .triton_loss import fused_photometric_loss, triton_loss_available
 
 STAGE = "train"
 LOG_NAME = "train_log.jsonl"
@@ -668,11 +668,13 @@ class Trainer:
         with rf("sf.loss"):
             if self.triton_loss:  # five Triton kernels, reading the uint8 image
                 loss, l1, ssim_val = fused_photometric_loss(render[0], gt_u8, cfg.ssim_lambda)
-            elif self.loss_fn is not None:  # CUDA graphs of the same loss
-                loss, l1, ssim_val = self.loss_fn(render[0], gt_u8.float() / 255.0)
             else:
-                loss, l1, ssim_val = photometric_loss(render[0], gt_u8.float() / 255.0,
-                                                      cfg.ssim_lambda, fused_ssim=cfg.fused_ssim)
+                gt = gt_u8.float() / 255.0
+                if self.loss_fn is not None:  # CUDA graphs of the same loss
+                    loss, l1, ssim_val = self.loss_fn(render[0], gt)
+                else:
+                    loss, l1, ssim_val = photometric_loss(render[0], gt, cfg.ssim_lambda,
+                                                          fused_ssim=cfg.fused_ssim)
             reg = mcmc_regularization(self.params, *self.regularization)
             total = loss + reg if reg is not None else loss
         with rf("sf.backward"):

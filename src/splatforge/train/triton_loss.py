@@ -199,8 +199,8 @@ def _launch(x: torch.Tensor, y: torch.Tensor, y_scale: float, lam: float, need_g
     nblocks = triton.cdiv(n, _BLOCK)
     grid = (nblocks,)
     win = _window(window_size, sigma, torch.float32, x.device)
-    c1 = (SSIM_K1 * 1.0) ** 2
-    c2 = (SSIM_K2 * 1.0) ** 2
+    c1 = SSIM_K1 ** 2  # (K L)^2 with the data range L = 1
+    c2 = SSIM_K2 ** 2
     planes = torch.empty((5, n), dtype=torch.float32, device=x.device)
     partials = torch.empty((3, n), dtype=torch.float32, device=x.device) if need_grad else planes
     block_sums = torch.empty((nblocks, 2), dtype=torch.float32, device=x.device)
