@@ -178,7 +178,9 @@ def test_reads_gsplat_and_nerfstudio_style_plys(tmp_path, synthetic):
         np.testing.assert_allclose(got[k], s[k], rtol=1e-6, atol=1e-6, err_msg=k)
 
 
-def test_nonfinite_rows_are_dropped_with_a_warning(tmp_path, synthetic):
+def test_nonfinite_values_are_clamped_with_a_warning(tmp_path, synthetic):
+    """NaN -> 0, +-Inf -> the array's finite range (opacity/log scale: fixed bounds); every
+    splat is kept and one warning names the file and the count."""
     s = {k: v.copy() for k, v in synthetic.items()}
     s["means"][5, 1] = np.nan
     s["opacities"][9] = np.inf
@@ -186,14 +188,18 @@ def test_nonfinite_rows_are_dropped_with_a_warning(tmp_path, synthetic):
     p = write_ply(tmp_path / "nan.ply", s)
     events: list[Event] = []
     got = read_ply(p, events.append)
+    assert all(np.isfinite(got[k]).all() for k in KEYS)
+    assert got["means"][5, 1] == 0.0
+    assert got["opacities"][9] == pytest.approx(13.8155, abs=1e-3)
+    assert got["shN"][11, 2, 0] == s["shN"][np.isfinite(s["shN"])].min()
     keep = np.setdiff1d(np.arange(len(s["means"])), [5, 9, 11])
-    assert_same(got, {k: v[keep] for k, v in s.items()})
+    assert_same({k: v[keep] for k, v in got.items()}, {k: v[keep] for k, v in s.items()})
     warnings = [e for e in events if e.kind == "warning"]
-    assert len(warnings) == 1 and "dropped 3 of 400" in warnings[0].message
+    assert len(warnings) == 1 and "in 3 of 400 splats" in warnings[0].message
     assert str(p) in warnings[0].message
     # convert reports it too
     res = convert(p, tmp_path / "nan.spz")
-    assert res.num_splats == 397 and len(res.warnings) == 1
+    assert res.num_splats == 400 and len(res.warnings) == 1
 
 
 def _header(props: list[str], n: int, fmt: str = "binary_little_endian") -> bytes:
@@ -406,7 +412,7 @@ def test_spz_roundtrip_real_and_synthetic(tmp_path, ref, synthetic):
         p = write_ply(tmp_path / f"{name}.ply", s)
         convert(p, tmp_path / f"{name}.spz")
         h = read_spz_header(tmp_path / f"{name}.spz")
-        assert h == {"version": 3, "num_points": len(s["means"]), "sh_degree": 3,
+        assert h == {"version": 4, "num_points": len(s["means"]), "sh_degree": 3,
                      "fractional_bits": 12, "flags": 0}
         convert(tmp_path / f"{name}.spz", tmp_path / f"{name}_back.ply")
         check_spz_roundtrip(s, read_ply(tmp_path / f"{name}_back.ply"))
@@ -427,7 +433,7 @@ def test_spz_file_holds_rub(tmp_path):
     s = {"means": np.array([[1.0, 2.0, 3.0]]), "scales": np.zeros((1, 3)),
          "quats": np.array([[0.9, 0.1, 0.3, 0.2]]), "opacities": np.zeros(1),
          "sh0": np.zeros((1, 1, 3)), "shN": np.full((1, 3, 3), 0.5)}
-    raw = gzip.decompress(write_spz(tmp_path / "f.spz", s).read_bytes())
+    raw = gzip.decompress(write_spz(tmp_path / "f.spz", s, version=3).read_bytes())
     pos = np.frombuffer(raw[16:25], np.uint8).astype(np.int64).reshape(3, 3)
     fixed = pos[:, 0] | pos[:, 1] << 8 | pos[:, 2] << 16
     fixed = np.where(fixed >= 1 << 23, fixed - (1 << 24), fixed)
@@ -445,9 +451,9 @@ def test_spz_file_holds_rub(tmp_path):
 
 
 def test_bad_spz_files(tmp_path, synthetic):
-    good = gzip.decompress(write_spz(tmp_path / "g.spz", synthetic).read_bytes())
+    good = gzip.decompress(write_spz(tmp_path / "g.spz", synthetic, version=3).read_bytes())
     cases = {
-        "plain.spz": (b"NGSP not gzipped", "not gzip"),
+        "plain.spz": (b"XGSP not gzipped", "neither gzip"),
         "badgz.spz": (gzip.compress(good)[:-30], "gzip"),
         "short.spz": (gzip.compress(good[:10]), "shorter than its 16-byte header"),
         "magic.spz": (gzip.compress(b"XXXX" + good[4:]), "bad spz magic"),
@@ -463,10 +469,11 @@ def test_bad_spz_files(tmp_path, synthetic):
         assert str(p) in str(e.value) and msg in str(e.value), (name, str(e.value))
 
 
-def test_spz_large_coordinates_lower_fractional_bits(tmp_path):
+@pytest.mark.parametrize("version", [3, 4])
+def test_spz_large_coordinates_lower_fractional_bits(tmp_path, version):
     s = make_synthetic(20, 0)
     s["means"][0] = [5000.0, -3000.0, 1.0]
-    write_spz(tmp_path / "big.spz", s)
+    write_spz(tmp_path / "big.spz", s, version=version)
     fb = read_spz_header(tmp_path / "big.spz")["fractional_bits"]
     assert fb == 10  # 5000 * 2^10 < 2^23 <= 5000 * 2^11
     check_spz_roundtrip(s, read_spz(tmp_path / "big.spz"), fractional_bits=fb)

@@ -133,24 +133,66 @@ def train(scene_path: tyro.conf.Positional[Path], output: ModelDir,
 
 
 def convert(input: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="INPUT")],
-            output: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="OUTPUT")]
-            ) -> None:
-    """Convert a splat file between .ply (INRIA; reads PlayCanvas compressed PLY too), .splat
-    (antimatter15) and .spz (Niantic v3), chosen by extension. The output is written
-    atomically; the input is never overwritten.
+            output: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="OUTPUT")],
+            sh_degree: int | None = None, spz_version: Literal[3, 4] = 4) -> None:
+    """Convert a splat file between .ply (INRIA), .compressed.ply (PlayCanvas/SuperSplat),
+    .splat (antimatter15), .spz (Niantic v4, or v3) and .sog (PlayCanvas SOG; a bundled .sog
+    or a folder named by its meta.json), chosen by name. The output is written atomically; the
+    input is never overwritten.
 
     Args:
-        input: splat file to read (.ply, .splat, .spz).
-        output: splat file to write (.ply, .splat, .spz).
+        input: splat file to read.
+        output: splat file to write.
+        sh_degree: drop SH bands above this degree (0..3).
+        spz_version: version of an .spz output (4 default; 3 for older readers).
     """
     from .export import convert as convert_file
 
     events = ConsoleEvents()
     try:
-        res = convert_file(input, output, events)
+        res = convert_file(input, output, events, sh_degree=sh_degree, spz_version=spz_version)
     finally:
         events.close()
     print(f"{res.num_splats} splats, SH degree {res.sh_degree_out} -> {res.output}")
+
+
+def compress(model_dir: tyro.conf.Positional[Path], keep: float = 0.5,
+             target_mb: float | None = None, finetune_steps: int = 3000,
+             sh_degree: int | None = None, iteration: int | None = None,
+             device: str = "auto") -> None:
+    """Make a trained model smaller at a measured cost: prune by global significance
+    (LightGaussian), fine-tune the kept Gaussians, optionally drop SH bands; writes
+    <model_dir>/point_cloud/iteration_N and <model_dir>/compress.json (Gaussians, file sizes
+    per format, held-out PSNR/SSIM before and after).
+
+    Args:
+        model_dir: a model folder written by `splatforge train` or `reconstruct` (<out>/model).
+        keep: fraction of Gaussians to keep (ignored with --target-mb).
+        target_mb: instead, the size in MB of the output point_cloud.ply.
+        finetune_steps: training steps after pruning (0: prune only).
+        sh_degree: lower SH degree for the output (default: the model's).
+        iteration: source iteration (default: the latest).
+        device: auto | cpu | cuda | cuda:N.
+    """
+    from .compress import run_compress
+
+    events = ConsoleEvents()
+    try:
+        rec = run_compress(model_dir, keep=None if target_mb is not None else keep,
+                           target_mb=target_mb, finetune_steps=finetune_steps,
+                           sh_degree=sh_degree, iteration=iteration, device=device,
+                           events=events)
+    finally:
+        events.close()
+    g, ho, by = rec["num_gaussians"], rec["heldout"], rec["bytes"]
+
+    def db(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.2f} dB"
+
+    print(f"{g['before']} -> {g['after']} Gaussians; PLY {by['before']['ply'] / 1e6:.2f} -> "
+          f"{by['after']['ply'] / 1e6:.2f} MB, SOG {by['after']['sog'] / 1e6:.2f} MB; "
+          f"held-out PSNR {db(ho['before']['psnr'])} -> {db(ho['after']['psnr'])} -> "
+          f"{model_dir}/{rec['ply']}")
 
 
 def eval_cmd(model_dir: tyro.conf.Positional[Path], lpips_weights: Path | None = None,
@@ -279,7 +321,7 @@ from .service.celery_exec import worker  # noqa: E402
 from .service.client import client  # noqa: E402
 
 COMMANDS = {"info": info, "ingest": ingest, "sfm": sfm, "train": train, "serve": serve,
-            "convert": convert,
+            "convert": convert, "compress": compress,
             "eval": eval_cmd, "render": render, "reconstruct": reconstruct, "view": view,
             "aws-task": aws_task, "submit-job": submit_job,
             "worker": worker, "client": client}

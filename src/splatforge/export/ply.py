@@ -76,14 +76,19 @@ def write_ply(path: str | Path, splats: Mapping[str, np.ndarray]) -> Path:
         KeyError: a required array is missing. ValueError: inconsistent lengths.
     """
     path = Path(path)
+    data = encode_ply(splats)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def encode_ply(splats: Mapping[str, np.ndarray]) -> bytes:
+    """The bytes of the INRIA ``point_cloud.ply`` :func:`write_ply` writes."""
     arr = _splats_to_array(splats)
     header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(arr)}"]
     header += [f"property float {name}" for name in arr.dtype.names]
     header.append("end_header")
-    data = ("\n".join(header) + "\n").encode("ascii") + arr.tobytes()
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return path
+    return ("\n".join(header) + "\n").encode("ascii") + arr.tobytes()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,8 +127,12 @@ def canonical_splats(splats: Mapping[str, np.ndarray], path: str | Path | None =
             "sh0": np.asarray(splats["sh0"], np.float32).reshape(n, 1, 3),
         }
         shN = splats.get("shN")
-        out["shN"] = (np.zeros((n, 0, 3), np.float32) if shN is None
-                      else np.asarray(shN, np.float32).reshape(n, -1, 3))
+        if shN is None:
+            out["shN"] = np.zeros((n, 0, 3), np.float32)
+        else:
+            shN = np.asarray(shN, np.float32)
+            k1 = (shN.shape[1] if shN.ndim == 3 else 0) if n == 0 else -1
+            out["shN"] = shN.reshape(n, k1, 3)
     except ValueError as e:
         raise InputError(path, f"inconsistent splat array shapes ({e})") from None
     k = out["shN"].shape[1] + 1
@@ -136,27 +145,53 @@ def canonical_splats(splats: Mapping[str, np.ndarray], path: str | Path | None =
 def sh_degree_of(splats: Mapping[str, np.ndarray]) -> int:
     """SH degree ``d`` of a splats dict: ``(d+1)^2 = 1 + shN.shape[1]``."""
     shN = splats.get("shN")
-    k = 1 + (0 if shN is None else np.asarray(shN).reshape(len(splats["means"]), -1, 3).shape[1])
-    return math.isqrt(k) - 1
+    if shN is None:
+        return 0
+    shN = np.asarray(shN)
+    n = len(np.asarray(splats["means"]).reshape(-1, 3))
+    k1 = (shN.shape[1] if shN.ndim == 3 else 0) if n == 0 else shN.reshape(n, -1, 3).shape[1]
+    return math.isqrt(1 + k1) - 1
 
 
-def drop_nonfinite(splats: dict[str, np.ndarray], path: str | Path | None,
-                   events: EventCallback | None = None, stage: str = "export"
-                   ) -> dict[str, np.ndarray]:
-    """Drop rows holding NaN or +-Inf in any array; report how many through ``events``
-    (one ``warning`` event naming the file)."""
+#: Bounds non-finite values are clamped to, per array (others: the array's finite range).
+#: Opacity: logit(1 - 1e-6), the clamp splat-transform and Niantic's spz apply to alpha; log
+#: scales: exp(-30) .. exp(10) scene units.
+NONFINITE_BOUNDS = {"opacities": (-13.815510557964274, 13.815510557964274),
+                    "scales": (-30.0, 10.0)}
+
+
+def clamp_nonfinite(splats: dict[str, np.ndarray], path: str | Path | None,
+                    events: EventCallback | None = None, stage: str = "export"
+                    ) -> dict[str, np.ndarray]:
+    """Replace NaN and +-Inf values so that every splat stays usable; report how many splats
+    held one through ``events`` (one ``warning`` event naming the file).
+
+    NaN becomes 0 (the midpoint for logits and SH, the origin for positions); +-Inf becomes
+    the bound of :data:`NONFINITE_BOUNDS` for opacities and log scales (so a splat-transform
+    ``opacity = +inf`` row becomes fully opaque, as its own reader decodes it), else the
+    largest / smallest finite value of that array (0 when it has none).
+    """
     n = len(splats["means"])
-    ok = np.ones(n, bool)
-    for v in splats.values():
-        ok &= np.isfinite(v.reshape(n, -1)).all(axis=1)
-    bad = int(n - ok.sum())
-    if bad:
-        if events is not None:
-            events(Event("warning", stage,
-                         f"{path}: dropped {bad} of {n} splats holding NaN or Inf values",
-                         data={"path": str(path), "dropped": bad, "total": n}))
-        splats = {k: v[ok] for k, v in splats.items()}
-    return splats
+    bad_rows = np.zeros(n, bool)
+    out = dict(splats)
+    for k, v in splats.items():
+        fin = np.isfinite(v)
+        if fin.all():
+            continue
+        bad_rows |= ~fin.reshape(n, -1).all(axis=1)
+        if k in NONFINITE_BOUNDS:
+            lo, hi = NONFINITE_BOUNDS[k]
+        elif fin.any():
+            lo, hi = float(v[fin].min()), float(v[fin].max())
+        else:
+            lo = hi = 0.0
+        out[k] = np.nan_to_num(v, nan=0.0, posinf=hi, neginf=lo).astype(v.dtype)
+    bad = int(bad_rows.sum())
+    if bad and events is not None:
+        events(Event("warning", stage,
+                     f"{path}: clamped NaN or Inf values in {bad} of {n} splats",
+                     data={"path": str(path), "clamped": bad, "total": n}))
+    return out
 
 
 def _check_byte_count(path: Path, raw: bytes, ply) -> None:
@@ -193,13 +228,13 @@ def read_ply(path: str | Path, events: EventCallback | None = None) -> dict[str,
         (``[N, 0, 3]`` at degree 0), float32, in the file's frame (INRIA/COLMAP: x right,
         y down, z forward).
 
-    Rows holding NaN or Inf are dropped; a ``warning`` event (through ``events``) says how
-    many.
+    NaN and Inf values are clamped (see :func:`clamp_nonfinite`); a ``warning`` event
+    (through ``events``) says in how many splats.
 
     Raises:
         InputError: missing or unreadable file, not a PLY, malformed header, body shorter or
-            longer than the header declares, no ``vertex`` element, missing properties, or an
-            ``f_rest_*`` count that is not ``3 * ((d+1)^2 - 1)``.
+            longer than the header declares, no ``vertex`` element, zero vertices, missing
+            properties, or an ``f_rest_*`` count that is not ``3 * ((d+1)^2 - 1)``.
     """
     from plyfile import PlyData
 
@@ -219,12 +254,15 @@ def read_ply(path: str | Path, events: EventCallback | None = None) -> dict[str,
     if "vertex" not in names:
         raise InputError(path, f"PLY has no 'vertex' element (elements: {', '.join(names)})")
     vertex = ply["vertex"]
+    if vertex.count == 0:
+        raise InputError(path, "the PLY holds no splats ('element vertex 0')",
+                         "export the scene again; an empty splat file cannot be viewed")
     props = [p.name for p in vertex.properties]
     if "chunk" in names and "packed_position" in props:
         splats = _decode_compressed(path, ply)
     else:
         splats = _decode_inria(path, vertex.data, props)
-    return drop_nonfinite(splats, path, events)
+    return clamp_nonfinite(splats, path, events)
 
 
 def _decode_inria(path: Path, data: np.ndarray, props: list[str]) -> dict[str, np.ndarray]:
@@ -362,3 +400,126 @@ def _decode_compressed(path: Path, ply) -> dict[str, np.ndarray]:
     return {"means": means.astype(np.float32), "scales": scales.astype(np.float32),
             "quats": quats.astype(np.float32), "opacities": opacities.astype(np.float32),
             "sh0": sh0.astype(np.float32), "shN": np.ascontiguousarray(shN, np.float32)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing the PlayCanvas / SuperSplat compressed PLY
+# ---------------------------------------------------------------------------------------------
+
+#: Log-scale range the compressed PLY stores (wider values are clamped first).
+COMPRESSED_SCALE_CLAMP = (-20.0, 20.0)
+
+
+def _unorm_code(t: np.ndarray, bits: int) -> np.ndarray:
+    m = (1 << bits) - 1
+    return np.clip(np.rint(np.asarray(t, np.float64) * m), 0, m).astype(np.uint32)
+
+
+def _chunk_lerp_code(v: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
+    span = hi - lo
+    t = np.where(span > 0, (v - lo) / np.where(span > 0, span, 1.0), 0.0)
+    return _unorm_code(t, bits)
+
+
+def encode_compressed_ply(splats: Mapping[str, np.ndarray]) -> bytes:
+    """Encode splats as the bytes of a PlayCanvas/SuperSplat compressed PLY.
+
+    The layout is the one :func:`_decode_compressed` documents (PlayCanvas engine
+    ``gsplat-compressed-data``, splat-transform's writer): splats sorted in Morton order
+    (:func:`~splatforge.export.quant.morton_order`) so that each 256-splat chunk is compact,
+    then per chunk the float bounds of positions, log scales (clamped to -20..20) and colours
+    ``0.5 + SH_C0 * f_dc``, and per splat the packed uint32 position (11/10/11 bits), rotation
+    (2-bit largest index + three 10-bit components of the unit wxyz quaternion made
+    non-negative at the largest), log scale (11/10/11) and colour (RGBA 8888, A =
+    sigmoid(opacity)); SH above degree 0 as uint8 ``f_rest_*`` in the range -4..4.
+
+    Raises:
+        InputError: missing arrays or inconsistent lengths.
+    """
+    from plyfile import PlyData, PlyElement
+
+    from .quant import morton_order
+
+    sp = canonical_splats(splats)
+    order = morton_order(sp["means"])
+    sp = {k: v[order] for k, v in sp.items()}
+    n = len(sp["means"])
+    nch = (n + COMPRESSED_CHUNK_SIZE - 1) // COMPRESSED_CHUNK_SIZE
+    ci = np.arange(n) // COMPRESSED_CHUNK_SIZE
+    means = sp["means"].astype(np.float64)
+    scales = np.clip(sp["scales"].astype(np.float64), *COMPRESSED_SCALE_CLAMP)
+    rgb = 0.5 + SH_C0 * sp["sh0"][:, 0].astype(np.float64)
+
+    def bounds(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lo = np.full((nch, v.shape[1]), np.inf)
+        hi = np.full((nch, v.shape[1]), -np.inf)
+        np.minimum.at(lo, ci, v)
+        np.maximum.at(hi, ci, v)
+        return lo, hi
+
+    (plo, phi), (slo, shi), (clo, chi) = bounds(means), bounds(scales), bounds(rgb)
+    chunk = np.empty(nch, [(nm, "<f4") for nm in
+                           [f"{m}_{a}" for m in ("min", "max") for a in "xyz"]
+                           + [f"{m}_scale_{a}" for m in ("min", "max") for a in "xyz"]
+                           + [f"{m}_{c}" for m in ("min", "max") for c in "rgb"]])
+    for j, a in enumerate("xyz"):
+        chunk[f"min_{a}"], chunk[f"max_{a}"] = plo[:, j], phi[:, j]
+        chunk[f"min_scale_{a}"], chunk[f"max_scale_{a}"] = slo[:, j], shi[:, j]
+    for j, c in enumerate("rgb"):
+        chunk[f"min_{c}"], chunk[f"max_{c}"] = clo[:, j], chi[:, j]
+    # positions / scales / colours relative to the float32 bounds actually stored
+    f = {k: np.asarray(chunk[k], np.float64)[ci] for k in chunk.dtype.names}
+
+    def pack3(v: np.ndarray, lo: str, hi: str) -> np.ndarray:
+        bits = (11, 10, 11)
+        codes = [_chunk_lerp_code(v[:, j], f[lo.format(a)], f[hi.format(a)], bits[j])
+                 for j, a in enumerate("xyz")]
+        return (codes[0] << np.uint32(21)) | (codes[1] << np.uint32(11)) | codes[2]
+
+    vert = np.empty(n, [("packed_position", "<u4"), ("packed_rotation", "<u4"),
+                        ("packed_scale", "<u4"), ("packed_color", "<u4")])
+    vert["packed_position"] = pack3(means, "min_{}", "max_{}")
+    vert["packed_scale"] = pack3(scales, "min_scale_{}", "max_scale_{}")
+    col = [_chunk_lerp_code(rgb[:, j], f[f"min_{c}"], f[f"max_{c}"], 8)
+           for j, c in enumerate("rgb")]
+    alpha = _unorm_code(1.0 / (1.0 + np.exp(-sp["opacities"].astype(np.float64))), 8)
+    vert["packed_color"] = ((col[0] << np.uint32(24)) | (col[1] << np.uint32(16))
+                            | (col[2] << np.uint32(8)) | alpha)
+    q = sp["quats"].astype(np.float64)
+    qn = np.linalg.norm(q, axis=1, keepdims=True)
+    q = np.where(qn > 0, q / np.where(qn > 0, qn, 1), np.array([1.0, 0, 0, 0]))
+    largest = np.abs(q).argmax(1)
+    rows = np.arange(n)
+    q = q * np.where(q[rows, largest] < 0, -1.0, 1.0)[:, None]
+    slots = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])[largest]
+    rot = largest.astype(np.uint32) << np.uint32(30)
+    for j, shift in enumerate((20, 10, 0)):
+        t = q[rows, slots[:, j]] * np.sqrt(0.5) + 0.5
+        rot |= _unorm_code(t, 10) << np.uint32(shift)
+    vert["packed_rotation"] = rot
+    elements = [PlyElement.describe(chunk, "chunk"), PlyElement.describe(vert, "vertex")]
+    k1 = sp["shN"].shape[1]
+    if k1:
+        rest = sp["shN"].transpose(0, 2, 1).reshape(n, -1).astype(np.float64)
+        u = np.clip(np.floor((rest / 8.0 + 0.5) * 256.0), 0, 255).astype(np.uint8)
+        sh = np.empty(n, [(f"f_rest_{i}", "u1") for i in range(3 * k1)])
+        for i in range(3 * k1):
+            sh[f"f_rest_{i}"] = u[:, i]
+        elements.append(PlyElement.describe(sh, "sh"))
+    buf = io.BytesIO()
+    PlyData(elements, byte_order="<", comments=["generated by splatforge"]).write(buf)
+    return buf.getvalue()
+
+
+def write_compressed_ply(path: str | Path, splats: Mapping[str, np.ndarray]) -> Path:
+    """Write splats as a PlayCanvas/SuperSplat compressed PLY (see
+    :func:`encode_compressed_ply`), atomically. Conventionally named ``*.compressed.ply``.
+
+    Raises:
+        InputError: missing arrays or inconsistent lengths.
+    """
+    path = Path(path)
+    data = encode_compressed_ply(splats)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path

@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import InputError
 from ..events import EventCallback
 from ..util import atomic_write_bytes, read_input_bytes
-from .ply import SH_C0, canonical_splats, drop_nonfinite
+from .ply import SH_C0, canonical_splats, clamp_nonfinite
 
 #: One row of a ``.splat`` file.
 SPLAT_DTYPE = np.dtype([("position", "<f4", (3,)), ("scale", "<f4", (3,)),
@@ -96,10 +96,13 @@ def decode_splat(data: bytes, path: str | Path | None = None,
         raise InputError(path, f".splat file is {len(data)} bytes, not a multiple of the "
                          f"{SPLAT_DTYPE.itemsize}-byte row", "the file is truncated or not a "
                          ".splat file")
+    if not data:
+        raise InputError(path, "the .splat file is empty (no splats)",
+                         "export the scene again; an empty splat file cannot be viewed")
     rows = np.frombuffer(data, SPLAT_DTYPE)
     n = len(rows)
     with np.errstate(divide="ignore", invalid="ignore"):
-        scales = np.log(rows["scale"].astype(np.float32))  # scale <= 0 -> -inf/nan: dropped
+        scales = np.log(rows["scale"].astype(np.float32))  # scale <= 0 -> -inf/nan: clamped
     rgba = rows["rgba"].astype(np.float32) / 255.0
     a = np.clip(rgba[:, 3], 0.5 / 255, 1 - 0.5 / 255)
     splats = {
@@ -110,7 +113,7 @@ def decode_splat(data: bytes, path: str | Path | None = None,
         "sh0": ((rgba[:, :3] - 0.5) / SH_C0).astype(np.float32).reshape(n, 1, 3),
         "shN": np.zeros((n, 0, 3), np.float32),
     }
-    return drop_nonfinite(splats, path, events)
+    return clamp_nonfinite(splats, path, events)
 
 
 def read_splat(path: str | Path, events: EventCallback | None = None) -> dict[str, np.ndarray]:
@@ -123,10 +126,12 @@ def read_splat(path: str | Path, events: EventCallback | None = None) -> dict[st
         ``sh0 [N, 1, 3]`` (``(RGB / 255 - 0.5) / SH_C0``), ``shN [N, 0, 3]``; float32, in
         the file's order (sorted, see the module docstring).
 
-    Rows with NaN/Inf values (or a non-positive scale) are dropped with a ``warning`` event.
+    NaN/Inf values (and the log of a non-positive scale) are clamped with a ``warning`` event
+    (see :func:`~splatforge.export.ply.clamp_nonfinite`).
 
     Raises:
-        InputError: missing/unreadable file, or a size that is not a multiple of 32 bytes.
+        InputError: missing/unreadable file, an empty file, or a size that is not a multiple
+            of 32 bytes.
     """
     path = Path(path)
     data = read_input_bytes(path)

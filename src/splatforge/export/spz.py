@@ -1,7 +1,7 @@
-"""Niantic's ``.spz`` format, version 3 (github.com/nianticlabs/spz, ``load-spz.cc``).
+"""Niantic's ``.spz`` format, versions 3 and 4 (github.com/nianticlabs/spz, ``load-spz.cc``).
 
-Layout (from nianticlabs/spz ``load-spz.cc`` and its README; cited, not copied): the whole
-file is one gzip stream holding a 16-byte little-endian header ::
+Version 3 layout (from nianticlabs/spz ``load-spz.cc`` and its README; cited, not copied): the
+whole file is one gzip stream holding a 16-byte little-endian header ::
 
     uint32 magic 0x5053474e ("NGSP")   uint32 version (3)   uint32 numPoints
     uint8 shDegree (0..3)   uint8 fractionalBits   uint8 flags (0x1: antialiased)   uint8 0
@@ -29,6 +29,24 @@ SH rest         (K-1) x 3                  per point, coefficient-major with RGB
 Every uint8 is clamped to 0..255. The reader also reads versions 1 (float16 positions) and
 2 (3-byte xyz rotations, w >= 0 recovered).
 
+Version 4 (the default of splat-transform 2.x and of Niantic's library since 2026; layout as
+three.js ``SPZExporter`` and Niantic's ``load-spz.cc`` write it) is NOT one compressed stream:
+the file starts with an uncompressed 32-byte little-endian header ::
+
+    uint32 magic "NGSP"  uint32 version (4)  uint32 numPoints
+    uint8 shDegree  uint8 fractionalBits  uint8 flags  uint8 numStreams
+    uint32 tocOffset (32)  12 bytes reserved (0)
+
+then, at ``tocOffset``, ``numStreams`` table-of-contents entries of two uint64 (compressed
+size, uncompressed size), then the streams back to back, each one zstd frame holding one of
+the attribute blocks above in the same order and encoding as version 3 (positions, alphas,
+colours, scales, 4-byte smallest-three rotations, and SH when degree > 0). Flag 0x2 marks
+vendor extensions after the streams; the reader ignores them.
+
+Decompression is bounded: the header's point count fixes every block's size, so the reader
+never inflates more than that (plus one byte to detect an overlong stream): a gzip or zstd
+"bomb" fails at once with an :class:`~splatforge.errors.InputError` instead of taking memory.
+
 Coordinate frame: spz files hold splats in **RUB** (x right, y up, z back: the OpenGL /
 three.js convention), as the spz README specifies and as the library's ``CoordinateSystem``
 conversions (and Spark, GaussianSplats3D and PlayCanvas ``splat-transform`` through the
@@ -48,6 +66,7 @@ sign), degree-1 SH within 4/128 + 1/256, higher SH within 8/128 + 1/256, inside 
 from __future__ import annotations
 
 import gzip
+import struct
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,10 +76,15 @@ import numpy as np
 from ..errors import InputError
 from ..events import EventCallback
 from ..util import atomic_write_bytes, read_input_bytes
-from .ply import canonical_splats, drop_nonfinite, sh_degree_of
+from .ply import canonical_splats, clamp_nonfinite, sh_degree_of
 
 SPZ_MAGIC = 0x5053474E
-SPZ_VERSION = 3
+#: The version :func:`write_spz` writes by default.
+SPZ_VERSION = 4
+#: Versions the reader reads.
+SPZ_READ_VERSIONS = (1, 2, 3, 4)
+V4_HEADER = struct.Struct("<IIIBBBBI12x")
+V4_TOC_ENTRY = struct.Struct("<QQ")
 SPZ_HEADER = np.dtype([("magic", "<u4"), ("version", "<u4"), ("num_points", "<u4"),
                        ("sh_degree", "u1"), ("fractional_bits", "u1"), ("flags", "u1"),
                        ("reserved", "u1")])
@@ -135,24 +159,15 @@ def _quantize_sh(x: np.ndarray, bucket: int) -> np.ndarray:
     return np.clip(q, 0, 255).astype(np.uint8)
 
 
-def encode_spz(splats: Mapping[str, np.ndarray], *, fractional_bits: int = 12,
-               antialiased: bool = False, sh1_bits: int = 5, sh_rest_bits: int = 4,
-               path: str | Path | None = None) -> bytes:
-    """Encode splats (RDF frame, raw parameters) as the bytes of a version-3 ``.spz`` file.
-
-    ``fractional_bits`` is lowered automatically (down to 0) when a coordinate would not fit
-    the 24-bit fixed point (|p| >= 2^(23 - fractional_bits)); the header records the value
-    used. Splats with SH degree above 3 are refused.
-
-    Raises:
-        InputError: missing arrays, inconsistent lengths, SH degree > 3, or coordinates beyond
-            +-2^23 even at 0 fractional bits (named after ``path`` when given).
-    """
+def _blocks(splats: Mapping[str, np.ndarray], fractional_bits: int, sh1_bits: int,
+            sh_rest_bits: int, path: str | Path | None) -> tuple[list[bytes], int, int]:
+    """The attribute blocks (positions, alphas, colours, scales, rotations, SH) of splats
+    (RDF, raw parameters) in spz encoding, the SH degree, and the fractional bits used."""
     sp = _flip_frame(canonical_splats(splats, path))
     n = len(sp["means"])
     deg = sh_degree_of(sp)
     if deg > 3:
-        raise InputError(path, f"spz v3 stores SH up to degree 3; these splats have {deg}")
+        raise InputError(path, f"spz stores SH up to degree 3 here; these splats have {deg}")
     means = sp["means"].astype(np.float64)
     top = float(np.abs(means).max()) if n else 0.0
     fb = int(fractional_bits)
@@ -162,11 +177,6 @@ def encode_spz(splats: Mapping[str, np.ndarray], *, fractional_bits: int = 12,
         raise InputError(path, f"a coordinate of {top:g} does not fit spz's 24-bit positions")
     fixed = np.rint(means * (1 << fb)).astype(np.int64).astype("<i4")
     pos = fixed.view(np.uint8).reshape(n, 3, 4)[:, :, :3]  # low 3 bytes, two's complement
-
-    header = np.zeros(1, SPZ_HEADER)
-    header["magic"], header["version"], header["num_points"] = SPZ_MAGIC, SPZ_VERSION, n
-    header["sh_degree"], header["fractional_bits"] = deg, fb
-    header["flags"] = FLAG_ANTIALIASED if antialiased else 0
     alphas = _u8(_sigmoid(sp["opacities"]) * 255.0)
     colors = _u8(sp["sh0"].reshape(n, 3).astype(np.float64) * (COLOR_SCALE * 255.0) + 127.5)
     scales = _u8((sp["scales"].astype(np.float64) + 10.0) * 16.0)
@@ -176,15 +186,56 @@ def encode_spz(splats: Mapping[str, np.ndarray], *, fractional_bits: int = 12,
     if shn.shape[1]:
         sh[:, :3] = _quantize_sh(shn[:, :3], 1 << (8 - sh1_bits))
         sh[:, 3:] = _quantize_sh(shn[:, 3:], 1 << (8 - sh_rest_bits))
-    raw = b"".join([header.tobytes(), np.ascontiguousarray(pos).tobytes(), alphas.tobytes(),
-                    colors.tobytes(), scales.tobytes(), rots.tobytes(), sh.tobytes()])
-    return gzip.compress(raw, compresslevel=6, mtime=0)
+    blocks = [np.ascontiguousarray(pos).tobytes(), alphas.tobytes(), colors.tobytes(),
+              scales.tobytes(), rots.tobytes()]
+    if deg:
+        blocks.append(sh.tobytes())
+    return blocks, deg, fb
+
+
+def encode_spz(splats: Mapping[str, np.ndarray], *, version: int = SPZ_VERSION,
+               fractional_bits: int = 12, antialiased: bool = False, sh1_bits: int = 5,
+               sh_rest_bits: int = 4, path: str | Path | None = None) -> bytes:
+    """Encode splats (RDF frame, raw parameters) as the bytes of an ``.spz`` file.
+
+    Args:
+        version: 4 (zstd streams, the default) or 3 (one gzip stream).
+
+    ``fractional_bits`` is lowered automatically (down to 0) when a coordinate would not fit
+    the 24-bit fixed point (|p| >= 2^(23 - fractional_bits)); the header records the value
+    used. Splats with SH degree above 3 are refused.
+
+    Raises:
+        InputError: missing arrays, inconsistent lengths, SH degree > 3, coordinates beyond
+            +-2^23 even at 0 fractional bits, or a version other than 3/4 (named after
+            ``path`` when given).
+    """
+    if version not in (3, 4):
+        raise InputError(path, f"spz version {version} cannot be written (3 or 4)")
+    blocks, deg, fb = _blocks(splats, fractional_bits, sh1_bits, sh_rest_bits, path)
+    n = len(blocks[1])
+    flags = FLAG_ANTIALIASED if antialiased else 0
+    if version == 3:
+        header = np.zeros(1, SPZ_HEADER)
+        header["magic"], header["version"], header["num_points"] = SPZ_MAGIC, 3, n
+        header["sh_degree"], header["fractional_bits"] = deg, fb
+        header["flags"] = flags
+        return gzip.compress(header.tobytes() + b"".join(blocks), compresslevel=6, mtime=0)
+    import zstandard
+
+    cctx = zstandard.ZstdCompressor(level=12)
+    comp = [cctx.compress(b) for b in blocks]
+    toc = b"".join(V4_TOC_ENTRY.pack(len(c), len(b)) for c, b in zip(comp, blocks))
+    head = V4_HEADER.pack(SPZ_MAGIC, 4, n, deg, fb, flags, len(blocks), V4_HEADER.size)
+    return head + toc + b"".join(comp)
 
 
 def write_spz(path: str | Path, splats: Mapping[str, np.ndarray], *,
-              fractional_bits: int = 12, antialiased: bool = False) -> Path:
+              version: int = SPZ_VERSION, fractional_bits: int = 12,
+              antialiased: bool = False) -> Path:
     """Write splats (RDF frame, raw parameters; see :func:`splatforge.export.ply.write_ply`)
-    as a version-3 ``.spz`` file (RUB on disk, see the module docstring), atomically.
+    as an ``.spz`` file of ``version`` 4 (default) or 3 (RUB on disk, see the module
+    docstring), atomically.
 
     Returns:
         ``path``.
@@ -193,27 +244,69 @@ def write_spz(path: str | Path, splats: Mapping[str, np.ndarray], *,
         InputError: see :func:`encode_spz`.
     """
     path = Path(path)
-    atomic_write_bytes(path, encode_spz(splats, fractional_bits=fractional_bits,
+    atomic_write_bytes(path, encode_spz(splats, version=version,
+                                        fractional_bits=fractional_bits,
                                         antialiased=antialiased, path=path))
     return path
 
 
-def read_spz_header(path: str | Path) -> dict[str, int]:
-    """The header fields of an ``.spz`` file (``version``, ``num_points``, ``sh_degree``,
-    ``fractional_bits``, ``flags``); see :func:`read_spz` for the errors raised."""
-    raw = _gunzip(Path(path))
-    return _parse_header(Path(path), raw)
+def _block_sizes(version: int, n: int, deg: int) -> list[int]:
+    """Bytes of each attribute block for ``n`` points (the SH block only when deg > 0)."""
+    k1 = (deg + 1) ** 2 - 1
+    sizes = [n * (6 if version == 1 else 9), n, 3 * n, 3 * n, n * (4 if version >= 3 else 3)]
+    if k1:
+        sizes.append(n * 3 * k1)
+    return sizes
 
 
-def _gunzip(path: Path) -> bytes:
-    data = read_input_bytes(path)
-    if data[:2] != b"\x1f\x8b":
-        raise InputError(path, "not an .spz file (not gzip-compressed)",
-                         "spz files are gzip streams starting with bytes 1f 8b")
+def _check_header_fields(path: Path, h: dict[str, int]) -> None:
+    if h["version"] not in SPZ_READ_VERSIONS:
+        raise InputError(path, f"unsupported spz version {h['version']} (reads 1, 2, 3, 4)")
+    if h["sh_degree"] > 3:
+        raise InputError(path, f"unsupported spz SH degree {h['sh_degree']} (0..3)")
+    if h["num_points"] == 0:
+        raise InputError(path, "the .spz file holds no splats (its header says 0 points)",
+                         "export the scene again; an empty splat file cannot be viewed")
+
+
+def _gunzip_bounded(path: Path, data: bytes) -> bytes:
+    """Inflate the gzip stream of a v1-v3 file, never past the size its header implies."""
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as e:
+        head = d.decompress(data, SPZ_HEADER.itemsize)
+        if len(head) < SPZ_HEADER.itemsize:
+            head += d.decompress(d.unconsumed_tail, SPZ_HEADER.itemsize - len(head))
+    except zlib.error as e:
         raise InputError(path, f"corrupt or truncated gzip stream ({e})") from None
+    h = _parse_header(path, head)
+    need = SPZ_HEADER.itemsize + sum(_block_sizes(h["version"], h["num_points"],
+                                                  h["sh_degree"]))
+    try:
+        body = d.decompress(d.unconsumed_tail, need - len(head) + 1)
+    except zlib.error as e:
+        raise InputError(path, f"corrupt or truncated gzip stream ({e})") from None
+    raw = head + body
+    if len(raw) < need and not d.eof:
+        raise InputError(path, f"corrupt or truncated gzip stream (it ends after {len(raw)} of "
+                         f"the {need} bytes the header declares)")
+    if len(raw) > need:
+        raise InputError(path, f"spz v{h['version']} with {h['num_points']} points at SH "
+                         f"degree {h['sh_degree']} should hold {need} bytes after "
+                         "decompression, but the stream inflates to more",
+                         "the file is corrupt (or a decompression bomb)")
+    if not d.eof and len(raw) == need:
+        # the stream must end here (a longer stream is refused above); a missing trailer
+        # means a truncated file
+        try:
+            rest = d.decompress(d.unconsumed_tail, 1) + d.flush()
+        except zlib.error as e:
+            raise InputError(path, f"corrupt or truncated gzip stream ({e})") from None
+        if rest:
+            raise InputError(path, "the gzip stream holds more data than the header declares",
+                             "the file is corrupt (or a decompression bomb)")
+        if not d.eof:
+            raise InputError(path, "corrupt or truncated gzip stream (no end of stream)")
+    return raw
 
 
 def _parse_header(path: Path, raw: bytes) -> dict[str, int]:
@@ -225,44 +318,107 @@ def _parse_header(path: Path, raw: bytes) -> dict[str, int]:
                          "'NGSP')")
     out = {k: int(h[k]) for k in ("version", "num_points", "sh_degree", "fractional_bits",
                                   "flags")}
-    if out["version"] not in (1, 2, 3):
-        raise InputError(path, f"unsupported spz version {out['version']} (reads 1, 2, 3)")
-    if out["sh_degree"] > 3:
-        raise InputError(path, f"unsupported spz SH degree {out['sh_degree']} (0..3)")
+    _check_header_fields(path, out)
+    if out["version"] == 4:
+        raise InputError(path, "an spz version-4 header inside a gzip stream",
+                         "version-4 files are not gzip-compressed")
     return out
 
 
+def _read_v4(path: Path, data: bytes) -> tuple[dict[str, int], list[bytes]]:
+    """Header and decompressed blocks of a version-4 file (bounded, see the module doc)."""
+    if len(data) < V4_HEADER.size:
+        raise InputError(path, f"spz v4 file is {len(data)} bytes, shorter than its 32-byte "
+                         "header")
+    magic, ver, n, deg, fb, flags, nstreams, toc_off = V4_HEADER.unpack_from(data)
+    h = {"version": ver, "num_points": n, "sh_degree": deg, "fractional_bits": fb,
+         "flags": flags}
+    _check_header_fields(path, h)
+    sizes = _block_sizes(4, n, deg)
+    if nstreams != len(sizes):
+        raise InputError(path, f"spz v4 header lists {nstreams} streams; SH degree {deg} "
+                         f"needs {len(sizes)}")
+    end_toc = toc_off + nstreams * V4_TOC_ENTRY.size
+    if toc_off < V4_HEADER.size or end_toc > len(data):
+        raise InputError(path, f"spz v4 table of contents at byte {toc_off} lies outside the "
+                         f"{len(data)}-byte file")
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    off = end_toc
+    blocks = []
+    for k, want in enumerate(sizes):
+        csize, usize = V4_TOC_ENTRY.unpack_from(data, toc_off + k * V4_TOC_ENTRY.size)
+        if usize != want:
+            raise InputError(path, f"spz v4 stream {k} declares {usize} bytes; {n} points at "
+                             f"SH degree {deg} need {want}", "the file is corrupt")
+        if off + csize > len(data):
+            raise InputError(path, f"spz v4 stream {k} runs past the end of the file "
+                             "(truncated)")
+        try:
+            out = dctx.decompress(data[off:off + csize], max_output_size=want + 1)
+        except zstandard.ZstdError as e:
+            raise InputError(path, f"corrupt zstd stream {k} ({e})") from None
+        if len(out) != want:
+            raise InputError(path, f"spz v4 stream {k} inflates to {len(out)} bytes, not the "
+                             f"{want} its table declares", "the file is corrupt")
+        blocks.append(out)
+        off += csize
+    return h, blocks
+
+
+def _load(path: Path) -> tuple[dict[str, int], list[bytes]]:
+    data = read_input_bytes(path)
+    if data[:4] == b"NGSP":
+        return _read_v4(path, data)
+    if data[:2] != b"\x1f\x8b":
+        raise InputError(path, "not an .spz file (neither gzip-compressed nor an 'NGSP' "
+                         "version-4 header)", "spz files are gzip streams (v1-v3) or start "
+                         "with 'NGSP' (v4)")
+    raw = _gunzip_bounded(path, data)
+    h = _parse_header(path, raw)
+    sizes = _block_sizes(h["version"], h["num_points"], h["sh_degree"])
+    need = 16 + sum(sizes)
+    if len(raw) != need:
+        raise InputError(path, f"spz v{h['version']} with {h['num_points']} points at SH "
+                         f"degree {h['sh_degree']} should hold {need} bytes after "
+                         f"decompression, not {len(raw)}", "the file is truncated or corrupt")
+    blocks, off = [], 16
+    for s in sizes:
+        blocks.append(raw[off:off + s])
+        off += s
+    return h, blocks
+
+
+def read_spz_header(path: str | Path) -> dict[str, int]:
+    """The header fields of an ``.spz`` file (``version``, ``num_points``, ``sh_degree``,
+    ``fractional_bits``, ``flags``); see :func:`read_spz` for the errors raised."""
+    return _load(Path(path))[0]
+
+
 def read_spz(path: str | Path, events: EventCallback | None = None) -> dict[str, np.ndarray]:
-    """Read an ``.spz`` file (versions 1-3) into a splats dict in splatforge's RDF frame.
+    """Read an ``.spz`` file (versions 1-4) into a splats dict in splatforge's RDF frame.
 
     Returns:
         ``means [N, 3]``, ``scales [N, 3]`` (log), ``quats [N, 4]`` (wxyz, unit),
         ``opacities [N]`` (logit; alpha clamped to 0.5..254.5 / 255 so that it stays
         finite), ``sh0 [N, 1, 3]``, ``shN [N, K-1, 3]``; float32, converted from the file's
-        RUB frame (see the module docstring). Rows with NaN/Inf are dropped with a
-        ``warning`` event.
+        RUB frame (see the module docstring). Non-finite values (v1 float16 positions) are
+        clamped with a ``warning`` event.
 
     Raises:
-        InputError: missing file, not gzip, corrupt gzip, bad magic, unsupported version or
-            SH degree, or a decompressed size that differs from the header's point count.
+        InputError: missing file, not gzip / v4, corrupt gzip or zstd, bad magic, unsupported
+            version or SH degree, zero points, or a decompressed size that differs from the
+            header's point count (checked without inflating more than that).
     """
     path = Path(path)
-    raw = _gunzip(path)
-    h = _parse_header(path, raw)
+    h, raw_blocks = _load(path)
     n, deg, fb, ver = h["num_points"], h["sh_degree"], h["fractional_bits"], h["version"]
     k1 = (deg + 1) ** 2 - 1
-    pos_b = 6 if ver == 1 else 9
-    rot_b = 4 if ver >= 3 else 3
-    sizes = [pos_b, 1, 3, 3, rot_b, 3 * k1]
-    need = 16 + n * sum(sizes)
-    if len(raw) != need:
-        raise InputError(path, f"spz v{ver} with {n} points at SH degree {deg} should hold "
-                         f"{need} bytes after decompression, not {len(raw)}",
-                         "the file is truncated or corrupt")
-    blocks, off = [], 16
-    for s in sizes:
-        blocks.append(np.frombuffer(raw, np.uint8, n * s, off).reshape(n, s))
-        off += n * s
+    sizes = _block_sizes(ver, n, deg)
+    blocks = [np.frombuffer(b, np.uint8).reshape(n, s // n) for b, s in zip(raw_blocks, sizes)]
+    if not k1:
+        blocks.append(np.zeros((n, 0), np.uint8))
     pos, alpha, col, scl, rot, sh = blocks
     if ver == 1:
         means = pos.copy().view("<f2").astype(np.float32)
@@ -286,8 +442,8 @@ def read_spz(path: str | Path, events: EventCallback | None = None) -> dict[str,
         "sh0": ((col.astype(np.float32) / 255.0 - 0.5) / COLOR_SCALE).reshape(n, 1, 3),
         "shN": ((sh.astype(np.float32) - 128.0) / 128.0).reshape(n, k1, 3),
     }
-    return drop_nonfinite(_flip_frame(splats), path, events)
+    return clamp_nonfinite(_flip_frame(splats), path, events)
 
 
-__all__ = ["COLOR_SCALE", "SPZ_MAGIC", "SPZ_VERSION", "encode_spz", "read_spz",
-           "read_spz_header", "write_spz"]
+__all__ = ["COLOR_SCALE", "SPZ_MAGIC", "SPZ_READ_VERSIONS", "SPZ_VERSION", "encode_spz",
+           "read_spz", "read_spz_header", "write_spz"]

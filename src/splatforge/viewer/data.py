@@ -6,7 +6,8 @@ folder (see :mod:`splatforge.export.model_dir`).
 
 Accepted inputs (:func:`load_view_source`):
 
-* a splat file: ``.ply`` (INRIA / gsplat / SuperSplat compressed), ``.splat``, ``.spz``;
+* a splat file: ``.ply`` (INRIA / gsplat / SuperSplat compressed), ``.splat``, ``.spz``
+  (v1-v4), ``.sog`` (PlayCanvas SOG bundle) or a SOG ``meta.json`` (or a folder holding one);
   the ``cameras.json`` / ``input.ply`` of its folder (or of its model folder, for
   ``point_cloud/iteration_N/point_cloud.ply``) are shown too when they are there;
 * an INRIA model folder (``point_cloud/iteration_N/point_cloud.ply``; the latest N is shown,
@@ -183,16 +184,22 @@ def load_view_source(path: str | Path) -> ViewSource:
         InputError: missing path, unknown file type, unreadable splats/cameras, or a folder
             that is neither a model folder nor a readable dataset.
     """
-    from ..export import SPLAT_EXTENSIONS, read_splats
+    from ..export import SPLAT_EXTENSIONS, read_splats, splat_format
+    from ..export.sog import META_NAME
 
     path = Path(path)
     if not path.exists():
         raise InputError(path, "does not exist",
-                         "give a .ply/.splat/.spz file, a model folder or a workspace")
+                         "give a .ply/.splat/.spz/.sog file, a model folder or a workspace")
+    if path.is_dir() and (path / META_NAME).is_file():  # an unbundled SOG scene
+        return ViewSource(path.name, path, read_splats(path), path / META_NAME)
     if path.is_file():
-        if path.suffix.lower() not in SPLAT_EXTENSIONS:
+        try:
+            splat_format(path)
+        except InputError:
             raise InputError(path, f"unknown file type {path.suffix!r}",
-                             f"expected one of {', '.join(sorted(SPLAT_EXTENSIONS))}")
+                             f"expected one of {', '.join(sorted(SPLAT_EXTENSIONS))} or a "
+                             "SOG meta.json") from None
         src = ViewSource(path.name, path, read_splats(path), path)
         folder = path.parent
         if folder.parent.name == "point_cloud":  # <model>/point_cloud/iteration_N/x.ply
