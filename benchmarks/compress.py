@@ -10,7 +10,7 @@ Usage on a CUDA machine (from the repo root; data under ``.gpu/data``)::
     python benchmarks/compress.py --scene .gpu/data/plush_dog --steps 30000 --keep 0.5 \\
         --finetune-steps 3000 --json benchmarks/results/compress_plush_dog.json
 
-CPU smoke run (tiny: plush_dog at data_factor 8, 200 training steps, 50 fine-tune steps)::
+CPU smoke run (tiny: plush_dog at data_factor 8, 100 training steps, 20 fine-tune steps)::
 
     python benchmarks/compress.py --scene ../shared/datasets/plush_dog --tiny
 """
@@ -33,12 +33,14 @@ def train_model(scene: Path, out: Path, steps: int, data_factor: int, device: st
 
     kw = dict(max_steps=steps, save_steps=[steps], device=device, seed=0)
     if tiny:
-        kw.update(strategy="default", sh_degree=1, sh_degree_interval=50, densify_from_iter=50,
-                  densification_interval=50, densify_until_iter=150, log_every=50)
+        kw.update(strategy="default", sh_degree=1, sh_degree_interval=50, densify_from_iter=25,
+                  densification_interval=25, densify_until_iter=75, log_every=25)
     cfg = TrainConfig(**kw)
     model_dir = out / f"{scene.name}_model"
     t = time.monotonic()
-    res = run_train(cfg, scene, model_dir, None, scene_config=SceneConfig(data_factor=data_factor))
+    sc = SceneConfig(data_factor=data_factor,
+                     cache_dir=out / "image_cache" if data_factor > 1 else None)
+    res = run_train(cfg, scene, model_dir, None, scene_config=sc)
     print(f"{scene.name}: trained {res.step} steps, {res.num_gaussians} Gaussians in "
           f"{time.monotonic() - t:.0f} s", flush=True)
     return model_dir
@@ -77,11 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--work", type=Path, default=None, help="folder for trained models")
     ap.add_argument("--tiny", action="store_true",
-                    help="CPU smoke run: data_factor 8, 200 steps, 50 fine-tune steps")
+                    help="CPU smoke run: data_factor 8, 100 steps, 20 fine-tune steps")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
     if a.tiny:
-        a.steps, a.data_factor, a.finetune_steps = 200, 8, 50
+        a.steps, a.data_factor, a.finetune_steps = 100, 8, 20
     if not a.scene and not a.model_dir:
         ap.error("give --scene or --model-dir")
     from splatforge.compress import run_compress

@@ -18,7 +18,7 @@ Steps (each reported through ``events``, stage ``compress``):
    (:func:`splatforge.train.run_train` resumed from a checkpoint holding the pruned splats
    and their pruned Adam moments; densification off).
 5. Write ``<model_dir>/point_cloud/iteration_<N>/point_cloud.ply`` (``N`` = the source
-   iteration + ``finetune_steps``) and ``<model_dir>/compress.json``: Gaussians, encoded file
+   iteration + ``finetune_steps``, + 1 without fine-tuning: the source is never overwritten) and ``<model_dir>/compress.json``: Gaussians, encoded file
    sizes per format (ply, compressed ply, splat, spz, sog) and held-out PSNR/SSIM before and
    after.
 """
@@ -215,7 +215,7 @@ def run_compress(model_dir: str | Path, *, keep: float | None = 0.5,
     pruned = {kk: v[idx.to(v.device)] for kk, v in params.items()}
     pruned["shN"] = pruned["shN"][:, :k1].contiguous()
 
-    out_iter = src_iter + finetune_steps
+    out_iter = src_iter + max(finetune_steps, 1)  # never the source iteration itself
     work = model_dir / "compress_work"
     if finetune_steps:
         ckpt = load_checkpoint(ckpt_file, map_location="cpu")

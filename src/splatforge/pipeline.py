@@ -7,7 +7,8 @@ Stages, in order, over one output folder::
                             ckpts/, train_log.jsonl, train_config.json, metrics.json,
                             cameras.json, cfg_args, input.ply, config.json, eval/
     <out>/scene.splat       export (when splatforge.export.write_splat exists)
-    <out>/scene.spz         export (when splatforge.export.write_spz exists)
+    <out>/scene.spz         export (SPZ v4)
+    <out>/scene.sog         export (PlayCanvas SOG bundle)
     <out>/reconstruct.json  the summary: per-stage status and seconds, registered images,
                             Gaussians, held-out PSNR/SSIM, output files and sizes
 
@@ -97,19 +98,11 @@ def view_command(model_dir: Path) -> str:
 
 
 def _export_writers() -> dict[str, Any]:
-    """``{".splat": write_splat, ".spz": write_spz}`` for the writers that exist."""
-    out: dict[str, Any] = {}
-    try:
-        from .export import write_splat  # type: ignore[attr-defined]
-        out[".splat"] = write_splat
-    except ImportError:
-        pass
-    try:
-        from .export import write_spz  # type: ignore[attr-defined]
-        out[".spz"] = write_spz
-    except ImportError:
-        pass
-    return out
+    """``{".splat": write_splat, ".spz": write_spz, ".sog": write_sog}``: the web formats
+    written next to the model (:data:`splatforge.export.SCENE_WRITERS`)."""
+    from .export import SCENE_WRITERS
+
+    return dict(SCENE_WRITERS)
 
 
 def classify_input(media: Path) -> tuple[str, Path | None]:

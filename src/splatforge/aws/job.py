@@ -12,14 +12,15 @@ A job file (values may be JSON booleans/numbers or the toolbox's strings ``"true
      "sfm": {"enable": true, "softwareName": "colmap" | "glomap",
              "matchingMethod": "sequential" | "exhaustive" | "spatial"},
      "training": {"enable": true, "maxSteps": 15000, "model": "splatfacto"},
-     "postProcessing": {"enableSpz": true}}
+     "postProcessing": {"enableSpz": true, "enableSog": true}}
 
 Mapping onto splatforge (see :meth:`JobSpec.pipeline_spec`): maxNumImages ->
 ``IngestConfig.max_num_images``; filterBlurryImages -> ``blur_filter_percent``
 :data:`BLUR_FILTER_PERCENT`; softwareName colmap -> incremental mapping, glomap -> global
 mapping (COLMAP's merged GLOMAP); matchingMethod -> ``SfmConfig.matching``; maxSteps ->
 ``max_steps``; model splatfacto / 3dgs -> the default strategy, splatfacto-mcmc / mcmc ->
-MCMC; enableSpz -> whether ``scene.spz`` is uploaded. The input is
+MCMC; enableSpz / enableSog -> whether ``scene.spz`` (SPZ v4) / ``scene.sog`` (PlayCanvas
+SOG) are uploaded. The input is
 ``s3://bucketName/inputPrefix/inputKey`` (an object: video, zip; or a folder of photos or a
 COLMAP output); outputs go to ``s3://bucketName/outputPrefix/uuid/``. Unknown keys and values
 are errors naming the field. The toolbox's keys that splatforge has no use for
@@ -127,6 +128,7 @@ class TrainingSection(_Section):
 
 class PostProcessing(_Section):
     enableSpz: bool = True
+    enableSog: bool = True
 
 
 class JobSpec(_Section):
@@ -176,7 +178,8 @@ class JobSpec(_Section):
         return PipelineSpec(ingest=ingest, sfm=SfmConfig(**sfm_kw), scene=SceneConfig(),
                             train=train, train_enabled=self.training.enable,
                             sfm_enabled=self.sfm.enable,
-                            include_spz=self.postProcessing.enableSpz)
+                            include_spz=self.postProcessing.enableSpz,
+                            include_sog=self.postProcessing.enableSog)
 
 
 def parse_job(data: Any, source: str = "job") -> JobSpec:

@@ -81,7 +81,7 @@ _FIELD_ENV = {v: k for k, v in ENV_FIELDS.items()}
 #: ``{N}`` is the final iteration.
 MODEL_FILES = ("point_cloud/iteration_{N}/point_cloud.ply", "cameras.json", "cfg_args",
                "input.ply", "metrics.json", "config.json", "eval/metrics.csv")
-SCENE_FILES = ("scene.splat", "scene.spz", "reconstruct.json")
+SCENE_FILES = ("scene.splat", "scene.spz", "scene.sog", "reconstruct.json")
 
 
 class TaskSettings(BaseModel):
@@ -422,7 +422,8 @@ def _relative(path: Path | None, folder: Path) -> str:
         return str(path)
 
 
-def output_files(out: Path, step: int, include_spz: bool = True) -> list[tuple[Path, str]]:
+def output_files(out: Path, step: int, include_spz: bool = True,
+                 include_sog: bool = True) -> list[tuple[Path, str]]:
     """``(local file, key relative to the output prefix)`` of a finished reconstruct folder:
     the INRIA model directory at the prefix's root (so ply-to-splat converters find
     ``point_cloud/iteration_N/point_cloud.ply``), then the exports.
@@ -437,7 +438,8 @@ def output_files(out: Path, step: int, include_spz: bool = True) -> list[tuple[P
         if (model / rel).is_file():
             pairs.append((model / rel, rel))
     for name in SCENE_FILES:
-        if name == "scene.spz" and not include_spz:
+        if (name == "scene.spz" and not include_spz) or (name == "scene.sog"
+                                                          and not include_sog):
             continue
         if (out / name).is_file():
             pairs.append((out / name, name))
@@ -490,6 +492,7 @@ class PipelineSpec:
     train_enabled: bool = True
     sfm_enabled: bool = True
     include_spz: bool = True
+    include_sog: bool = True
 
 
 @dataclass
@@ -583,7 +586,7 @@ def run_worker(*, scene_id: str, store: S3Store, input_prefix: str, input_key: s
                 res = run_reconstruct(media, out, preset=spec.preset, ingest=spec.ingest,
                                       sfm=spec.sfm, scene=scene_cfg, train=spec.train,
                                       events=reporter.events)
-                files = output_files(out, res.step, spec.include_spz)
+                files = output_files(out, res.step, spec.include_spz, spec.include_sog)
                 summary = {"numGaussians": res.num_gaussians, "psnr": res.psnr}
             else:
                 from ..sfm import run_sfm

@@ -49,7 +49,7 @@ INTERRUPT_GRACE_S = 5.0
 
 #: Files of ``<out>`` uploaded to ``outputs/{scene_id}/`` (name in the store -> path in out).
 _MODEL_FILES = ("cameras.json", "cfg_args", "metrics.json", "input.ply", "train_log.jsonl")
-_OUT_FILES = ("scene.splat", "scene.spz", "reconstruct.json")
+_OUT_FILES = ("scene.splat", "scene.spz", "scene.sog", "reconstruct.json")
 
 _stop_reason: dict[str, str] = {}
 
