@@ -216,7 +216,7 @@ def _assert_failed(aws: Aws, scene_id: str, arn: str, out, rec: dict, stage: str
 # -- happy paths --------------------------------------------------------------------------------
 
 EXPECTED = ["cameras.json", "cfg_args", "input.ply", "metrics.json",
-            "point_cloud/iteration_20/point_cloud.ply", "scene.splat", "scene.spz"]
+            "point_cloud/iteration_20/point_cloud.ply", "scene.splat", "scene.spz", "scene.sog"]
 
 
 def test_colmap_input_end_to_end(aws, tmp_path):

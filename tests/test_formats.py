@@ -369,14 +369,19 @@ def test_bad_splat_files(tmp_path):
     assert str(p) in str(e.value)
     with pytest.raises(InputError, match="not found"):
         read_splat(tmp_path / "none.splat")
-    # a zero scale gives log = -inf: the row is dropped with a warning
+    # a zero scale gives log = -inf: clamped (to the log-scale bound) with a warning
     row = np.zeros(2, [("p", "<f4", 3), ("s", "<f4", 3), ("c", "u1", 4), ("r", "u1", 4)])
     row["s"] = [[1, 1, 1], [0, 1, 1]]
     row["r"] = [[255, 128, 128, 128]] * 2
     p.write_bytes(row.tobytes())
     ev: list[Event] = []
     got = read_splat(p, ev.append)
-    assert len(got["means"]) == 1 and ev and ev[0].kind == "warning"
+    assert len(got["means"]) == 2 and ev and ev[0].kind == "warning"
+    assert got["scales"][1, 0] == -30.0 and np.isfinite(got["scales"]).all()
+    # an empty file is a clear error
+    p.write_bytes(b"")
+    with pytest.raises(InputError, match="empty"):
+        read_splat(p)
 
 
 # --------------------------------------------------------------------------------------------

@@ -59,7 +59,9 @@ def significance(params: dict[str, torch.Tensor], scene: Any, indices: list[int]
     n = len(params["means"])
     dev = params["means"].device
     total = torch.zeros(n, dtype=torch.float64, device=dev)
-    fixed = {k: v.detach() for k, v in params.items()}
+    # the torch backend's backward wants its geometry inputs to take gradients too; those
+    # gradients are simply not used
+    fixed = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     if rep is not None:
         rep.start_steps("significance", len(indices))
     for k, i in enumerate(indices):

@@ -450,12 +450,10 @@ def encode_compressed_ply(splats: Mapping[str, np.ndarray]) -> bytes:
     scales = np.clip(sp["scales"].astype(np.float64), *COMPRESSED_SCALE_CLAMP)
     rgb = 0.5 + SH_C0 * sp["sh0"][:, 0].astype(np.float64)
 
+    starts = np.arange(0, n, COMPRESSED_CHUNK_SIZE)
+
     def bounds(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        lo = np.full((nch, v.shape[1]), np.inf)
-        hi = np.full((nch, v.shape[1]), -np.inf)
-        np.minimum.at(lo, ci, v)
-        np.maximum.at(hi, ci, v)
-        return lo, hi
+        return np.minimum.reduceat(v, starts, axis=0), np.maximum.reduceat(v, starts, axis=0)
 
     (plo, phi), (slo, shi), (clo, chi) = bounds(means), bounds(scales), bounds(rgb)
     chunk = np.empty(nch, [(nm, "<f4") for nm in
