@@ -16,7 +16,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 import shutil
 import struct
 import subprocess
@@ -28,7 +27,6 @@ import plyfile
 import pytest
 from test_formats import (
     KEYS,
-    REF_COMPRESSED,
     REF_PLY,
     check_spz_roundtrip,
     make_synthetic,

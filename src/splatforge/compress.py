@@ -18,8 +18,9 @@ Steps (each reported through ``events``, stage ``compress``):
    (:func:`splatforge.train.run_train` resumed from a checkpoint holding the pruned splats
    and their pruned Adam moments; densification off).
 5. Write ``<model_dir>/point_cloud/iteration_<N>/point_cloud.ply`` (``N`` = the source
-   iteration + ``finetune_steps``, + 1 without fine-tuning: the source is never overwritten) and ``<model_dir>/compress.json``: Gaussians, encoded file
-   sizes per format (ply, compressed ply, splat, spz, sog) and held-out PSNR/SSIM before and
+   iteration + ``finetune_steps``, + 1 without fine-tuning: the source is never overwritten)
+   and ``<model_dir>/compress.json``: Gaussians, encoded file sizes per format (ply,
+   compressed ply, splat, spz, sog) and held-out PSNR/SSIM before and
    after.
 """
 
