@@ -445,6 +445,23 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
     return result
 
 
+def resolve_pose_prior(pose_prior: Path, media: Path) -> Path:
+    """``pose_prior`` as an absolute path: a relative one is taken inside the media folder (or
+    the folder of a media file), so a job's pose file travels with its photos.
+
+    Raises:
+        InputError: a relative path that leads out of the media folder.
+    """
+    path = Path(pose_prior)
+    if path.is_absolute():
+        return path
+    from ..paths import resolve_inside
+
+    media = Path(media)
+    base = media if media.is_dir() else media.parent
+    return resolve_inside(base, str(pose_prior), "sfm.pose_prior")
+
+
 def _load_priors(config: SfmConfig, manifest: dict[str, Any], media: Path,
                  rep: StageReporter) -> list[PosePrior] | None:
     """The pose priors of ``config.pose_prior`` (None when not set).
@@ -454,13 +471,7 @@ def _load_priors(config: SfmConfig, manifest: dict[str, Any], media: Path,
     """
     if config.pose_prior is None:
         return None
-    path = Path(config.pose_prior)
-    if not path.is_absolute():
-        from ..paths import resolve_inside
-
-        src = Path(manifest.get("source") or media)
-        base = src if src.is_dir() else src.parent
-        path = resolve_inside(base, str(config.pose_prior), "sfm.pose_prior")
+    path = resolve_pose_prior(config.pose_prior, Path(manifest.get("source") or media))
     priors = read_pose_priors(path, world_to_cam=config.pose_prior_world_to_cam)
     rep.info(f"{len(priors)} pose priors from {path}: points are triangulated with these "
              "poses (no incremental mapping)", pose_priors=len(priors))
