@@ -310,3 +310,26 @@ def test_360_view_poses_match_the_rendering_poses(sfm_360):
     assert spread < 1e-6
     sfm = json.loads((ws / "sfm.json").read_text())
     assert sfm["num_registered"] == 48
+
+
+def test_360_workspace_loads_and_trains_as_pinhole_views(sfm_360, tmp_path):
+    """The rig's views are ordinary PINHOLE images in subfolders: the scene reader takes them
+    and a few training steps run and lower the loss."""
+    from splatforge.config import SceneConfig, TrainConfig
+    from splatforge.scene import load_scene
+    from splatforge.train import run_train
+
+    ws = sfm_360[0]
+    sc_cfg = SceneConfig(data_factor=4, cache_dir=tmp_path / "cache")
+    scene = load_scene(ws, sc_cfg)
+    assert len(scene.images) == 48
+    assert {Path(n).parts[0] for n in (im.name for im in scene.images)} == {
+        "front", "right", "back", "left", "up", "down"}
+    events = []
+    cfg = TrainConfig(max_steps=30, log_every=5, sh_degree=0, strategy="default",
+                      densify_from_iter=1000, device="cpu", seed=0)
+    res = run_train(cfg, scene, tmp_path / "model", events.append, scene_config=sc_cfg)
+    losses = [e.data["loss"] for e in events if e.kind == "progress" and "loss" in e.data]
+    assert len(losses) >= 3 and losses[-1] < losses[0]
+    assert res.num_gaussians > 0
+    assert (tmp_path / "model" / "point_cloud" / "iteration_30" / "point_cloud.ply").is_file()
