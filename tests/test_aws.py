@@ -452,8 +452,19 @@ def test_job_schema_and_mapping(tmp_path):
     assert "trainng" in err({**TOOLBOX_JOB, "trainng": {}})  # unknown key: a typo
     assert "s3.bucketName" in err({k: v for k, v in TOOLBOX_JOB.items() if k != "s3"} |
                                   {"s3": {"inputPrefix": "x"}})
-    assert "pose priors" in err({**TOOLBOX_JOB, "sfm": {"posePriors": {
-        "usePosePriorColmapModelFiles": True}}})
+    # Pose priors (issue 17): the input's COLMAP model or transforms.json, one at a time.
+    kp = parse_job({**TOOLBOX_JOB, "sfm": {"posePriors": {
+        "usePosePriorColmapModelFiles": True}}}).pipeline_spec()
+    assert kp.sfm.pose_prior == Path(".")
+    tj = parse_job({**TOOLBOX_JOB, "sfm": {"posePriors": {"usePosePriorTransformJson": {
+        "enable": "true", "sourceCoordinateName": "arkit",
+        "poseIsWorldToCam": "true"}}}}).pipeline_spec()
+    assert tj.sfm.pose_prior == Path("transforms.json") and tj.sfm.pose_prior_world_to_cam
+    assert parse_job(TOOLBOX_JOB).pipeline_spec().sfm.pose_prior is None
+    assert "not both" in err({**TOOLBOX_JOB, "sfm": {"posePriors": {
+        "usePosePriorColmapModelFiles": True, "usePosePriorTransformJson": {"enable": True}}}})
+    assert "sourceCoordinateName" in err({**TOOLBOX_JOB, "sfm": {"posePriors": {
+        "usePosePriorTransformJson": {"enable": True, "sourceCoordinateName": "ecef"}}}})
     assert "uuid" in err({**TOOLBOX_JOB, "uuid": "../escape"})
     bad = tmp_path / "job.json"
     bad.write_text("{not json")

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from splatforge.config import IngestConfig, SfmConfig
@@ -124,6 +125,10 @@ def test_progress_events_show_each_step(sceaux):
     assert any(e.eta_s is not None for e in extract[1:])
     reg = [e for e in events if e.kind == "progress" and e.message.startswith("register")]
     assert reg and reg[-1].step >= 2
+    # Matching counts pairs: 11 photos, exhaustive = 55 pairs planned, all matched.
+    match = [e for e in events if e.kind == "progress" and e.message == "match image pairs"]
+    assert match[0].step == 0 and match[-1].step == match[-1].total == 55
+    assert any("55 image pairs planned" in e.message for e in events)
 
 
 def test_rerun_is_a_no_op_unless_forced(sceaux, tmp_path):
@@ -290,3 +295,92 @@ def test_sequential_matching_and_spatial_without_gps(plush_subset, tmp_path):
     with pytest.raises(SfmError, match="GPS"):
         run_sfm(SfmConfig(matching="spatial", max_num_features=2048), plush_subset,
                 tmp_path / "spatial")
+
+
+# -- known poses (pose priors) ------------------------------------------------------------------
+
+PLUSH_MODEL = DATASETS / "plush_dog" / "sparse" / "0"
+
+
+def test_plush_dog_known_poses_match_full_sfm(plush, tmp_path):
+    """plush_dog's own poses as priors: every photo posed, points triangulated with those poses,
+    reprojection error comparable to the full SfM run (timings: benchmarks/sfm.py, README)."""
+    from splatforge.scene.colmap import read_model
+
+    _, full = plush
+    ws = tmp_path / "kp"
+    events, cb = _collect()
+    res = run_sfm(SfmConfig(num_threads=1, pose_prior=PLUSH_MODEL),
+                  DATASETS / "plush_dog" / "images_4", ws, cb)
+    assert res.mapping == "known poses"
+    assert res.num_registered == 84 and res.unregistered == []
+    assert res.num_points > 0.8 * full.num_points
+    assert res.mean_reprojection_error < max(1.0, full.mean_reprojection_error + 0.25)
+    assert any("84 pose priors" in e.message for e in events)
+    # The poses are the given ones (fixed during triangulation); undistortion keeps PINHOLE.
+    given = {im.name: im for im in read_model(PLUSH_MODEL, read_points2D=False).images.values()}
+    got = read_model(ws / "sparse" / "0", read_points2D=False)
+    for im in got.images.values():
+        assert np.allclose(im.viewmat(), given[im.name].viewmat(), atol=1e-9), im.name
+    assert {c.model for c in got.cameras.values()} == {"PINHOLE"}
+
+
+def _write_transforms(path: Path, names: list[str], world_to_cam: bool = False) -> None:
+    """plush_dog's COLMAP poses as a nerfstudio transforms.json (camera-to-world, OpenGL)."""
+    from splatforge.scene.colmap import read_model
+
+    model = read_model(PLUSH_MODEL, read_points2D=False)
+    cam = next(iter(model.cameras.values()))
+    fx, fy, cx, cy = cam.params
+    frames = []
+    flip = np.diag([1.0, -1.0, -1.0, 1.0])
+    for im in model.images.values():
+        if im.name not in names:
+            continue
+        c2w_gl = np.linalg.inv(im.viewmat()) @ flip
+        m = np.linalg.inv(c2w_gl) if world_to_cam else c2w_gl
+        frames.append({"file_path": f"images/{im.name}", "transform_matrix": m.tolist()})
+    path.write_text(json.dumps({"camera_model": "OPENCV", "fl_x": fx, "fl_y": fy, "cx": cx,
+                                "cy": cy, "w": cam.width, "h": cam.height,
+                                "frames": frames}))
+
+
+@pytest.mark.parametrize("world_to_cam,refine", [(False, True), (True, False)])
+def test_transforms_json_priors_relative_to_the_media(tmp_path, world_to_cam, refine):
+    from splatforge.scene.colmap import read_model
+
+    src = tmp_path / "capture"
+    (src / "images").mkdir(parents=True)
+    names = sorted(p.name for p in (DATASETS / "plush_dog" / "images_4").iterdir())[:10]
+    for n in names:
+        shutil.copy(DATASETS / "plush_dog" / "images_4" / n, src / n)
+    _write_transforms(src / "transforms.json", names, world_to_cam)
+    cfg = SfmConfig(num_threads=1, max_num_features=2048, pose_prior=Path("transforms.json"),
+                    pose_prior_world_to_cam=world_to_cam, pose_prior_refine=refine)
+    res = run_sfm(cfg, src, tmp_path / "ws")
+    assert res.num_registered == 10 and res.num_points > 50
+    assert res.mean_reprojection_error < 1.5
+    given = {im.name: im for im in read_model(PLUSH_MODEL, read_points2D=False).images.values()}
+    got = read_model(tmp_path / "ws" / "sparse" / "0", read_points2D=False).images.values()
+    centres = {im.name: -im.rotation().T @ im.tvec for im in got}
+    want = {n: -g.rotation().T @ g.tvec for n, g in given.items() if n in centres}
+    spread = np.ptp(np.array(list(want.values())), 0).max()
+    for im in got:
+        if refine:  # bundle adjustment moves the poses a little (free gauge)
+            assert np.linalg.norm(centres[im.name] - want[im.name]) < 0.05 * spread, im.name
+        else:  # fixed: exactly the given poses, whichever way the file stores them
+            assert np.allclose(im.viewmat(), given[im.name].viewmat(), atol=1e-9), im.name
+
+
+def test_pose_prior_errors_name_the_problem(tmp_path):
+    src = tmp_path / "capture"
+    src.mkdir()
+    for p in sorted((DATASETS / "plush_dog" / "images_4").iterdir())[:4]:
+        shutil.copy(p, src / ("renamed_" + p.name))
+    with pytest.raises(InputError, match="sfm.pose_prior"):
+        run_sfm(SfmConfig(pose_prior=Path("../../etc")), src, tmp_path / "ws0")
+    with pytest.raises(InputError, match="no pose priors found"):
+        run_sfm(SfmConfig(pose_prior=tmp_path), src, tmp_path / "ws1")
+    with pytest.raises(SfmError, match="have a pose in the pose priors"):
+        run_sfm(SfmConfig(num_threads=1, max_num_features=512, pose_prior=PLUSH_MODEL), src,
+                tmp_path / "ws2")

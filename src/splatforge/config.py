@@ -67,8 +67,41 @@ class IngestConfig(StageConfig):
 class SfmConfig(StageConfig):
     """Structure from motion with pycolmap (COLMAP 3.x/4.x, GLOMAP merged as global mapping)."""
 
-    camera_model: CameraModelName = Field(
-        "SIMPLE_RADIAL", description="COLMAP camera model fitted during SfM.")
+    camera_model: CameraModelName | Literal["equirectangular"] = Field(
+        "SIMPLE_RADIAL",
+        description="COLMAP camera model fitted during SfM; equirectangular = 360 frames, "
+                    "each resampled into pinhole views (equirect_layout) that share one pose "
+                    "(a COLMAP rig).")
+    equirect_detect: bool = Field(
+        True, description="Treat frames that are all 2:1 as equirectangular 360 frames (with "
+                          "a message saying so); false = only with "
+                          "camera_model=equirectangular.")
+    equirect_layout: Literal["cube", "ring"] = Field(
+        "cube", description="360 frames: cube = six 90-degree cube faces; ring = "
+                            "equirect_num_views views around the horizon plus up and down.")
+    equirect_num_views: int = Field(
+        8, ge=3, le=36, description="360 frames, ring layout: views around the horizon.")
+    equirect_fov: float = Field(
+        90.0, ge=30.0, le=150.0,
+        description="360 frames, ring layout: field of view of each view in degrees (the cube "
+                    "layout is always 90).")
+    equirect_size: int | None = Field(
+        None, ge=32, le=8192,
+        description="360 frames: width = height of each pinhole view in pixels (default: a "
+                    "quarter of the equirectangular width, which keeps its resolution at the "
+                    "view centre).")
+    pose_prior: Path | None = Field(
+        None, description="Known poses instead of incremental mapping: a transforms.json "
+                          "(nerfstudio / instant-ngp / ARKit-style, camera-to-world in OpenGL "
+                          "axes) or a folder with a COLMAP model (itself, sparse/0 or sparse). "
+                          "A relative path is taken inside the input media folder. Points are "
+                          "triangulated with the poses fixed.")
+    pose_prior_world_to_cam: bool = Field(
+        False, description="pose_prior transforms.json holds world-to-camera matrices (the AWS "
+                           "toolbox's poseIsWorldToCam).")
+    pose_prior_refine: bool = Field(
+        False, description="After triangulating with the known poses, refine poses and points "
+                           "with a bundle adjustment (intrinsics fixed).")
     single_camera: bool = Field(
         True, description="All images share one camera (one phone or one video).")
     max_image_size: int = Field(

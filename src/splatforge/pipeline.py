@@ -268,6 +268,15 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "pre
     rep = StageReporter("reconstruct", events)
     configs, deferred = resolve_configs(preset, ingest, sfm, scene, train)
     kind, dataset = classify_input(media)
+    if configs["sfm"].pose_prior is not None:  # known poses: SfM triangulates with them
+        from .sfm import resolve_pose_prior
+
+        configs["sfm"] = configs["sfm"].model_copy(
+            update={"pose_prior": resolve_pose_prior(configs["sfm"].pose_prior, media)})
+        if dataset is not None:
+            from .ingest import detect_media_kind
+
+            kind, dataset = detect_media_kind(media), None
     if dataset is None:
         media = media_folder(media)
     out.mkdir(parents=True, exist_ok=True)

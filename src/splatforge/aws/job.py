@@ -20,12 +20,17 @@ Mapping onto splatforge (see :meth:`JobSpec.pipeline_spec`): maxNumImages ->
 mapping (COLMAP's merged GLOMAP); matchingMethod -> ``SfmConfig.matching``; maxSteps ->
 ``max_steps``; model splatfacto / 3dgs -> the default strategy, splatfacto-mcmc / mcmc ->
 MCMC; enableSpz / enableSog -> whether ``scene.spz`` (SPZ v4) / ``scene.sog`` (PlayCanvas
-SOG) are uploaded. The input is
+SOG) are uploaded; posePriors ->
+``SfmConfig.pose_prior`` (known poses, triangulated instead of mapped):
+usePosePriorColmapModelFiles -> the COLMAP model in the input (the input folder itself,
+``sparse/0`` or ``sparse``), usePosePriorTransformJson -> the input's ``transforms.json``
+(``poseIsWorldToCam`` -> ``pose_prior_world_to_cam``; sourceCoordinateName one of
+:data:`POSE_SOURCES`). The input is
 ``s3://bucketName/inputPrefix/inputKey`` (an object: video, zip; or a folder of photos or a
 COLMAP output); outputs go to ``s3://bucketName/outputPrefix/uuid/``. Unknown keys and values
 are errors naming the field. The toolbox's keys that splatforge has no use for
 (``instanceType``, ``useSpotInstance``, ``logVerbosity``, ``enableEnhancedFeatureExtraction``)
-are accepted; features it does not have (pose priors) are rejected when enabled.
+are accepted.
 """
 
 from __future__ import annotations
@@ -93,10 +98,23 @@ class ImageProcessing(_Section):
     filterBlurryImages: bool = False
 
 
+#: transforms.json coordinate conventions accepted in sourceCoordinateName: all of them
+#: camera-to-world (or world-to-camera with poseIsWorldToCam) with OpenGL camera axes.
+POSE_SOURCES = ("arkit", "opengl", "nerfstudio", "instant-ngp")
+
+
 class PoseJson(_Section):
     enable: bool = False
     sourceCoordinateName: str | None = None
     poseIsWorldToCam: bool | None = None
+
+    @field_validator("sourceCoordinateName")
+    @classmethod
+    def _source(cls, v: str | None) -> str | None:
+        if v is not None and v.strip().lower() not in POSE_SOURCES:
+            raise ValueError(f"unsupported pose convention {v!r}; supported: "
+                             + ", ".join(POSE_SOURCES) + " (OpenGL camera axes)")
+        return v
 
 
 class PosePriors(_Section):
@@ -113,10 +131,10 @@ class SfmSection(_Section):
 
     @field_validator("posePriors")
     @classmethod
-    def _no_priors(cls, v: PosePriors) -> PosePriors:
-        if v.usePosePriorColmapModelFiles or v.usePosePriorTransformJson.enable:
-            raise ValueError("pose priors are not supported by splatforge; give a COLMAP "
-                             "output as input with sfm.enable false instead")
+    def _one_prior(cls, v: PosePriors) -> PosePriors:
+        if v.usePosePriorColmapModelFiles and v.usePosePriorTransformJson.enable:
+            raise ValueError("choose one pose prior: usePosePriorColmapModelFiles or "
+                             "usePosePriorTransformJson, not both")
         return v
 
 
@@ -173,6 +191,13 @@ class JobSpec(_Section):
             sfm_kw["matching"] = self.sfm.matchingMethod
         if self.sfm.enableEnhancedFeatureExtraction:
             sfm_kw["max_num_features"] = 16384
+        priors = self.sfm.posePriors
+        if priors.usePosePriorColmapModelFiles:
+            sfm_kw["pose_prior"] = Path(".")  # the input's COLMAP model: ., sparse/0, sparse
+        elif priors.usePosePriorTransformJson.enable:
+            sfm_kw["pose_prior"] = Path("transforms.json")
+            sfm_kw["pose_prior_world_to_cam"] = bool(
+                priors.usePosePriorTransformJson.poseIsWorldToCam)
         train = TrainConfig(max_steps=self.training.maxSteps,
                             strategy=MODELS[self.training.model])
         return PipelineSpec(ingest=ingest, sfm=SfmConfig(**sfm_kw), scene=SceneConfig(),

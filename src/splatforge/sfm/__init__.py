@@ -35,6 +35,9 @@ from ..config import IngestConfig, SfmConfig
 from ..errors import InputError, SfmError
 from ..events import EventCallback, StageReporter
 from ..util import atomic_write_text
+from .matching import match_pairs, plan_pairs
+from .priors import PosePrior, read_pose_priors, triangulate_with_priors
+from .rig import RIG_MAPPER_OPTIONS, apply_view_rig, camera_params
 
 STEPS = ("extract", "match", "map", "undistort")
 _WORK = ".sfm_work"
@@ -98,8 +101,12 @@ def _fingerprint(images_dir: Path, config: SfmConfig) -> str:
         h.update(p.name.encode() + b"\0")
         with open(p, "rb") as f:
             h.update(hashlib.file_digest(f, "sha1").digest())
-    keys = ("camera_model", "single_camera", "max_image_size", "max_num_features")
-    h.update(json.dumps({k: getattr(config, k) for k in keys}, sort_keys=True).encode())
+    keys = ("camera_model", "single_camera", "max_image_size", "max_num_features",
+            "equirect_detect", "equirect_layout", "equirect_num_views", "equirect_fov",
+            "equirect_size")
+    opts = {k: getattr(config, k) for k in keys}
+    opts["pose_prior"] = config.pose_prior is not None  # one camera per image with priors
+    h.update(json.dumps(opts, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
@@ -204,7 +211,15 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
         input_dir = res.images_dir
         is_video = res.kind == "video"
     seconds["ingest"] = round(time.monotonic() - t0, 3)
-    image_names = sorted(p.name for p in input_dir.iterdir() if p.is_file())
+    frame_names = sorted(p.name for p in input_dir.iterdir() if p.is_file())
+    priors = _load_priors(config, manifest, media, rep)
+    views = _equirect_views(config, input_dir, frame_names, rep)
+    if views is None:
+        image_dir, image_names = input_dir, frame_names
+    else:
+        # <view>/<frame stem>.jpg under .sfm_work/views, written in the extract step
+        image_dir = workspace / _WORK / "views"
+        image_names = sorted(f"{v.name}/{Path(n).stem}.jpg" for v in views for n in frame_names)
     num_images = len(image_names)
 
     if config.matching == "vocab_tree":
@@ -249,33 +264,64 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
         t0 = time.monotonic()
         for p in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
             p.unlink(missing_ok=True)
+        if views is not None:
+            _split_360(frame_names, input_dir, views, image_dir, events)
         reader = pycolmap.ImageReaderOptions()
-        reader.camera_model = config.camera_model
+        reader.camera_model = config.camera_model if views is None else "PINHOLE"
         ext = pycolmap.FeatureExtractionOptions()
         ext.max_image_size = config.max_image_size
         ext.num_threads = config.num_threads
         ext.sift.max_num_features = config.max_num_features
-        mode = pycolmap.CameraMode.SINGLE if config.single_camera else pycolmap.CameraMode.AUTO
         sub = StageReporter("sfm", events)
         sub.start_steps("extract features (images)", num_images)
-        # Batches give progress; with one shared camera, later batches must reuse the camera
-        # the first batch created (each extract_features call would otherwise add its own).
-        # AUTO mode groups images by EXIF across the whole set, so it runs as one batch.
-        batch = max(1, min(16, num_images // 10 or 1)) if config.single_camera else num_images
-        for i in range(0, num_images, batch):
-            names = image_names[i:i + batch]
-            pycolmap.extract_features(db_path, input_dir, image_names=names, camera_mode=mode,
-                                      reader_options=reader, extraction_options=ext)
-            if config.single_camera and reader.existing_camera_id < 0:
-                with pycolmap.Database.open(db_path) as db:
-                    cams = db.read_all_cameras()
-                if cams:
-                    reader.existing_camera_id = cams[0].camera_id
-            sub.step(min(i + batch, num_images))
+        if views is not None:
+            # One camera per view (its exact PINHOLE intrinsics), then one rig over them.
+            done_n = 0
+            for v in views:
+                reader.camera_params = camera_params(v)
+                reader.existing_camera_id = -1
+                names = [n for n in image_names if n.startswith(v.name + "/")]
+                for i in range(0, len(names), 16):
+                    pycolmap.extract_features(
+                        db_path, image_dir, image_names=names[i:i + 16],
+                        camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
+                        extraction_options=ext)
+                    if reader.existing_camera_id < 0:
+                        with pycolmap.Database.open(db_path) as db:
+                            reader.existing_camera_id = max(
+                                c.camera_id for c in db.read_all_cameras())
+                    done_n += len(names[i:i + 16])
+                    sub.step(done_n)
+            n_frames = apply_view_rig(pycolmap, db_path, views)
+            rep.info(f"{len(views)} views x {len(frame_names)} frames in one rig "
+                     f"({n_frames} frames)", views=[v.name for v in views])
+        else:
+            if priors is not None:
+                mode = pycolmap.CameraMode.PER_IMAGE  # each image gets its prior's intrinsics
+            elif config.single_camera:
+                mode = pycolmap.CameraMode.SINGLE
+            else:
+                mode = pycolmap.CameraMode.AUTO
+            # Batches give progress; with one shared camera, later batches must reuse the
+            # camera the first batch created (each extract_features call would otherwise add
+            # its own). AUTO mode groups images by EXIF across the whole set: one batch.
+            batch = (max(1, min(16, num_images // 10 or 1))
+                     if mode != pycolmap.CameraMode.AUTO else num_images)
+            for i in range(0, num_images, batch):
+                names = image_names[i:i + batch]
+                pycolmap.extract_features(db_path, image_dir, image_names=names,
+                                          camera_mode=mode, reader_options=reader,
+                                          extraction_options=ext)
+                if mode == pycolmap.CameraMode.SINGLE and reader.existing_camera_id < 0:
+                    with pycolmap.Database.open(db_path) as db:
+                        cams = db.read_all_cameras()
+                    if cams:
+                        reader.existing_camera_id = cams[0].camera_id
+                sub.step(min(i + batch, num_images))
         with pycolmap.Database.open(db_path) as db:
             n_db = db.num_images()
         if n_db < num_images:
-            rep.warning(f"COLMAP could read only {n_db} of {num_images} images in {input_dir}")
+            rep.warning(f"COLMAP could read only {n_db} of {num_images} images in {image_dir}")
         seconds["extract"] = round(time.monotonic() - t0, 3)
         state["done"].append("extract")
         save_state()
@@ -296,23 +342,18 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
         mopts.guided_matching = config.guided_matching
         mopts.num_threads = config.num_threads
         rep.info(f"matching: {matching}")
-        if matching == "exhaustive":
-            pycolmap.match_exhaustive(db_path, matching_options=mopts)
-        elif matching == "sequential":
-            popts = pycolmap.SequentialPairingOptions()
-            popts.overlap = config.sequential_overlap
-            popts.quadratic_overlap = config.quadratic_overlap
-            pycolmap.match_sequential(db_path, matching_options=mopts, pairing_options=popts)
-        elif matching == "spatial":
-            if n_priors == 0:
-                raise SfmError(
-                    f"{input_dir}: spatial matching needs GPS positions in the images' EXIF, "
-                    "and none of these images has one; use matching=exhaustive or sequential")
-            pycolmap.match_spatial(db_path, matching_options=mopts)
-        else:  # vocab_tree
-            popts = pycolmap.VocabTreePairingOptions()
-            popts.vocab_tree_path = str(config.vocab_tree_path)
-            pycolmap.match_vocabtree(db_path, matching_options=mopts, pairing_options=popts)
+        if matching == "spatial" and n_priors == 0:
+            raise SfmError(
+                f"{input_dir}: spatial matching needs GPS positions in the images' EXIF, "
+                "and none of these images has one; use matching=exhaustive or sequential")
+        if matching == "vocab_tree" or any(" " in n for n in image_names):
+            # No pair plan (vocab tree), or names a pair list cannot hold: one call, no count.
+            StageReporter("sfm", events).start_steps("match image pairs", None)
+            _match_in_one_call(pycolmap, matching, config, db_path, mopts)
+        else:
+            pairs = plan_pairs(pycolmap, matching, config, db_path)
+            rep.info(f"{len(pairs)} image pairs planned ({matching})", planned_pairs=len(pairs))
+            match_pairs(pycolmap, db_path, pairs, mopts, work, events)
         with pycolmap.Database.open(db_path) as db:
             n_pairs = db.num_verified_image_pairs()
         rep.info(f"{n_pairs} verified image pairs", verified_pairs=n_pairs)
@@ -325,16 +366,22 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
     t0 = time.monotonic()
     models_dir = work / "models"
     shutil.rmtree(models_dir, ignore_errors=True)
-    recs = _map(pycolmap, config, db_path, input_dir, models_dir / "default", events,
-                num_images, relaxed=False)
-    best, relaxed_used, n_models = _largest(recs), False, len(recs)
-    if (config.relaxed_retry and config.mapping == "incremental"
+    if priors is not None:
+        rec = triangulate_with_priors(pycolmap, priors, db_path, image_dir,
+                                      models_dir / "priors", refine=config.pose_prior_refine,
+                                      num_threads=config.num_threads, rep=rep)
+        best, relaxed_used, n_models = rec, False, 1
+    else:
+        recs = _map(pycolmap, config, db_path, image_dir, models_dir / "default", events,
+                    num_images, relaxed=False, rig=views is not None)
+        best, relaxed_used, n_models = _largest(recs), False, len(recs)
+    if (priors is None and config.relaxed_retry and config.mapping == "incremental"
             and (best is None or best.num_reg_images() < num_images)):
         got = 0 if best is None else best.num_reg_images()
         rep.info(f"{got}/{num_images} images registered: mapping again with relaxed "
                  f"thresholds {RELAXED_MAPPER}")
-        recs2 = _map(pycolmap, config, db_path, input_dir, models_dir / "relaxed", events,
-                     num_images, relaxed=True)
+        recs2 = _map(pycolmap, config, db_path, image_dir, models_dir / "relaxed", events,
+                     num_images, relaxed=True, rig=views is not None)
         best2 = _largest(recs2)
         if best2 is not None and (best is None or _size(best2) > _size(best)):
             best, relaxed_used, n_models = best2, True, len(recs2)
@@ -342,7 +389,7 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
     n_reg = 0 if best is None else best.num_reg_images()
     if best is None or n_reg < _MIN_REGISTERED:
         raise SfmError(
-            f"{input_dir}: only {n_reg} of {num_images} images could be registered "
+            f"{image_dir}: only {n_reg} of {num_images} images could be registered "
             f"(at least {_MIN_REGISTERED} are needed).\n  hints: take photos with more overlap "
             "(each part of the scene in 3+ photos, ~60-80% overlap between neighbours), add "
             "more images, avoid plain untextured backgrounds and motion blur; try "
@@ -357,7 +404,7 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
     best.write_binary(str(kept))
     und = work / "undistorted"
     shutil.rmtree(und, ignore_errors=True)
-    pycolmap.undistort_images(und, kept, input_dir, output_type="COLMAP",
+    pycolmap.undistort_images(und, kept, image_dir, output_type="COLMAP",
                               num_threads=config.num_threads)
     und_sparse0 = und / "sparse" / "0"
     und_sparse0.mkdir(parents=True, exist_ok=True)
@@ -377,7 +424,7 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
         mean_track_length=round(float(best.compute_mean_track_length()), 3),
         unregistered=[n for n in image_names if n not in reg_names],
         matching=matching,
-        mapping=config.mapping,
+        mapping="known poses" if priors is not None else config.mapping,
         num_models=n_models,
         relaxed=relaxed_used,
         seconds=seconds,
@@ -398,6 +445,116 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
     return result
 
 
+def resolve_pose_prior(pose_prior: Path, media: Path) -> Path:
+    """``pose_prior`` as an absolute path: a relative one is taken inside the media folder (or
+    the folder of a media file), so a job's pose file travels with its photos.
+
+    Raises:
+        InputError: a relative path that leads out of the media folder.
+    """
+    path = Path(pose_prior)
+    if path.is_absolute():
+        return path
+    from ..paths import resolve_inside
+
+    media = Path(media)
+    base = media if media.is_dir() else media.parent
+    return resolve_inside(base, str(pose_prior), "sfm.pose_prior")
+
+
+def _load_priors(config: SfmConfig, manifest: dict[str, Any], media: Path,
+                 rep: StageReporter) -> list[PosePrior] | None:
+    """The pose priors of ``config.pose_prior`` (None when not set).
+
+    A relative path is resolved inside the media folder the frames came from (the ingest
+    manifest's ``source``, else ``media``), so a job's pose file travels with its photos.
+    """
+    if config.pose_prior is None:
+        return None
+    path = resolve_pose_prior(config.pose_prior, Path(manifest.get("source") or media))
+    priors = read_pose_priors(path, world_to_cam=config.pose_prior_world_to_cam)
+    rep.info(f"{len(priors)} pose priors from {path}: points are triangulated with these "
+             "poses (no incremental mapping)", pose_priors=len(priors))
+    return priors
+
+
+def _equirect_views(config: SfmConfig, input_dir: Path, names: list[str],
+                    rep: StageReporter) -> list[Any] | None:
+    """The pinhole views to split 360 frames into, or None for ordinary photos.
+
+    360 when ``camera_model`` is ``equirectangular``, or when ``equirect_detect`` is on and
+    every frame is 2:1 (the message says so and how to turn it off).
+
+    Raises:
+        InputError: camera_model equirectangular with a frame that is not 2:1.
+    """
+    from PIL import Image
+
+    from ..ingest.equirect import is_equirect_size, make_views
+
+    if not names:
+        return None
+    explicit = config.camera_model == "equirectangular"
+    if not explicit and not config.equirect_detect:
+        return None
+    sizes = {}
+    for n in names:
+        with Image.open(input_dir / n) as im:
+            sizes[n] = im.size
+    bad = [n for n, (w, h) in sizes.items() if not is_equirect_size(w, h)]
+    if bad:
+        if explicit:
+            w, h = sizes[bad[0]]
+            raise InputError(input_dir / bad[0], f"{w}x{h} is not an equirectangular (2:1) "
+                                                 "image, but camera_model is equirectangular",
+                             hint="give 2:1 360 frames, or choose a pinhole camera model")
+        return None
+    w, h = sizes[names[0]]
+    size = config.equirect_size or max(32, w // 4)
+    views = make_views(config.equirect_layout, size=size,
+                       fov_deg=None if config.equirect_layout == "cube" else config.equirect_fov,
+                       num_views=config.equirect_num_views)
+    how = ("camera_model equirectangular" if explicit else
+           f"every frame is 2:1 ({w}x{h}), so they are taken as equirectangular 360 frames "
+           "(set equirect_detect false to treat them as ordinary photos)")
+    rep.info(f"{how}: each of the {len(names)} frames becomes {len(views)} pinhole views "
+             f"({config.equirect_layout}, {size}x{size} px) sharing one pose",
+             equirect=True, views=len(views), view_size=size)
+    return views
+
+
+def _split_360(frames: list[str], input_dir: Path, views: list[Any], out_dir: Path,
+               events: EventCallback | None) -> None:
+    """Resample every 360 frame into its pinhole views under ``out_dir`` (k of n)."""
+    from ..ingest.equirect import split_frame
+
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    sub = StageReporter("sfm", events)
+    sub.start_steps("split 360 frames", len(frames))
+    for k, n in enumerate(frames, 1):
+        split_frame(input_dir / n, views, out_dir)
+        sub.step(k)
+
+
+def _match_in_one_call(pycolmap: Any, matching: str, config: SfmConfig, db_path: Path,
+                       mopts: Any) -> None:
+    """pycolmap's own matcher for ``matching`` (used when no pair list can be planned)."""
+    if matching == "exhaustive":
+        pycolmap.match_exhaustive(db_path, matching_options=mopts)
+    elif matching == "sequential":
+        popts = pycolmap.SequentialPairingOptions()
+        popts.overlap = config.sequential_overlap
+        popts.quadratic_overlap = config.quadratic_overlap
+        pycolmap.match_sequential(db_path, matching_options=mopts, pairing_options=popts)
+    elif matching == "spatial":
+        pycolmap.match_spatial(db_path, matching_options=mopts)
+    else:  # vocab_tree
+        popts = pycolmap.VocabTreePairingOptions()
+        popts.vocab_tree_path = str(config.vocab_tree_path)
+        pycolmap.match_vocabtree(db_path, matching_options=mopts, pairing_options=popts)
+
+
 def _size(rec: Any) -> tuple[int, int]:
     return (rec.num_reg_images(), rec.num_points3D())
 
@@ -407,7 +564,8 @@ def _largest(recs: dict[int, Any]) -> Any | None:
 
 
 def _map(pycolmap: Any, config: SfmConfig, db_path: Path, input_dir: Path, out: Path,
-         events: EventCallback | None, num_images: int, relaxed: bool) -> dict[int, Any]:
+         events: EventCallback | None, num_images: int, relaxed: bool,
+         rig: bool = False) -> dict[int, Any]:
     """Run the mapper; report 'register images' k of n through the events callback."""
     out.mkdir(parents=True, exist_ok=True)
     sub = StageReporter("sfm", events)
@@ -423,6 +581,9 @@ def _map(pycolmap: Any, config: SfmConfig, db_path: Path, input_dir: Path, out: 
     if relaxed:
         for k, v in RELAXED_MAPPER.items():
             setattr(opts.mapper, k, v)
+    if rig:
+        for k, v in RIG_MAPPER_OPTIONS.items():
+            setattr(opts, k, v)
     counter = {"n": 0}
     sub.start_steps("register images" + (" (relaxed)" if relaxed else ""), num_images)
 
