@@ -19,7 +19,7 @@ Mapping onto splatforge (see :meth:`JobSpec.pipeline_spec`): maxNumImages ->
 :data:`BLUR_FILTER_PERCENT`; softwareName colmap -> incremental mapping, glomap -> global
 mapping (COLMAP's merged GLOMAP); matchingMethod -> ``SfmConfig.matching``; maxSteps ->
 ``max_steps``; model splatfacto / 3dgs -> the default strategy, splatfacto-mcmc / mcmc ->
-MCMC; enableSpz -> whether ``scene.spz`` is uploaded. The input is
+MCMC, splatfacto-w -> the default strategy with ``appearance="embedding"``; enableSpz -> whether ``scene.spz`` is uploaded. The input is
 ``s3://bucketName/inputPrefix/inputKey`` (an object: video, zip; or a folder of photos or a
 COLMAP output); outputs go to ``s3://bucketName/outputPrefix/uuid/``. Unknown keys and values
 are errors naming the field. The toolbox's keys that splatforge has no use for
@@ -53,7 +53,10 @@ BLUR_FILTER_PERCENT = 10.0
 
 #: training.model -> splatforge strategy
 MODELS = {"splatfacto": "default", "3dgs": "default", "splatfacto-mcmc": "mcmc",
-          "mcmc": "mcmc", "3dgs-mcmc": "mcmc"}
+          "mcmc": "mcmc", "3dgs-mcmc": "mcmc", "splatfacto-w": "default"}
+
+#: training.model -> TrainConfig.appearance (splatfacto-w: per-image appearance embeddings)
+APPEARANCE = {"splatfacto-w": "embedding"}
 
 
 class _Section(BaseModel):
@@ -122,7 +125,8 @@ class SfmSection(_Section):
 class TrainingSection(_Section):
     enable: bool = True
     maxSteps: int = Field(30_000, ge=1, le=10_000_000)
-    model: Literal["splatfacto", "3dgs", "splatfacto-mcmc", "mcmc", "3dgs-mcmc"] = "splatfacto"
+    model: Literal["splatfacto", "3dgs", "splatfacto-mcmc", "mcmc", "3dgs-mcmc",
+                   "splatfacto-w"] = "splatfacto"
 
 
 class PostProcessing(_Section):
@@ -172,7 +176,8 @@ class JobSpec(_Section):
         if self.sfm.enableEnhancedFeatureExtraction:
             sfm_kw["max_num_features"] = 16384
         train = TrainConfig(max_steps=self.training.maxSteps,
-                            strategy=MODELS[self.training.model])
+                            strategy=MODELS[self.training.model],
+                            appearance=APPEARANCE.get(self.training.model, "none"))
         return PipelineSpec(ingest=ingest, sfm=SfmConfig(**sfm_kw), scene=SceneConfig(),
                             train=train, train_enabled=self.training.enable,
                             sfm_enabled=self.sfm.enable,
