@@ -427,7 +427,7 @@ class TrainConfig(StageConfig):
                               "loss; background = also push the rendered alpha to 0 there "
                               "(the object alone).")
     mask_alpha_lambda: float = Field(
-        0.1, ge=0.0, le=100.0,
+        1.0, ge=0.0, le=100.0,
         description="Weight of the alpha-to-zero loss outside the mask (mask_mode "
                     "background).")
     eval_masked: bool = Field(
