@@ -169,6 +169,25 @@ class SceneConfig(StageConfig):
     min_points: int = Field(
         100, ge=0, le=10_000_000,
         description="With fewer SfM points than this, consumers initialise randomly.")
+    masks: str | None = Field(
+        None, description="Mask folder inside the dataset (white = keep; a mask per image "
+                          "named like the image or the image name + .png). Default: a masks/ "
+                          "folder beside the images when there is one; 'none' = no masks. "
+                          "transforms.json datasets use their frames' mask_path.")
+
+    @model_validator(mode="after")
+    def _folder_names(self) -> "SceneConfig":
+        # dataset-relative folder names only (issue 14): the loader resolves them inside the
+        # dataset (splatforge.paths.resolve_inside), this refuses the obvious escapes early
+        for key in ("images", "masks"):
+            v = getattr(self, key)
+            if v is None:
+                continue
+            parts = v.replace("\\", "/").split("/")
+            if not v or "\x00" in v or v.startswith(("/", "\\")) or ".." in parts \
+                    or (len(v) > 1 and v[1] == ":"):
+                raise ValueError(f"{key} must be a folder name inside the dataset, got {v!r}")
+        return self
 
     @model_validator(mode="after")
     def _background_range(self) -> "SceneConfig":
@@ -430,6 +449,28 @@ class TrainConfig(StageConfig):
         "auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
         description="auto | cpu | cuda | cuda:N | mps (auto = cuda when available, else cpu).")
     seed: int = Field(42, ge=0, le=2**31 - 1, description="Random seed.")
+    # -- real captures: appearance, masks, poses ----------------------------------------------
+    appearance: Literal["none", "embedding", "bilateral"] = Field(
+        "none", description="Per-image appearance compensation: embedding (per-image "
+                            "embedding + per-Gaussian features -> MLP colour correction, "
+                            "NeRF-W / splatfacto-w style), bilateral (per-image bilateral "
+                            "grid on the render, Wang et al. 2024), none.")
+    mask_mode: Literal["ignore", "background"] = Field(
+        "ignore", description="With masks: ignore = masked-out pixels take no part in the "
+                              "loss; background = also push the rendered alpha to 0 there "
+                              "(the object alone).")
+    mask_alpha_lambda: float = Field(
+        1.0, ge=0.0, le=100.0,
+        description="Weight of the alpha-to-zero loss outside the mask (mask_mode "
+                    "background).")
+    eval_masked: bool = Field(
+        False, description="Held-out PSNR/SSIM over the mask only (views with a mask).")
+    pose_opt: bool = Field(
+        False, description="Refine training camera poses (learned SE(3) correction per image, "
+                           "gsplat CameraOptModule); refined poses go to cameras.json and "
+                           "sparse_refined/.")
+    pose_opt_lr: float = Field(1e-5, gt=0.0, le=1.0,
+                               description="Learning rate of the pose corrections.")
     # -- logging, evaluation, memory --------------------------------------------------------
     log_every: int = Field(
         100, ge=1, le=1_000_000,

@@ -7,7 +7,9 @@ trainer's checkpoint ``ckpts/step_N.pt`` when no PLY reader is available), rende
 held-out view (every 8th image by name, or the dataset's own split: the views the trainer never
 trained on) and writes::
 
-    <model_dir>/eval/metrics.csv        name, psnr, ssim (and lpips with weights), per image
+    <model_dir>/eval/metrics.csv        name, psnr, ssim, cc_psnr, cc_ssim (and lpips with
+                                        weights), per image; cc_* after a per-image colour
+                                        fit (gsplat's cc_psnr protocol, for appearance models)
     <model_dir>/eval/<name>.png         ground truth | render | absolute error x 4, side by side
     <model_dir>/metrics.json            merged: "eval" (per image and means, the iteration) and
                                         top-level "psnr", "ssim", "lpips", "lpips_skipped";
@@ -245,6 +247,7 @@ def run_eval(model_dir: str | Path, events: EventCallback | None = None, *,
 
     from .metrics import LPIPS, psnr, ssim
     from .scene import load_image
+    from .train.appearance import color_correct
     from .train.evaluate import render_view
 
     # A bad weights file fails before any scene loading.
@@ -269,8 +272,10 @@ def run_eval(model_dir: str | Path, events: EventCallback | None = None, *,
         gt = torch.from_numpy(np.array(gt_u8, copy=True)).to(dev).float() / 255.0
         render, _, _ = render_view(params, scene, i, sh, backend, antialiased=info.antialiased)
         r = render[0].clamp(0.0, 1.0)
+        rc = color_correct(r, gt)  # gsplat's cc_psnr protocol (train/appearance.py)
         row = {"name": scene.images[i].name, "psnr": float(psnr(r, gt)),
-               "ssim": float(ssim(r, gt))}
+               "ssim": float(ssim(r, gt)), "cc_psnr": float(psnr(rc, gt)),
+               "cc_ssim": float(ssim(rc, gt))}
         if lp_model is not None:
             row["lpips"] = float(lp_model(r, gt))
         rows.append(row)
@@ -284,6 +289,8 @@ def run_eval(model_dir: str | Path, events: EventCallback | None = None, *,
         "iteration": info.iteration,
         "psnr": sum(r["psnr"] for r in rows) / n if n else None,
         "ssim": sum(r["ssim"] for r in rows) / n if n else None,
+        "cc_psnr": sum(r["cc_psnr"] for r in rows) / n if n else None,
+        "cc_ssim": sum(r["cc_ssim"] for r in rows) / n if n else None,
         "lpips": (sum(r["lpips"] for r in rows) / n if n and lp_model is not None
                   else None),
         "lpips_skipped": None if lp_model is not None else LPIPS_SKIPPED,
@@ -294,9 +301,11 @@ def run_eval(model_dir: str | Path, events: EventCallback | None = None, *,
     }
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["name", "psnr", "ssim"] + (["lpips"] if lp_model is not None else []))
+    w.writerow(["name", "psnr", "ssim", "cc_psnr", "cc_ssim"]
+               + (["lpips"] if lp_model is not None else []))
     for r in rows:
-        w.writerow([r["name"], f"{r['psnr']:.4f}", f"{r['ssim']:.6f}"]
+        w.writerow([r["name"], f"{r['psnr']:.4f}", f"{r['ssim']:.6f}", f"{r['cc_psnr']:.4f}",
+                    f"{r['cc_ssim']:.6f}"]
                    + ([f"{r['lpips']:.6f}"] if lp_model is not None else []))
     atomic_write_text(out_dir / "metrics.csv", buf.getvalue())
     mpath = model_dir / "metrics.json"

@@ -99,3 +99,28 @@ def display_path(path: str | Path, root: str | Path | None) -> str:
         except (ValueError, OSError, RuntimeError):
             pass
     return p.name
+
+
+def join_inside(root: str | Path, value: str, what: str) -> Path:
+    """``root / value`` for a name a *dataset* lists (an ``images.txt`` name, a
+    ``transforms.json`` ``file_path``), refused when it leads outside ``root`` on its own.
+
+    Unlike :func:`resolve_inside` this is a lexical check: symlinks inside the dataset are the
+    dataset owner's (a local dataset may link its photos from elsewhere; uploads never carry
+    links, their extraction refuses them), but the name itself may not be absolute or climb
+    out with ``..``.
+
+    Raises:
+        InputError: the name is malformed (:func:`check_name`), absolute, or leads outside
+            ``root``; the message names ``what`` and the value, never ``root``.
+    """
+    check_name(value, what)
+    text = value.replace("\\", "/")
+    if text.startswith("/") or PurePosixPath(text).is_absolute() or Path(value).is_absolute() \
+            or (len(text) > 1 and text[1] == ":"):
+        raise InputError(None, f"{what} {value!r}: must be a path inside the folder, not an "
+                               "absolute path")
+    norm = os.path.normpath(text)
+    if norm == ".." or norm.startswith("../"):
+        raise InputError(None, f"{what} {value!r}: leads outside the folder it belongs to")
+    return Path(root) / value

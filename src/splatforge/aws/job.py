@@ -19,9 +19,9 @@ Mapping onto splatforge (see :meth:`JobSpec.pipeline_spec`): maxNumImages ->
 :data:`BLUR_FILTER_PERCENT`; softwareName colmap -> incremental mapping, glomap -> global
 mapping (COLMAP's merged GLOMAP); matchingMethod -> ``SfmConfig.matching``; maxSteps ->
 ``max_steps``; model splatfacto / 3dgs -> the default strategy, splatfacto-mcmc / mcmc ->
-MCMC; enableSpz / enableSog -> whether ``scene.spz`` (SPZ v4) / ``scene.sog`` (PlayCanvas
-SOG) are uploaded; posePriors ->
-``SfmConfig.pose_prior`` (known poses, triangulated instead of mapped):
+MCMC, splatfacto-w -> the default strategy with ``appearance="embedding"``; enableSpz /
+enableSog -> whether ``scene.spz`` (SPZ v4) / ``scene.sog`` (PlayCanvas SOG) are uploaded;
+posePriors -> ``SfmConfig.pose_prior`` (known poses, triangulated instead of mapped):
 usePosePriorColmapModelFiles -> the COLMAP model in the input (the input folder itself,
 ``sparse/0`` or ``sparse``), usePosePriorTransformJson -> the input's ``transforms.json``
 (``poseIsWorldToCam`` -> ``pose_prior_world_to_cam``; sourceCoordinateName one of
@@ -59,7 +59,10 @@ BLUR_FILTER_PERCENT = 10.0
 
 #: training.model -> splatforge strategy
 MODELS = {"splatfacto": "default", "3dgs": "default", "splatfacto-mcmc": "mcmc",
-          "mcmc": "mcmc", "3dgs-mcmc": "mcmc"}
+          "mcmc": "mcmc", "3dgs-mcmc": "mcmc", "splatfacto-w": "default"}
+
+#: training.model -> TrainConfig.appearance (splatfacto-w: per-image appearance embeddings)
+APPEARANCE = {"splatfacto-w": "embedding"}
 
 
 class _Section(BaseModel):
@@ -141,7 +144,8 @@ class SfmSection(_Section):
 class TrainingSection(_Section):
     enable: bool = True
     maxSteps: int = Field(30_000, ge=1, le=10_000_000)
-    model: Literal["splatfacto", "3dgs", "splatfacto-mcmc", "mcmc", "3dgs-mcmc"] = "splatfacto"
+    model: Literal["splatfacto", "3dgs", "splatfacto-mcmc", "mcmc", "3dgs-mcmc",
+                   "splatfacto-w"] = "splatfacto"
 
 
 class PostProcessing(_Section):
@@ -199,7 +203,8 @@ class JobSpec(_Section):
             sfm_kw["pose_prior_world_to_cam"] = bool(
                 priors.usePosePriorTransformJson.poseIsWorldToCam)
         train = TrainConfig(max_steps=self.training.maxSteps,
-                            strategy=MODELS[self.training.model])
+                            strategy=MODELS[self.training.model],
+                            appearance=APPEARANCE.get(self.training.model, "none"))
         return PipelineSpec(ingest=ingest, sfm=SfmConfig(**sfm_kw), scene=SceneConfig(),
                             train=train, train_enabled=self.training.enable,
                             sfm_enabled=self.sfm.enable,

@@ -29,8 +29,11 @@ import numpy as np
 from ..config import SceneConfig
 from ..errors import InputError
 from ..events import EventCallback, StageReporter
+from ..paths import join_inside
 from .colmap import ColmapCamera, ColmapImage, model_format, read_model
 from .imageio import downsample_cached, image_size
+from .llff import POSES_NAME, is_llff, read_llff
+from .masks import find_mask_dir, match_masks, resample_masks
 from .transforms import read_blender, read_nerfstudio, read_nerfstudio_points
 from .types import Scene, SceneImage
 from .undistort import (
@@ -234,10 +237,13 @@ def detect_format(path: str | Path) -> tuple[str, Path, Path]:
     found = _find_colmap_model(path)
     if found:
         return "colmap", found[1], found[0]
+    if is_llff(path):
+        return "llff", path, path / POSES_NAME
     looked = ["transforms.json (nerfstudio / instant-ngp)",
               "transforms_train.json (Blender NeRF-synthetic)"]
     looked += [f"{rel}/cameras.bin|txt + images.bin|txt (COLMAP)" if rel != "."
                else "cameras.bin|txt + images.bin|txt here (COLMAP)" for rel in COLMAP_MODEL_DIRS]
+    looked.append("poses_bounds.npy + images/ (LLFF)")
     raise InputError(path, "no dataset found here; looked for: " + "; ".join(looked),
                      "run `splatforge sfm` on a folder of photos to make a COLMAP model")
 
@@ -272,7 +278,9 @@ def _colmap_image_folder(base: Path, config: SceneConfig, images: list[ColmapIma
     """(image folder, prescaled) for a COLMAP dataset; see :func:`load_scene`."""
     factor = config.data_factor
     name = config.images or "images"
+    join_inside(base, name, "scene.images")
     if factor > 1 and (base / f"{name}_{factor}").is_dir():
+        join_inside(base, f"{name}_{factor}", "scene.images")
         return base / f"{name}_{factor}", True
     folder = base / name
     if folder.is_dir():
@@ -299,15 +307,25 @@ def _read_colmap(root: Path, model_dir: Path, config: SceneConfig, rep: StageRep
     if not model.images:
         raise InputError(images_file, "the model has no registered images")
     ims = sorted(model.images.values(), key=lambda im: im.name)
-    folder, prescaled = _colmap_image_folder(root, config, ims, model.cameras, images_file, rep)
-    views = []
+    # every name must lie inside the image folder before any file is touched (issue 14)
     for im in ims:
+        join_inside(root / (config.images or "images"), im.name,
+                       f"{images_file.name} image name")
+    folder, prescaled = _colmap_image_folder(root, config, ims, model.cameras, images_file, rep)
+    for im in ims:
+        join_inside(folder, im.name, f"{images_file.name} image name")
+    mask_dir = find_mask_dir(root, root, config.masks)
+    masks = match_masks(mask_dir, [im.name for im in ims]) if mask_dir else [None] * len(ims)
+    views = []
+    for im, mask in zip(ims, masks):
         views.append(RawView(name=im.name, path=folder / im.name,
                              camera=model.cameras[im.camera_id], viewmat=im.viewmat(),
                              camera_id=im.camera_id, source=images_file,
-                             camera_source=cameras_file, prescaled=prescaled))
+                             camera_source=cameras_file, prescaled=prescaled, mask_path=mask))
     pts = model.points3D
     info = {"model": str(model_dir), "image_folder": str(folder)}
+    if mask_dir is not None:
+        info["mask_folder"] = str(mask_dir)
     return views, pts.xyz.astype(np.float32), pts.rgb.astype(np.uint8), info
 
 
@@ -375,7 +393,9 @@ def _build(views: list[RawView], points: np.ndarray, rgb: np.ndarray, fmt: str, 
         cams.append(scale_camera(c, w, h))
     # 5. undistortion
     need = [i for i, c in enumerate(cams) if c.model in UNDISTORTABLE_MODELS]
-    resampled = set(todo)
+    need_set = set(need)
+    pre_sizes = list(sizes)
+    pre_cams = list(cams)
     if need:
         jobs = [UndistortJob(views[i].path, cams[i]) for i in need]
         results, reused = undistort_cached(jobs, cache, tag=f"f{factor}", reporter=rep)
@@ -384,20 +404,32 @@ def _build(views: list[RawView], points: np.ndarray, rgb: np.ndarray, fmt: str, 
             views[i].path = r.path
             cams[i] = r.camera
             sizes[i] = (r.camera.width, r.camera.height)
-        resampled |= set(need)
+    # 5b. masks: resampled to the size their image had before undistortion (the same Lanczos
+    # downsampling), then undistorted with the image's camera
+    masks = [v.mask_path for v in views]
+    with_mask = [i for i, m in enumerate(masks) if m is not None]
+    if with_mask:
+        pre = [pre_sizes[i] for i in with_mask]
+        out = resample_masks([masks[i] for i in with_mask],
+                             [_cache_rel(root, masks[i]) for i in with_mask], pre,
+                             cache / f"masks_f{factor}")
+        for i, m in zip(with_mask, out):
+            masks[i] = m
+        und = [i for i in with_mask if i in need_set]
+        if und:
+            mjobs = [UndistortJob(masks[i], pre_cams[i]) for i in und]
+            mres, _ = undistort_cached(mjobs, cache, tag=f"masks-f{factor}", reporter=None)
+            for i, r in zip(und, mres):
+                masks[i] = r.path
+        rep.info(f"{len(with_mask)} of {len(views)} images have a mask",
+                 masks=len(with_mask))
     # 6. SceneImages sorted by name
     images: list[SceneImage] = []
-    dropped_masks = 0
     for i, v in enumerate(views):
-        mask = v.mask_path
-        if mask is not None and (i in resampled or v.prescaled):
-            mask, dropped_masks = None, dropped_masks + 1
         w, h = sizes[i]
         images.append(SceneImage(name=v.name, path=v.path, width=w, height=h,
                                  K=pinhole_K(cams[i]), viewmat=np.asarray(v.viewmat, np.float64),
-                                 camera_id=v.camera_id, mask_path=mask))
-    if dropped_masks:
-        rep.warning(f"{dropped_masks} masks were not used: their images were resampled")
+                                 camera_id=v.camera_id, mask_path=masks[i]))
     order = sorted(range(len(images)), key=lambda i: images[i].name)
     images = [images[i] for i in order]
     splits = [views[i].split for i in order]
@@ -478,6 +510,13 @@ def load_scene(path: str | Path, config: SceneConfig | None = None,
         views = read_blender(root)
         points, rgb = np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
         info = {"transforms": str(desc)}
+    elif fmt == "llff":
+        views, points, rgb, info = read_llff(root, config)
+        mask_dir = find_mask_dir(root, root, config.masks)
+        if mask_dir is not None:
+            for v, m in zip(views, match_masks(mask_dir, [v.name for v in views])):
+                v.mask_path = m
+            info["mask_folder"] = str(mask_dir)
     else:
         views, points, rgb, info = _read_colmap(root, desc, config, rep)
         if (root / "sfm.json").is_file():

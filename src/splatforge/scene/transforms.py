@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..paths import join_inside
 from .colmap import ColmapCamera
 from .imageio import image_size
 from .views import RawView
@@ -110,6 +111,7 @@ def _clean_name(file_path: str) -> str:
 def _resolve_image(base: Path, file_path: str) -> tuple[Path, str]:
     """(file, name): append an image extension when ``file_path`` has none (Blender)."""
     name = _clean_name(file_path)
+    join_inside(base, name, "transforms file_path")
     p = base / name
     if p.suffix == "" and not p.exists():
         for ext in _IMAGE_EXTS_TRIED:
@@ -234,6 +236,7 @@ def read_nerfstudio(json_path: Path, data_factor: int = 1) -> tuple[list[RawView
         view = _frame_view(meta, frame, idx, json_path, base)
         mask = frame.get("mask_path")
         if isinstance(mask, str):
+            join_inside(base, _clean_name(mask), "transforms mask_path")
             view.mask_path = base / _clean_name(mask)
         views.append(view)
     _assign_camera_ids(views)
@@ -283,6 +286,7 @@ def read_nerfstudio_points(json_path: Path, meta: dict) -> tuple[np.ndarray, np.
     ply = meta.get("ply_file_path")
     if not ply:
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
+    join_inside(Path(json_path).parent, _clean_name(str(ply)), "transforms ply_file_path")
     return read_ply_points(Path(json_path).parent / _clean_name(str(ply)))
 
 

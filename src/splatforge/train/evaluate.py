@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..metrics import psnr, ssim
+from ..metrics import psnr, ssim, ssim_map
 from ..scene import load_image
 
 if TYPE_CHECKING:
@@ -66,21 +66,31 @@ def render_view(params: dict[str, torch.Tensor], scene: Scene, index: int, sh_de
 @torch.no_grad()
 def evaluate_splats(params: dict[str, torch.Tensor], scene: Scene, indices: list[int],
                     sh_degree: int, backend: str = "auto", antialiased: bool = False,
-                    images: Any = None) -> dict[str, Any]:
-    """PSNR and SSIM of renders of ``indices`` against their photos.
+                    images: Any = None, masks: Any = None) -> dict[str, Any]:
+    """PSNR and SSIM of renders of ``indices`` against their photos, plain and
+    colour-corrected.
 
     Renders are clamped to [0, 1]; PSNR is per image then averaged (as INRIA's
     ``metrics.py`` and gsplat's ``simple_trainer`` eval); SSIM is :func:`splatforge.metrics.ssim`
-    (11-tap Gaussian window, sigma 1.5, zero padding as INRIA).
+    (11-tap Gaussian window, sigma 1.5, zero padding as INRIA). ``cc_psnr``/``cc_ssim`` score
+    the render after :func:`splatforge.train.appearance.color_correct` (a per-image quadratic
+    colour fit to the photo: the protocol gsplat's trainer reports as ``cc_psnr``, for models
+    whose held-out appearance is unknown).
 
     Args:
         images: optional object with ``get(index) -> uint8 [H, W, 3]`` tensor (an
             :class:`~splatforge.train.data.ImageCache`); default: decode each file.
+        masks: optional ``masks(index) -> [H, W] bool | None``: score only the pixels inside
+            the mask (PSNR over the masked pixels' MSE; SSIM map averaged over the mask; the
+            colour fit on the masked pixels); views without a mask are scored whole.
 
     Returns:
-        ``{"psnr": mean dB | None, "ssim": mean | None, "num_images": n,
-        "images": [{"index", "name", "psnr", "ssim"}, ...]}`` (means are None without views).
+        ``{"psnr": mean dB | None, "ssim": mean | None, "cc_psnr", "cc_ssim", "num_images": n,
+        "masked": bool, "images": [{"index", "name", "psnr", "ssim", "cc_psnr", "cc_ssim"},
+        ...]}`` (means are None without views).
     """
+    from .appearance import color_correct
+
     device = params["means"].device
     rows = []
     for i in indices:
@@ -93,12 +103,36 @@ def evaluate_splats(params: dict[str, torch.Tensor], scene: Scene, indices: list
         render, _, _ = render_view(params, scene, i, sh_degree, backend,
                                    antialiased=antialiased)
         r = render[0].clamp(0.0, 1.0)
+        m = masks(i) if masks is not None else None
+        rc = color_correct(r, gt, m)
         rows.append({"index": int(i), "name": scene.images[i].name,
-                     "psnr": float(psnr(r, gt)), "ssim": float(ssim(r, gt))})
+                     "psnr": _psnr(r, gt, m), "ssim": _ssim(r, gt, m),
+                     "cc_psnr": _psnr(rc, gt, m), "cc_ssim": _ssim(rc, gt, m)})
     n = len(rows)
+
+    def mean(key):
+        return sum(r[key] for r in rows) / n if n else None
+
     return {
-        "psnr": sum(r["psnr"] for r in rows) / n if n else None,
-        "ssim": sum(r["ssim"] for r in rows) / n if n else None,
+        "psnr": mean("psnr"),
+        "ssim": mean("ssim"),
+        "cc_psnr": mean("cc_psnr"),
+        "cc_ssim": mean("cc_ssim"),
         "num_images": n,
+        "masked": masks is not None,
         "images": rows,
     }
+
+
+def _psnr(r: torch.Tensor, gt: torch.Tensor, m: torch.Tensor | None) -> float:
+    if m is None:
+        return float(psnr(r, gt))
+    mse = ((r - gt) ** 2)[m].mean()
+    return float(-10.0 * torch.log10(mse.clamp_min(1e-10)))
+
+
+def _ssim(r: torch.Tensor, gt: torch.Tensor, m: torch.Tensor | None) -> float:
+    if m is None:
+        return float(ssim(r, gt))
+    smap = ssim_map(r, gt)[0].mean(0)          # [H, W], channels averaged
+    return float(smap[m].mean())

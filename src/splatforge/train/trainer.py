@@ -63,6 +63,7 @@ from .data import ImageCache, ViewSampler
 from .evaluate import camera_tensors, evaluate_splats, render_view
 from .losses import GraphedPhotometricLoss, mcmc_regularization, photometric_loss
 from .optim import fused_adam_step, supports_fused_adam_step
+from .real_capture import CaptureExtras
 from .schedule import expon_lr, sh_degree_at
 from .triton_loss import fused_photometric_loss, triton_loss_available
 
@@ -74,7 +75,7 @@ ADAM_EPS = 1e-15  # INRIA scene/gaussian_model.py training_setup
 
 #: Config fields that change the shape of the parameters or the optimiser: a checkpoint made
 #: with other values cannot be resumed.
-_INCOMPATIBLE = ("sh_degree", "strategy")
+_INCOMPATIBLE = ("sh_degree", "strategy", "appearance", "pose_opt")
 
 #: Config fields that do not change the optimisation (no warning when they differ on resume).
 _NO_EFFECT = ("log_every", "eval_every", "image_cache_mb", "save_steps", "fused_adam",
@@ -504,6 +505,10 @@ class Trainer:
         self.params = {name: torch.nn.Parameter(tensors[name].to(self.device).contiguous())
                        for name in PARAM_NAMES}
         self.optimizers = self._make_optimizers()
+        # appearance model, pose refinement, masks (train/real_capture.py)
+        self.extras = CaptureExtras(cfg, scene, self.device)
+        self.extras.add_gaussian_params(self.params, self.optimizers,
+                                        ckpt["splats"] if ckpt is not None else None, cfg.seed)
         self.fast_adam = all(supports_fused_adam_step(o) for o in self.optimizers.values())
         self.strategy, self.strategy_state = make_strategy(cfg, self.scene_scale,
                                                            self.num_initial)
@@ -543,6 +548,7 @@ class Trainer:
             if hasattr(self.strategy, "counts") and ckpt.get("strategy_counts"):
                 self.strategy.counts.update(ckpt["strategy_counts"])
             self.sampler.load_state_dict(ckpt["sampler"])
+            self.extras.load_state_dict(ckpt.get("extras"))
             self.bg_generator.set_state(ckpt["background_rng"])
             self.train_seconds = float(ckpt.get("train_seconds", 0.0))
             restore_rng_state(ckpt["rng"])
@@ -599,6 +605,7 @@ class Trainer:
             "scene": _scene_fingerprint(self.scene, self.scene.train_indices),
             "train_seconds": self.train_seconds,
             "backend": self.backend,
+            "extras": self.extras.state_dict(),
         }
 
     def save_checkpoint(self) -> Path:
@@ -613,7 +620,8 @@ class Trainer:
         from ..export.ply import write_ply
 
         path = (self.model_dir / "point_cloud" / f"iteration_{self.step}" / "point_cloud.ply")
-        write_ply(path, splats_to_source_frame(self.params, self.scene))
+        write_ply(path, splats_to_source_frame(self.extras.export_params(self.params),
+                                               self.scene))
         self.ply_paths[self.step] = path
         return path
 
@@ -658,25 +666,31 @@ class Trainer:
                 bg = self.background
             viewmat, K = self.cameras[idx]
         with rf("sf.render"):
-            render, _, info = render_view(
-                self.params, self.scene, idx, sh_degree, self.backend, background=bg,
-                antialiased=cfg.antialiased, packed=cfg.packed, viewmat=viewmat, K=K,
-                absgrad=cfg.absgrad, sparse_grad=self.use_sparse_grad)
+            render, alphas, info = render_view(
+                self.extras.render_params(self.params, idx), self.scene, idx, sh_degree,
+                self.backend, background=bg, antialiased=cfg.antialiased, packed=cfg.packed,
+                viewmat=self.extras.viewmat(viewmat, idx), K=K, absgrad=cfg.absgrad,
+                sparse_grad=self.use_sparse_grad)
+            render = self.extras.post_render(render, idx)
             if cfg.strategy == "default":
                 self.strategy.step_pre_backward(self.params, self.optimizers,
                                                 self.strategy_state, k, info)
         with rf("sf.loss"):
+            render_in, gt_in = self.extras.loss_inputs(render[0], gt_u8, idx)  # masks
             if self.triton_loss:  # five Triton kernels, reading the uint8 image
-                loss, l1, ssim_val = fused_photometric_loss(render[0], gt_u8, cfg.ssim_lambda)
+                loss, l1, ssim_val = fused_photometric_loss(render_in, gt_in, cfg.ssim_lambda)
             else:
-                gt = gt_u8.float() / 255.0
+                gt = gt_in.float() / 255.0
                 if self.loss_fn is not None:  # CUDA graphs of the same loss
-                    loss, l1, ssim_val = self.loss_fn(render[0], gt)
+                    loss, l1, ssim_val = self.loss_fn(render_in, gt)
                 else:
-                    loss, l1, ssim_val = photometric_loss(render[0], gt, cfg.ssim_lambda,
+                    loss, l1, ssim_val = photometric_loss(render_in, gt, cfg.ssim_lambda,
                                                           fused_ssim=cfg.fused_ssim)
             reg = mcmc_regularization(self.params, *self.regularization)
             total = loss + reg if reg is not None else loss
+            extra = self.extras.loss_terms(alphas, idx)
+            if extra is not None:
+                total = total + extra
         with rf("sf.backward"):
             total.backward()
         with rf("sf.optimizer"):
@@ -694,6 +708,7 @@ class Trainer:
                 for opt in self.optimizers.values():
                     opt.step()
                     opt.zero_grad(set_to_none=True)
+            self.extras.step()
         with rf("sf.densify"):
             if cfg.strategy == "default":
                 self.strategy.step_post_backward(self.params, self.optimizers,
@@ -773,10 +788,12 @@ class Trainer:
         # INRIA model-folder companions (cameras.json, cfg_args, input.ply), source frame
         from ..export.model_dir import write_model_dir_files
 
-        write_model_dir_files(self.model_dir, self.scene, source_path=self.scene.root,
+        write_model_dir_files(self.model_dir, self.extras.refined_scene(),
+                              source_path=self.scene.root,
                               sh_degree=cfg.sh_degree,
                               data_factor=self.scene_config.data_factor,
                               device=str(self.device))
+        self.extras.write_outputs(self.model_dir)  # sparse_refined/ with pose_opt
         rep.finished(
             f"{self.step} steps, {metrics['num_gaussians']} Gaussians"
             + (f", test PSNR {metrics['test']['psnr']:.2f} dB" if metrics["test"]["psnr"]
@@ -865,9 +882,10 @@ class Trainer:
 
     def _evaluate(self) -> dict[str, Any]:
         sh = sh_degree_at(self.step, self.config.sh_degree, self.config.sh_degree_interval)
-        params = {k: v.detach() for k, v in self.params.items()}
+        params = self.extras.export_params(self.params)  # mean appearance baked in
         return evaluate_splats(params, self.scene, self.scene.test_indices, sh, self.backend,
-                               antialiased=self.config.antialiased)
+                               antialiased=self.config.antialiased,
+                               masks=self.extras.mask_fn() if self.config.eval_masked else None)
 
     def _final_metrics(self, speed: float) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -878,8 +896,11 @@ class Trainer:
             "num_gaussians": len(self.params["means"]),
             "train_seconds": self.train_seconds,
             "steps_per_second": speed,
-            "test": {"psnr": ev["psnr"], "ssim": ev["ssim"], "num_images": ev["num_images"],
-                     "images": ev["images"]},
+            "test": {"psnr": ev["psnr"], "ssim": ev["ssim"], "cc_psnr": ev["cc_psnr"],
+                     "cc_ssim": ev["cc_ssim"], "masked": ev["masked"],
+                     "num_images": ev["num_images"], "images": ev["images"]},
+            "appearance": self.config.appearance,
+            "pose_opt": self.config.pose_opt,
             "eval_seconds": time.perf_counter() - t0,
             "backend": self.backend,
             "device": str(self.device),

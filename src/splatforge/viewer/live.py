@@ -113,7 +113,7 @@ class LiveTrainingViewer:
         """Send the trainer's current splats (normalised training frame -> source frame)."""
         from ..splats import splats_to_source_frame
 
-        params = {k: v.detach() for k, v in trainer.params.items()}
+        params = trainer.extras.export_params(trainer.params)  # appearance baked, detached
         splats = splats_to_source_frame(params, trainer.scene)
         self.viewer.set_splats(self.model, splats)
         self.refreshes += 1
