@@ -214,17 +214,17 @@ def test_downscale_view_scales_image_and_intrinsics():
 
 def test_trainer_follows_the_resolution_schedule_and_learns(plush_scene, plush_scene_config,
                                                              tmp_path):
-    """60 MCMC steps with the schedule (4 levels from 4x down, full size from step 30): the
+    """16 MCMC steps with the schedule (4 levels from 4x down, full size from step 8): the
     rendered size and the Gaussian budget follow it step by step, and the held-out PSNR at
     full resolution rises over the initial splats'."""
     from splatforge.config import TrainConfig
     from splatforge.splats import init_splats
     from splatforge.train import evaluate_splats, run_train
 
-    cfg = TrainConfig(max_steps=60, res_schedule=True, res_schedule_until=0.5, log_every=10,
-                      densify_from_iter=5, densification_interval=10, seed=0, device="cpu",
+    cfg = TrainConfig(max_steps=16, res_schedule=True, res_schedule_until=0.5, log_every=4,
+                      densify_from_iter=2, densification_interval=3, seed=0, device="cpu",
                       sh_degree=1, sh_degree_interval=1000)
-    sched = ResolutionSchedule(4.0, 4, 30)
+    sched = ResolutionSchedule(4.0, 4, 8)
     seen = []
 
     def hook(trainer, step):
@@ -243,7 +243,8 @@ def test_trainer_follows_the_resolution_schedule_and_learns(plush_scene, plush_s
         assert size == (max(1, round(w / f)), max(1, round(h / f))), (step, size, f)
         assert cap_now == max(1, round(cap / f)) and n <= cap_now
     assert {s for _, s, _, _ in seen} >= {(w, h), (round(w / 4), round(h / 4))}
-    assert res.metrics["test"]["psnr"] > before["psnr"] + 1.0
+    assert len(seen) == 16 and seen[-1][3] > seen[0][3]   # it grew under the budget
+    assert res.metrics["test"]["psnr"] > before["psnr"] + 0.1
 
 
 def test_significance_is_the_blend_weight_sum(plush_scene):
@@ -273,7 +274,7 @@ def test_trainer_prunes_the_least_significant_gaussians(plush_scene, plush_scene
     from splatforge.config import TrainConfig
     from splatforge.train import run_train
 
-    cfg = TrainConfig(max_steps=30, prune_significance=0.3, prune_significance_steps=[20],
+    cfg = TrainConfig(max_steps=12, prune_significance=0.3, prune_significance_steps=[10],
                       densify_from_iter=1000, log_every=10, seed=0, device="cpu", sh_degree=0)
     seen = {}
 
@@ -290,16 +291,16 @@ def test_trainer_prunes_the_least_significant_gaussians(plush_scene, plush_scene
             trainer.strategy.score_fn = recording
         seen[step] = (len(trainer.params["means"]), trainer.strategy.cap_full,
                       trainer.strategy.cap_max)
-        if step == 20:
+        if step == 10:
             seen["sh0_after"] = trainer.params["sh0"].detach().clone()
 
     res = run_train(cfg, plush_scene, tmp_path / "m", scene_config=plush_scene_config,
                     step_hook=hook)
-    n0, cap0, _ = seen[19]
-    n1, cap1, capmax1 = seen[20]
+    n0, cap0, _ = seen[9]
+    n1, cap1, capmax1 = seen[10]
     assert n1 == n0 - int(n0 * 0.3)
     assert cap1 == round(cap0 * n1 / n0) and capmax1 == cap1
-    assert seen[30][0] == n1 and res.num_gaussians == n1
+    assert seen[12][0] == n1 and res.num_gaussians == n1
     log = [json.loads(x) for x in res.log_path.read_text().splitlines()]
     assert [r["densification"] for r in log if "densification" in r][-1][
         "pruned_significance"] == n0 - n1
@@ -320,10 +321,10 @@ def test_bench_script_runs_the_new_levers_on_cpu(tmp_path):
 
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "train_gpu.py"), "--cpu-smoke",
-           "--scene", str(PLUSH_DOG), "--data-factor", "8", "--steps", "12",
-           "--set", "device=cpu,densify_from_iter=2,densification_interval=5,log_every=4",
+           "--scene", str(PLUSH_DOG), "--data-factor", "8", "--steps", "6",
+           "--set", "device=cpu,densify_from_iter=1,densification_interval=2,log_every=2,sh_degree=0",
            "--variant", "levers:selective_adam=true,res_schedule=true,prune_significance=0.2,"
-           "prune_significance_steps=[10],adam_moments_dtype=bfloat16",
+           "prune_significance_steps=[4],adam_moments_dtype=bfloat16",
            "--json", str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
