@@ -60,6 +60,8 @@ def git_commit() -> str:
 
 
 def parse_value(v: str):
+    if v.startswith("["):  # a list, e.g. prune_significance_steps=[6000;12000]
+        return [parse_value(x.strip()) for x in v.strip("[]").split(";") if x.strip()]
     low = v.lower()
     if low in ("true", "false"):
         return low == "true"
@@ -396,7 +398,8 @@ def main() -> None:
         "device": device, "torch": torch.__version__, "cuda": torch.version.cuda,
         "gsplat": gsplat.__version__, "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
-        "git_commit": git_commit(), "scene": str(args.scene), "images": len(scene.images),
+        "git_commit": git_commit(), "splatforge_path": str(Path(splatforge.__file__).parent),
+        "scene": str(args.scene), "images": len(scene.images),
         "train_images": len(scene.train_indices), "test_images": len(scene.test_indices),
         "data_factor": args.data_factor, "seed": args.seed, "overrides": common,
         "scene_load_s": round(load_s, 2),

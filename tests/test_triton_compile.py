@@ -13,9 +13,10 @@ import triton  # a test dependency (pyproject [test]); CUDA builds of torch ship
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from splatforge.train import mcmc_noise, triton_loss
+from splatforge.train import mcmc_noise, selective_adam, triton_loss
 
 F32P, U8P, I32, F32 = "*fp32", "*u8", "i32", "fp32"
+BF16P = "*bf16"
 
 #: (module, kernel, {argument: type}, {constexpr: value})
 KERNELS = [
@@ -48,6 +49,13 @@ KERNELS = [
       "eps_ptr": F32P, "n": I32, "scaler": F32, "gate_k": F32, "gate_x0": F32},
      {"BLOCK": 256}),
 ]
+for _mom, _mask in ((F32P, True), (BF16P, True), (F32P, False)):
+    KERNELS.append(
+        (selective_adam, "_masked_adam_kernel",
+         {"p_ptr": F32P, "g_ptr": F32P, "m_ptr": _mom, "v_ptr": _mom, "vis_ptr": U8P,
+          "step_ptr": F32P, "n": I32, "row_len": I32, "lr": F32, "beta1": F32, "beta2": F32,
+          "eps": F32, "seed": I32},
+         {"HAS_MASK": _mask, "BF16": _mom == BF16P, "BLOCK": 1024}))
 
 
 @pytest.mark.parametrize("module, name, signature, constexprs", KERNELS,

@@ -435,6 +435,38 @@ class TrainConfig(StageConfig):
                           "(splatforge.train.mcmc_noise; same formula as gsplat's).")
     fused_adam: bool = Field(
         True, description="On CUDA, PyTorch's fused (single-kernel) Adam.")
+    selective_adam: bool = Field(
+        False, description="Adam updates (and moment decay) only for the Gaussians that some "
+                            "pixel of the step's view saw (gsplat's SelectiveAdam; Mallick et "
+                            "al. 2024, Taming 3DGS); one Triton kernel per parameter on CUDA "
+                            "(splatforge.train.selective_adam). Off by default until measured.")
+    adam_moments_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="Storage of the Adam moments: bfloat16 halves their memory "
+                               "(compute stays float32, stochastic rounding on store; "
+                               "splatforge.train.selective_adam).")
+    res_schedule: bool = Field(
+        False, description="Train on downscaled images first and raise the resolution in "
+                           "res_schedule_levels steps up to full size at res_schedule_until "
+                           "x max_steps, with the MCMC budget growing in proportion to the "
+                           "image side (DashGaussian, Chen et al. 2025; "
+                           "splatforge.train.res_schedule).")
+    res_schedule_start: float = Field(
+        4.0, ge=1.0, le=32.0, description="res_schedule: the first downscale factor.")
+    res_schedule_levels: int = Field(
+        4, ge=1, le=16, description="res_schedule: number of resolutions (geometric from "
+                                    "res_schedule_start to 1).")
+    res_schedule_until: float = Field(
+        0.5, gt=0.0, le=1.0,
+        description="res_schedule: fraction of max_steps at which full resolution is reached.")
+    prune_significance: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="mcmc: at prune_significance_steps remove this fraction of the Gaussians, "
+                    "those with the smallest summed blend weight over the training views, and "
+                    "shrink the budget with them (Speedy-Splat, Hanson et al. 2024; "
+                    "LightGaussian's significance; 0 = off).")
+    prune_significance_steps: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="prune_significance: the steps (default: 0.4 and 0.8 of "
+                          "min(densify_until_iter, max_steps)).")
     images_on_gpu: Literal["auto", "yes", "no"] = Field(
         "no", description="Keep the decoded uint8 training images on the GPU (yes), or in "
                           "pinned host memory copied asynchronously each step (no: less GPU "
@@ -493,6 +525,9 @@ class TrainConfig(StageConfig):
                 raise ValueError(
                     f"save_steps {bad} lie beyond max_steps ({self.max_steps}); every save step "
                     f"must be in 1..{self.max_steps}")
+        if self.selective_adam and self.sparse_grad:
+            raise ValueError("selective_adam needs dense gradients; it cannot be combined with "
+                             "sparse_grad")
         if self.sparse_grad and not self.packed:
             raise ValueError("sparse_grad needs packed=True (gsplat computes sparse gradients "
                              "only in packed mode)")
@@ -504,6 +539,16 @@ class TrainConfig(StageConfig):
         ``max_steps``."""
         steps = self.save_steps if self.save_steps is not None else DEFAULT_SAVE_STEPS
         return sorted({s for s in steps if s <= self.max_steps} | {self.max_steps})
+
+    def resolved_prune_steps(self) -> list[int]:
+        """Steps of significance pruning: ``prune_significance_steps``, else 0.4 and 0.8 of
+        ``min(densify_until_iter, max_steps)``; empty when ``prune_significance`` is 0."""
+        if self.prune_significance <= 0:
+            return []
+        if self.prune_significance_steps is not None:
+            return sorted(set(self.prune_significance_steps))
+        end = min(self.densify_until_iter, self.max_steps)
+        return sorted({max(1, int(end * f)) for f in (0.4, 0.8)})
 
     def grow_grad2d(self) -> float:
         """Densification gradient threshold: the field, else 2e-4 (8e-4 with absgrad)."""

@@ -468,8 +468,12 @@ class _RasterizeToPixels(torch.autograd.Function):
                 inputs = [t for t in (dx, dy, c_g, o_g, col_g, T_in) if t.requires_grad]
                 if not inputs:
                     continue
+                # T does not depend on the colours: with only colours requiring grad,
+                # T_out has no graph and takes no part
+                outs = [(o, g) for o, g in ((cpart, gC[seg.sel]), (T_out, gT[seg.sel]))
+                        if o.requires_grad]
                 grads = torch.autograd.grad(
-                    (cpart, T_out), inputs, (gC[seg.sel], gT[seg.sel]), allow_unused=True
+                    [o for o, _ in outs], inputs, [g for _, g in outs], allow_unused=True
                 )
             it = iter(grads)  # in the order of `inputs`
             ev = ent[valid]

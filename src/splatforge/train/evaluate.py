@@ -26,6 +26,7 @@ def render_view(params: dict[str, torch.Tensor], scene: Scene, index: int, sh_de
                 backend: str, background: torch.Tensor | None = None,
                 antialiased: bool = False, packed: bool = False,
                 viewmat: torch.Tensor | None = None, K: torch.Tensor | None = None,
+                width: int | None = None, height: int | None = None,
                 **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Render image ``index`` of ``scene`` from raw splat parameters.
 
@@ -35,6 +36,8 @@ def render_view(params: dict[str, torch.Tensor], scene: Scene, index: int, sh_de
         sh_degree: SH degree to evaluate (<= the degree ``shN`` holds).
         backend: ``gsplat`` | ``torch`` | ``auto`` (see :func:`splatforge.raster.rasterize`).
         background: ``[3]`` RGB in [0, 1] (default: the scene background).
+        width, height: render size in pixels (default: the image's; with ``K`` for that
+            size, e.g. a downscaled view of the resolution schedule).
         kwargs: passed on to the rasterizer (absgrad, sparse_grad, ...).
 
     Returns:
@@ -53,7 +56,8 @@ def render_view(params: dict[str, torch.Tensor], scene: Scene, index: int, sh_de
     render, alphas, meta = rasterize(
         means=params["means"], quats=params["quats"], scales=torch.exp(params["scales"]),
         opacities=torch.sigmoid(params["opacities"]), colors=colors, viewmats=viewmat, Ks=K,
-        width=im.width, height=im.height, sh_degree=sh_degree, packed=packed,
+        width=width or im.width, height=height or im.height, sh_degree=sh_degree,
+        packed=packed,
         rasterize_mode="antialiased" if antialiased else "classic", backend=backend,
         **kwargs)
     # The background is composited here, ``C + (1 - alpha) * bg`` (what the rasterizers do

@@ -116,10 +116,21 @@ class CaptureExtras:
         ``index`` has a mask (see the module docstring)."""
         if not self.use_masks:
             return render, gt_u8
-        m = self.masks.get(index)
+        m = self._mask_at(index, render.shape[:2])
         if m is None:
             return render, gt_u8
         return render * m, gt_u8 * m.to(torch.uint8)
+
+    def _mask_at(self, index: int, hw: tuple[int, int]) -> torch.Tensor | None:
+        """Image ``index``'s mask ``[H, W, 1]`` at the rendered size ``hw`` (the resolution
+        schedule renders below full size: the mask is area-averaged and re-thresholded at 0.5
+        then), or None."""
+        m = self.masks.get(index)
+        if m is None or tuple(m.shape[:2]) == tuple(hw):
+            return m
+        small = torch.nn.functional.interpolate(
+            m.permute(2, 0, 1)[None].float(), size=tuple(hw), mode="area")[0].permute(1, 2, 0)
+        return (small >= 0.5).to(m.dtype)
 
     def loss_terms(self, alphas: torch.Tensor, index: int) -> torch.Tensor | None:
         """Extra loss terms of this step (appearance regulariser, pose prior, alpha outside
@@ -132,7 +143,7 @@ class CaptureExtras:
         if self.pose is not None:
             out.append(self.pose.regularization(index))
         if self.use_masks and self.config.mask_mode == "background":
-            m = self.masks.get(index)
+            m = self._mask_at(index, alphas.shape[1:3])
             if m is not None:
                 out.append(self.config.mask_alpha_lambda * (alphas[0] * (1.0 - m)).mean())
         if not out:

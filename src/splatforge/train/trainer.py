@@ -64,7 +64,9 @@ from .evaluate import camera_tensors, evaluate_splats, render_view
 from .losses import GraphedPhotometricLoss, mcmc_regularization, photometric_loss
 from .optim import fused_adam_step, supports_fused_adam_step
 from .real_capture import CaptureExtras
+from .res_schedule import ResolutionSchedule, downscale_view
 from .schedule import expon_lr, sh_degree_at
+from .selective_adam import SelectiveAdamStepper, visible_gaussians
 from .triton_loss import fused_photometric_loss, triton_loss_available
 
 STAGE = "train"
@@ -218,6 +220,8 @@ def make_strategy(config: TrainConfig, scene_scale: float, num_initial: int | No
     Returns:
         (strategy, state).
     """
+    from .strategies import InriaDefaultStrategy, SplatforgeMCMCStrategy
+
     if config.strategy == "mcmc":
         n0 = config.init_num_pts if num_initial is None else num_initial
         strat = SplatforgeMCMCStrategy(
@@ -225,7 +229,9 @@ def make_strategy(config: TrainConfig, scene_scale: float, num_initial: int | No
             refine_stop_iter=config.densify_until_iter,
             refine_every=config.densification_interval, min_opacity=0.005,
             fused_noise=config.fused_mcmc_noise,
-            noise_stop_iter=None if config.noise_after_refine else config.densify_until_iter)
+            noise_stop_iter=None if config.noise_after_refine else config.densify_until_iter,
+            prune_steps=tuple(config.resolved_prune_steps()),
+            prune_ratio=config.prune_significance)
         return strat, strat.initialize_state()
     strat = InriaDefaultStrategy(
         prune_opa=0.005, grow_grad2d=config.grow_grad2d(), grow_scale3d=0.01,
@@ -236,112 +242,6 @@ def make_strategy(config: TrainConfig, scene_scale: float, num_initial: int | No
         prune_scale2d=config.prune_scale2d or 0.15,
         grow_scale2d=(config.prune_scale2d or 0.15) / 3.0)
     return strat, strat.initialize_state(scene_scale=scene_scale)
-
-
-def _mcmc_strategy_cls():
-    from gsplat.strategy import MCMCStrategy
-
-    from .mcmc_noise import inject_position_noise_
-
-    @dataclass
-    class _SplatforgeMCMCStrategy(MCMCStrategy):
-        """gsplat 1.5.3 ``MCMCStrategy`` with the per-step position noise in one fused kernel
-        (:mod:`splatforge.train.mcmc_noise`, same formula), no ``torch.cuda.empty_cache()``
-        after each refinement (it only returns cached blocks to the driver, at the cost of a
-        device synchronisation), and refinement counts recorded."""
-
-        fused_noise: bool = True
-        #: no position noise from this step on (None: every step, as gsplat)
-        noise_stop_iter: int | None = None
-
-        def __post_init__(self) -> None:
-            self.counts = {"relocated": 0, "added": 0, "refines": 0}
-
-        def step_post_backward(self, params, optimizers, state, step, info, lr):
-            means = params["means"]
-            if state["binoms"].device != means.device:
-                state["binoms"] = state["binoms"].to(means.device)
-            if self.refine_start_iter < step < self.refine_stop_iter \
-                    and step % self.refine_every == 0:
-                self.counts["relocated"] += int(self._relocate_gs(params, optimizers,
-                                                                  state["binoms"]))
-                self.counts["added"] += int(self._add_new_gs(params, optimizers,
-                                                             state["binoms"]))
-                self.counts["refines"] += 1
-            if self.noise_stop_iter is not None and step >= self.noise_stop_iter:
-                return
-            means = params["means"]
-            inject_position_noise_(means.data, params["quats"].data, params["scales"].data,
-                                   params["opacities"].data, lr * self.noise_lr,
-                                   fused=self.fused_noise)
-
-    return _SplatforgeMCMCStrategy
-
-
-def SplatforgeMCMCStrategy(**kwargs):
-    """gsplat ``MCMCStrategy`` with fused position noise (see ``_mcmc_strategy_cls``)."""
-    return _mcmc_strategy_cls()(**kwargs)
-
-
-def _default_strategy_cls():
-    from gsplat.strategy import DefaultStrategy
-    from gsplat.strategy.ops import remove, reset_opa
-
-    @dataclass
-    class _InriaDefaultStrategy(DefaultStrategy):
-        """gsplat 1.5.3 ``DefaultStrategy`` with its opacity reset restored and refinement
-        counts recorded.
-
-        gsplat 1.5.3 tests ``step % reset_every == 0 & step > 0``, which Python reads as
-        ``step % reset_every == (0 & step) > 0``: always False, so opacities are never reset
-        (gsplat PR #776). INRIA resets inside the densification window
-        (``iteration < densify_until_iter``) whenever ``iteration % opacity_reset_interval
-        == 0``; this subclass does the same (``reset_opa`` to ``2 * prune_opa`` = 0.01, INRIA's
-        value). Should gsplat fix the test, the second reset is a no-op (a clamp and zeroed
-        Adam moments, both idempotent).
-        """
-
-        #: ``seen_fn(means [N, 3]) -> [N] bool`` (True = inside some training frustum); when
-        #: set, unseen Gaussians are removed at every refinement interval of the whole run
-        #: (TrainConfig.prune_unseen).
-        seen_fn: Any = None
-
-        def __post_init__(self) -> None:
-            self.counts = {"duplicated": 0, "split": 0, "pruned": 0, "refines": 0,
-                           "opacity_resets": 0, "pruned_unseen": 0}
-
-        def _grow_gs(self, params, optimizers, state, step):
-            n_dupli, n_split = super()._grow_gs(params, optimizers, state, step)
-            self.counts["duplicated"] += int(n_dupli)
-            self.counts["split"] += int(n_split)
-            self.counts["refines"] += 1
-            return n_dupli, n_split
-
-        def _prune_gs(self, params, optimizers, state, step):
-            n = super()._prune_gs(params, optimizers, state, step)
-            self.counts["pruned"] += int(n)
-            return n
-
-        def step_post_backward(self, params, optimizers, state, step, info, packed=False):
-            super().step_post_backward(params, optimizers, state, step, info, packed=packed)
-            if 0 < step < self.refine_stop_iter and step % self.reset_every == 0:
-                reset_opa(params=params, optimizers=optimizers, state=state,
-                          value=self.prune_opa * 2.0)
-                self.counts["opacity_resets"] += 1
-            if (self.seen_fn is not None and step > self.refine_start_iter
-                    and step % self.refine_every == 0):
-                unseen = ~self.seen_fn(params["means"])
-                n = int(unseen.sum())
-                if n:
-                    remove(params=params, optimizers=optimizers, state=state, mask=unseen)
-                    self.counts["pruned_unseen"] += n
-
-    return _InriaDefaultStrategy
-
-
-def InriaDefaultStrategy(**kwargs):
-    """gsplat ``DefaultStrategy`` with INRIA's opacity reset (see ``_default_strategy_cls``)."""
-    return _default_strategy_cls()(**kwargs)
 
 
 def seed_everything(seed: int) -> None:
@@ -400,6 +300,8 @@ class Trainer:
     loss_fn: GraphedPhotometricLoss | None = None
     #: the photometric loss by :func:`~splatforge.train.triton_loss.fused_photometric_loss`
     triton_loss: bool = False
+    #: ``(width, height)`` of the latest training render (the resolution schedule lowers it)
+    render_size: tuple[int, int] | None = None
 
     def __init__(self, config: TrainConfig, scene: Any, model_dir: str | Path,
                  events: EventCallback | None = None, scene_config: SceneConfig | None = None,
@@ -516,6 +418,7 @@ class Trainer:
             rep.info(f"MCMC budget: at most {self.strategy.cap_max} Gaussians",
                      cap_max=self.strategy.cap_max)
         self.strategy.check_sanity(self.params, self.optimizers)
+        self._setup_speed_levers()
         if (cfg.prune_unseen or cfg.camera_clearance > 0) and cfg.strategy == "default":
             from .visibility import (camera_centres, camera_clearance, camera_stack,
                                      in_any_frustum, near_cameras)
@@ -547,6 +450,8 @@ class Trainer:
                 self.strategy_state[k] = v.to(self.device) if isinstance(v, torch.Tensor) else v
             if hasattr(self.strategy, "counts") and ckpt.get("strategy_counts"):
                 self.strategy.counts.update(ckpt["strategy_counts"])
+                if hasattr(self.strategy, "set_budget_fraction"):  # budget after pruning
+                    self.strategy.set_budget_fraction(1.0)
             self.sampler.load_state_dict(ckpt["sampler"])
             self.extras.load_state_dict(ckpt.get("extras"))
             self.bg_generator.set_state(ckpt["background_rng"])
@@ -559,6 +464,29 @@ class Trainer:
                                                "no": False}[cfg.images_on_gpu])
         self.cameras = {i: camera_tensors(scene, i, self.device) for i in scene.train_indices}
         self.background = torch.tensor(scene.background, dtype=torch.float32, device=self.device)
+
+    def _setup_speed_levers(self) -> None:
+        """Issue 16's opt-in levers: the resolution schedule, selective Adam / bfloat16
+        moments, significance pruning (see their modules)."""
+        cfg = self.config
+        self.res_schedule = (ResolutionSchedule(
+            cfg.res_schedule_start, cfg.res_schedule_levels,
+            max(1, int(round(cfg.res_schedule_until * cfg.max_steps))))
+            if cfg.res_schedule else None)
+        self.adam_stepper = None
+        if (cfg.selective_adam or cfg.adam_moments_dtype != "float32") \
+                and not self.use_sparse_grad:
+            self.adam_stepper = SelectiveAdamStepper(getattr(torch, cfg.adam_moments_dtype),
+                                                     seed=cfg.seed)
+        if cfg.prune_significance > 0 and cfg.strategy == "mcmc":
+            from .significance import blend_weight_significance
+
+            def score_fn(params: dict[str, torch.Tensor]) -> torch.Tensor:
+                return blend_weight_significance(params, self.scene, self.scene.train_indices,
+                                                 self.backend, self.cameras,
+                                                 antialiased=cfg.antialiased)
+
+            self.strategy.score_fn = score_fn
 
     def _check_compatible(self, ckpt: dict[str, Any], path: Path) -> None:
         cfg = self.config
@@ -665,12 +593,19 @@ class Trainer:
             else:
                 bg = self.background
             viewmat, K = self.cameras[idx]
+            size = {}
+            if self.res_schedule is not None:  # coarse-to-fine (res_schedule.py)
+                gt_u8, K, w, h = downscale_view(gt_u8, K, self.res_schedule.factor(k))
+                size = {"width": w, "height": h}
+                if hasattr(self.strategy, "set_budget_fraction"):
+                    self.strategy.set_budget_fraction(self.res_schedule.budget_fraction(k))
+            self.render_size = (int(gt_u8.shape[1]), int(gt_u8.shape[0]))  # (W, H) rendered
         with rf("sf.render"):
             render, alphas, info = render_view(
                 self.extras.render_params(self.params, idx), self.scene, idx, sh_degree,
                 self.backend, background=bg, antialiased=cfg.antialiased, packed=cfg.packed,
                 viewmat=self.extras.viewmat(viewmat, idx), K=K, absgrad=cfg.absgrad,
-                sparse_grad=self.use_sparse_grad)
+                sparse_grad=self.use_sparse_grad, **size)
             render = self.extras.post_render(render, idx)
             if cfg.strategy == "default":
                 self.strategy.step_pre_backward(self.params, self.optimizers,
@@ -702,7 +637,11 @@ class Trainer:
                     g = self.params[name].grad
                     if g is not None and not g.is_sparse:
                         self.params[name].grad = g.to_sparse(1)
-            if self.fast_adam:
+            if self.adam_stepper is not None:  # selective_adam / adam_moments_dtype
+                vis = (visible_gaussians(info, len(self.params["means"]))
+                       if cfg.selective_adam else None)
+                self.adam_stepper(self.optimizers.values(), vis)
+            elif self.fast_adam:
                 fused_adam_step(self.optimizers.values())
             else:
                 for opt in self.optimizers.values():
@@ -733,7 +672,9 @@ class Trainer:
         # (on a CPU only under Triton's interpreter, which tests use)
         self.triton_loss = (cfg.triton_loss and cfg.ssim_lambda > 0
                             and triton_loss_available(self.device))
-        self.loss_fn = (GraphedPhotometricLoss(cfg.ssim_lambda)
+        self.loss_fn = (GraphedPhotometricLoss(
+                            cfg.ssim_lambda, max_graphs=4 + cfg.res_schedule_levels
+                            if cfg.res_schedule else 4)
                         if cfg.graph_loss and cfg.fused_ssim and self.device.type == "cuda"
                         and cfg.ssim_lambda > 0 and not self.triton_loss else None)
         self.model_dir.mkdir(parents=True, exist_ok=True)
