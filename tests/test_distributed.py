@@ -158,10 +158,10 @@ def test_two_ranks_match_one_rank(runs):
     # events from rank 0 only, as a single process sends them: one start, one finish, and
     # progress of every step 1..STEPS once
     kinds = [e.kind for e in ev2]
-    assert kinds.count("started") == 1 and kinds.count("finished") == 1
+    assert kinds.count("stage_started") == 1 and kinds.count("stage_finished") == 1
     steps = [e.step for e in ev2 if e.kind == "progress"]
     assert steps == sorted(set(steps)) and steps[-1] == STEPS
-    assert [e.kind for e in ev1].count("started") == 1
+    assert [e.kind for e in ev1].count("stage_started") == 1
 
 
 def test_two_rank_outputs_are_single_process_outputs(runs):
@@ -211,3 +211,25 @@ def test_gpus_needs_one_process_for_a_step_hook(plush_scene, tmp_path):
     with pytest.raises(ConfigError, match="step hook"):
         run_train(_config(gpus=2), plush_scene, tmp_path, step_hook=lambda t, k: None)
     assert PLUSH_DOG.is_dir()
+
+
+def test_worker_gpus_gives_each_job_all_of_them(monkeypatch):
+    """`splatforge worker --gpus 0,1` owns both devices and the runner trains each job on 2
+    ranks unless the job says otherwise; bad lists are refused before anything starts."""
+    from splatforge.errors import ConfigError
+    from splatforge.service.celery_exec import worker
+    from splatforge.service.runner import _job_configs
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # restored afterwards
+    for bad in ("", "0,0", "0,x", "-1"):
+        with pytest.raises(ConfigError, match="--gpus"):
+            worker(gpus=bad)
+    with pytest.raises(ConfigError, match="--gpus"):
+        worker(gpu=0, gpus="1,2")
+    monkeypatch.setenv("SPLATFORGE_TRAIN_GPUS", "2")
+    assert _job_configs({"preset": "preview"})["train"].gpus == 2
+    got = _job_configs({"preset": "preview", "train": {"max_steps": 7}})["train"]
+    assert (got.gpus, got.max_steps) == (2, 7)
+    assert _job_configs({"train": {"gpus": 1}})["train"].gpus == 1
+    monkeypatch.delenv("SPLATFORGE_TRAIN_GPUS")
+    assert "train" not in _job_configs({"preset": "preview"})

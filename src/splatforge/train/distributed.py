@@ -398,7 +398,11 @@ def _rank_main(rank: int, world: int, port: int, args: dict[str, Any], q: Any, s
         except TrainingInterrupted as e:
             _send(q, ("interrupted", rank, e.step, e.checkpoint))
             return
+        peaks: list[Any] = [None] * world   # peak device memory of each rank, bytes
+        dist.all_gather_object(peaks, int(torch.cuda.max_memory_allocated())
+                               if use_cuda else 0)
         if rank == 0:
+            result.metrics["peak_memory_bytes_per_rank"] = peaks
             result.metrics["world_size"] = world
             result.metrics["rebalances"] = trainer.rebalances
             _send(q, ("result", rank, result))
