@@ -178,8 +178,10 @@ def test_two_rank_outputs_are_single_process_outputs(runs):
     assert ck["optimizers"]["means"]["state"][0]["exp_avg"].shape == (n, 3)
     assert ck["distributed"]["world_size"] == 2 and sum(ck["distributed"]["shard_sizes"]) == n
     log = [json.loads(x) for x in res.log_path.read_text().splitlines()]
-    assert [r["step"] for r in log if "kind" not in r] == list(range(10, STEPS + 1, 10))
-    assert log[-1]["num_gaussians"] == n
+    steps = [r for r in log if "kind" not in r]
+    assert [r["step"] for r in steps] == list(range(10, STEPS + 1, 10))
+    assert steps[-1]["num_gaussians"] == n  # the whole model, not rank 0's shard
+    assert [r["kind"] for r in log if "kind" in r] == ["eval"]
     assert not list(res.model_dir.glob("splatforge-rank*"))
 
 
@@ -233,3 +235,67 @@ def test_worker_gpus_gives_each_job_all_of_them(monkeypatch):
     assert _job_configs({"train": {"gpus": 1}})["train"].gpus == 1
     monkeypatch.delenv("SPLATFORGE_TRAIN_GPUS")
     assert "train" not in _job_configs({"preset": "preview"})
+
+
+def _rebalance_entry(rank, world, port, scene, scene_config, q):
+    """One rank of test_rebalance_moves_gaussians_with_their_state."""
+    import torch.distributed as dist
+    from gsplat.strategy.ops import remove
+
+    from splatforge.train.distributed import DistributedTrainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world)
+    try:
+        import tempfile
+
+        tr = DistributedTrainer(_config(gpus=2, strategy="default"), scene,
+                                tempfile.mkdtemp(), None, scene_config)
+        tr._setup(None)
+        for name, opt in tr.optimizers.items():  # Adam moments that differ per Gaussian
+            p = tr.params[name]
+            p.grad = torch.arange(p.numel(), dtype=p.dtype).reshape(p.shape) + rank
+            opt.step()
+        tr.strategy_state["grad2d"] = torch.rand(len(tr.params["means"]))
+        if rank == 1:  # a prune on one shard only
+            mask = torch.zeros(len(tr.params["means"]), dtype=torch.bool)
+            mask[: len(mask) * 3 // 5] = True
+            remove(tr.params, tr.optimizers, tr.strategy_state, mask)
+        tr._sync()
+        before = tr.gather_full(dst=None)
+        sizes_before = list(tr.shard_sizes)
+        moved = tr.rebalance()
+        tr._sync()
+        after = tr.gather_full(dst=None)
+        q.put(pickle.dumps((rank, {"moved": moved, "before": before, "after": after,
+                                   "sizes": (sizes_before, list(tr.shard_sizes))})))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_rebalance_moves_gaussians_with_their_state(plush_scene, plush_scene_config):
+    """After one shard is pruned to 40%, the ranks redistribute the Gaussians evenly; the
+    whole model (parameters, Adam moments, strategy state, in order) is unchanged."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    port = _port()
+    procs = [ctx.Process(target=_rebalance_entry,
+                         args=(r, 2, port, plush_scene, plush_scene_config, q))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    got = dict(pickle.loads(q.get(timeout=600)) for _ in range(2))
+    for p in procs:
+        p.join(timeout=60)
+    (before, after), r0 = got[0]["sizes"], got[0]
+    assert r0["moved"] and got[1]["moved"]
+    assert before[1] < 0.5 * before[0] and abs(after[0] - after[1]) <= 1
+    assert sum(after) == sum(before)
+    for key in ("params",):
+        for k, v in r0["before"][key].items():
+            assert torch.equal(r0["after"][key][k], v), k
+    for k, st in r0["before"]["adam"].items():
+        for m in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(r0["after"]["adam"][k][m], st[m]), (k, m)
+    assert torch.equal(r0["after"]["strategy"]["grad2d"], r0["before"]["strategy"]["grad2d"])

@@ -51,7 +51,7 @@ from ..splats import PARAM_NAMES
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
 from .checkpoint import save_checkpoint as write_checkpoint
 from .data import ImageCache, ViewSampler
-from .trainer import STAGE, Trainer, TrainingInterrupted, TrainResult
+from .trainer import Trainer, TrainingInterrupted, TrainResult
 
 #: Redistribute the Gaussians when the largest shard exceeds the mean by this factor.
 REBALANCE_RATIO = 1.2
@@ -507,4 +507,4 @@ def run_train_distributed(config: TrainConfig, scene: Any, model_dir: str | Path
 
 
 __all__ = ["PER_GAUSSIAN_STATE", "REBALANCE_RATIO", "DistributedTrainer",
-           "run_train_distributed", "shard_sizes", "STAGE"]
+           "run_train_distributed", "shard_sizes"]
