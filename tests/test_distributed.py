@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -131,19 +132,26 @@ def runs(tmp_path_factory, plush_scene, plush_scene_config):
     from splatforge.train import run_train
 
     out = {}
-    threads = torch.get_num_threads()
     for world in (2, 1):
         model = tmp_path_factory.mktemp(f"plush_w{world}")
         events: list = []
-        # the one-rank run gets a rank's share of the cores (each of 2 ranks uses 1 thread)
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
-        try:
+        with _rank_threads():
             res = run_train(_config(gpus=world), plush_scene, model, events.append,
                             scene_config=plush_scene_config)
-        finally:
-            torch.set_num_threads(threads)
         out[world] = (res, events)
     return out
+
+
+@contextlib.contextmanager
+def _rank_threads():
+    """A one-rank run in this process gets a rank's share of the cores (each of 2 ranks
+    uses half of them), as the 2-rank runs do."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_two_ranks_match_one_rank(runs):
@@ -196,12 +204,14 @@ def test_checkpoint_resumes_on_other_world_size(runs, tmp_path, plush_scene,
     model = tmp_path / "resumed"
     (model / "ckpts").mkdir(parents=True)
     shutil.copy(res.checkpoints[STEPS], model / "ckpts" / f"step_{STEPS}.pt")
-    same = run_train(_config(gpus=dst), plush_scene, model, scene_config=plush_scene_config,
-                     resume=True)
+    with _rank_threads():
+        same = run_train(_config(gpus=dst), plush_scene, model,
+                         scene_config=plush_scene_config, resume=True)
     assert same.step == STEPS and same.num_gaussians == res.num_gaussians
     assert same.metrics["test"]["psnr"] == pytest.approx(res.metrics["test"]["psnr"], abs=1e-3)
-    more = run_train(_config(gpus=dst, max_steps=STEPS + 5, save_steps=[STEPS + 5]),
-                     plush_scene, model, scene_config=plush_scene_config, resume=True)
+    with _rank_threads():
+        more = run_train(_config(gpus=dst, max_steps=STEPS + 5, save_steps=[STEPS + 5]),
+                         plush_scene, model, scene_config=plush_scene_config, resume=True)
     assert more.step == STEPS + 5
     assert abs(more.metrics["test"]["psnr"] - res.metrics["test"]["psnr"]) < 0.5
 
