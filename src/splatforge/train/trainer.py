@@ -934,7 +934,8 @@ def run_train(config: TrainConfig, scene: Any, model_dir: str | Path,
     """Train a 3DGS scene into ``model_dir`` (see the module docstring for the recipe/layout).
 
     Args:
-        config: :class:`~splatforge.config.TrainConfig`.
+        config: :class:`~splatforge.config.TrainConfig` (``gpus > 1``: several ranks,
+            :func:`splatforge.train.distributed.run_train_distributed`).
         scene: a dataset path (read with ``scene_config``) or a loaded
             :class:`~splatforge.scene.Scene`.
         model_dir: output folder (created).
