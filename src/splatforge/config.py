@@ -480,6 +480,12 @@ class TrainConfig(StageConfig):
     device: str = Field(
         "auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
         description="auto | cpu | cuda | cuda:N | mps (auto = cuda when available, else cpu).")
+    gpus: int = Field(
+        1, ge=1, le=64,
+        description="Ranks (processes) that train this one scene together: N > 1 shards the "
+                    "Gaussians and the training views over N GPUs (NCCL, one per visible CUDA "
+                    "device) or N CPU processes (gloo); each step then trains N views, one "
+                    "per rank (splatforge.train.distributed).")
     seed: int = Field(42, ge=0, le=2**31 - 1, description="Random seed.")
     # -- real captures: appearance, masks, poses ----------------------------------------------
     appearance: Literal["none", "embedding", "bilateral"] = Field(

@@ -343,7 +343,7 @@ def job_limits(time_limit_s: float | None, soft_time_limit_s: float | None = Non
     return soft, min(soft + 10.0, (soft + hard) / 2.0), hard
 
 
-def worker(gpu: int | None = None, name: str | None = None,
+def worker(gpu: int | None = None, gpus: str | None = None, name: str | None = None,
            time_limit: float | None = None, soft_time_limit: float | None = None,
            queue: str | None = None,
            loglevel: Annotated[str, tyro.conf.arg(help="Celery log level.")] = "INFO"
@@ -359,6 +359,9 @@ def worker(gpu: int | None = None, name: str | None = None,
     Args:
         gpu: CUDA device index this worker owns (sets CUDA_VISIBLE_DEVICES); default: leave
             CUDA_VISIBLE_DEVICES as it is.
+        gpus: several CUDA device indices, comma-separated ("0,1"): each job trains on all
+            of them (sets CUDA_VISIBLE_DEVICES, and SPLATFORGE_TRAIN_GPUS, which the runner
+            uses as ``train.gpus`` when a job does not set it; splatforge.train.distributed).
         name: worker name (the part before @host); default gpu<N>, else w<pid>.
         time_limit: hard limit of one job in seconds (default SPLATFORGE_JOB_TIME_LIMIT_S,
             else none): the job's process is killed and the job fails.
@@ -370,6 +373,15 @@ def worker(gpu: int | None = None, name: str | None = None,
         if gpu < 0:
             raise ConfigError(f"--gpu: a CUDA device index >= 0, got {gpu}")
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    if gpus is not None:
+        ids = [x.strip() for x in gpus.split(",") if x.strip()]
+        if gpu is not None or not ids or not all(x.isdigit() for x in ids) \
+                or len(set(ids)) != len(ids):
+            raise ConfigError(f"--gpus: distinct CUDA device indices >= 0 separated by commas "
+                              f"(e.g. 0,1), and not together with --gpu; got {gpus!r}")
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
+        os.environ["SPLATFORGE_TRAIN_GPUS"] = str(len(ids))
+        gpu = int(ids[0])  # the default worker name
     if time_limit is not None and time_limit <= 0:
         raise ConfigError(f"--time-limit: seconds > 0, got {time_limit}")
     from . import db

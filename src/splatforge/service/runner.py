@@ -430,6 +430,10 @@ def _job_configs(config: dict[str, Any]) -> dict[str, Any]:
                         ("scene", SceneConfig), ("train", TrainConfig)):
         if config.get(name) is not None:
             out[name] = parse_stage_config(name, model, config[name])
+    # a worker that owns several GPUs (splatforge worker --gpus 0,1) trains each job on all
+    gpus = int(os.environ.get("SPLATFORGE_TRAIN_GPUS") or 1)
+    if gpus > 1 and "gpus" not in (config.get("train") or {}):
+        out["train"] = (out.get("train") or TrainConfig()).model_copy(update={"gpus": gpus})
     return out
 
 

@@ -572,6 +572,26 @@ class Trainer:
         atomic_write_text(path, "".join(k + "\n" for k in keep))
 
     # ---- one step --------------------------------------------------------------------------
+    @property
+    def num_gaussians(self) -> int:
+        """Gaussians of the whole model (a hook: the distributed trainer sums its shards)."""
+        return len(self.params["means"])
+
+    def _render_train_view(self, idx: int, sh_degree: int, bg: torch.Tensor,
+                           viewmat: torch.Tensor, K: torch.Tensor, size: dict[str, int]
+                           ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """``(render [1, H, W, 3], alphas [1, H, W, 1], info)`` of training view ``idx`` for
+        the loss and the strategy, with the per-image appearance and pose corrections applied
+        (train/real_capture.py); ``size`` is ``{}`` or the resolution schedule's
+        ``{"width", "height"}``. A hook: the distributed trainer renders across ranks."""
+        cfg = self.config
+        render, alphas, info = render_view(
+            self.extras.render_params(self.params, idx), self.scene, idx, sh_degree,
+            self.backend, background=bg, antialiased=cfg.antialiased, packed=cfg.packed,
+            viewmat=self.extras.viewmat(viewmat, idx), K=K, absgrad=cfg.absgrad,
+            sparse_grad=self.use_sparse_grad, **size)
+        return self.extras.post_render(render, idx), alphas, info
+
     def _train_step(self, k: int) -> dict[str, Any]:
         # record_function ranges name the parts of a step in torch.profiler traces
         # (benchmarks/train_gpu.py --profile); without a profiler they cost ~1 us each
@@ -601,12 +621,7 @@ class Trainer:
                     self.strategy.set_budget_fraction(self.res_schedule.budget_fraction(k))
             self.render_size = (int(gt_u8.shape[1]), int(gt_u8.shape[0]))  # (W, H) rendered
         with rf("sf.render"):
-            render, alphas, info = render_view(
-                self.extras.render_params(self.params, idx), self.scene, idx, sh_degree,
-                self.backend, background=bg, antialiased=cfg.antialiased, packed=cfg.packed,
-                viewmat=self.extras.viewmat(viewmat, idx), K=K, absgrad=cfg.absgrad,
-                sparse_grad=self.use_sparse_grad, **size)
-            render = self.extras.post_render(render, idx)
+            render, alphas, info = self._render_train_view(idx, sh_degree, bg, viewmat, K, size)
             if cfg.strategy == "default":
                 self.strategy.step_pre_backward(self.params, self.optimizers,
                                                 self.strategy_state, k, info)
@@ -698,7 +713,7 @@ class Trainer:
             "scene": self.scene_config.model_dump(mode="json"),
             "scene_path": str(self.scene.root), "backend": self.backend,
             "device": str(self.device), "save_steps": self.save_steps}, indent=2) + "\n")
-        rep.info(f"{len(self.params['means'])} Gaussians, {len(self.scene.train_indices)} "
+        rep.info(f"{self.num_gaussians} Gaussians, {len(self.scene.train_indices)} "
                  f"training / {len(self.scene.test_indices)} held-out views, backend "
                  f"{self.backend} on {self.device}, scene extent {self.scene_scale:.4g}",
                  backend=self.backend, device=str(self.device))
@@ -744,7 +759,7 @@ class Trainer:
             ssim=metrics["test"]["ssim"])
         return TrainResult(
             model_dir=self.model_dir, step=self.step,
-            num_gaussians=len(self.params["means"]), train_seconds=self.train_seconds,
+            num_gaussians=self.num_gaussians, train_seconds=self.train_seconds,
             steps_per_second=speed, backend=self.backend, device=str(self.device),
             init=self.init_method, resumed_from=ckpt_path, ply_paths=dict(self.ply_paths),
             checkpoints=dict(self.checkpoints), metrics=metrics)
@@ -784,7 +799,7 @@ class Trainer:
                     p = float(psnr_fn(out["render"][0].clamp(0, 1), out["gt"].float() / 255.0))
                 data = {"loss": float(out["loss"]), "l1": float(out["l1"]),
                         "ssim": float(out["ssim"]), "psnr": p,
-                        "num_gaussians": len(self.params["means"]),
+                        "num_gaussians": self.num_gaussians,
                         "sh_degree": out["sh_degree"], "means_lr": out["means_lr"],
                         "steps_per_second": sps}
             done = k - self.start_step
@@ -811,7 +826,7 @@ class Trainer:
             if logged or k == self.start_step + 1 or wall - last_event >= 1.0:
                 last_event = wall
                 if not data:
-                    data = {"num_gaussians": len(self.params["means"])}
+                    data = {"num_gaussians": self.num_gaussians}
                 shown = {key: data[key] for key in PROGRESS_KEYS if key in data}
                 self.rep.events(Event("progress", STAGE, "training", step=k, total=n,
                                       eta_s=eta, data=shown))
@@ -834,7 +849,7 @@ class Trainer:
         metrics = {
             "step": self.step,
             "max_steps": self.config.max_steps,
-            "num_gaussians": len(self.params["means"]),
+            "num_gaussians": self.num_gaussians,
             "train_seconds": self.train_seconds,
             "steps_per_second": speed,
             "test": {"psnr": ev["psnr"], "ssim": ev["ssim"], "cc_psnr": ev["cc_psnr"],
@@ -882,7 +897,8 @@ def run_train(config: TrainConfig, scene: Any, model_dir: str | Path,
     """Train a 3DGS scene into ``model_dir`` (see the module docstring for the recipe/layout).
 
     Args:
-        config: :class:`~splatforge.config.TrainConfig`.
+        config: :class:`~splatforge.config.TrainConfig` (``gpus > 1``: several ranks,
+            :func:`splatforge.train.distributed.run_train_distributed`).
         scene: a dataset path (read with ``scene_config``) or a loaded
             :class:`~splatforge.scene.Scene`.
         model_dir: output folder (created).
@@ -908,4 +924,9 @@ def run_train(config: TrainConfig, scene: Any, model_dir: str | Path,
         TrainingInterrupted: (a ``KeyboardInterrupt``) Ctrl-C or a KeyboardInterrupt from
             ``events``; a checkpoint of the last completed step was written first.
     """
+    if config.gpus > 1:  # one scene on several ranks (splatforge.train.distributed)
+        from .distributed import run_train_distributed
+
+        return run_train_distributed(config, scene, model_dir, events, scene_config, resume,
+                                     step_hook)
     return Trainer(config, scene, model_dir, events, scene_config, step_hook).run(resume)
