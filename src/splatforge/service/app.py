@@ -24,8 +24,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from ..errors import ConfigError
 from .db import get_engine, init_db
+from .errors import install_error_handlers
 from .settings import ServiceSettings
 
 
@@ -36,6 +36,10 @@ async def _send_json(send: Any, status: int, body: dict[str, Any],
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(data)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": data})
+
+
+#: Largest JSON request body (a job config is a few kB; uploads are multipart).
+MAX_JSON_BYTES = 1 << 20
 
 
 class GuardMiddleware:
@@ -71,7 +75,14 @@ class GuardMiddleware:
                                  [(b"www-authenticate", b"Bearer")])
                 return
         length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+        limit = self.max_bytes
+        if headers.get("content-type", "").split(";")[0].strip() == "application/json":
+            limit = min(limit, MAX_JSON_BYTES)
+        if length is not None and length.isdigit() and int(length) > limit:
+            if limit < self.max_bytes:
+                await _send_json(send, 413, {"detail": f"JSON body of {length} bytes exceeds "
+                                             f"the limit of {limit} bytes"})
+                return
             await _send_json(send, 413, {"detail": f"request body of {length} bytes exceeds "
                                          f"the limit of {self.max_bytes} bytes "
                                          "(SPLATFORGE_MAX_UPLOAD_MB)"})
@@ -87,14 +98,14 @@ class GuardMiddleware:
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     # answer 413 now and make the app stop reading (it sees a disconnect)
                     rejected = True
                     if not started:
                         started = True
                         await _send_json(send, 413, {
                             "detail": "request body exceeds the limit of "
-                                      f"{self.max_bytes} bytes (SPLATFORGE_MAX_UPLOAD_MB)"},
+                                      f"{limit} bytes (SPLATFORGE_MAX_UPLOAD_MB)"},
                             [(b"connection", b"close")])
                     return {"type": "http.disconnect"}
             return msg
@@ -160,10 +171,8 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
     app.state.storage = get_store(settings)
     app.state.executor = None
 
-    @app.exception_handler(ConfigError)
-    async def config_error(request: Request, exc: ConfigError) -> JSONResponse:
-        return JSONResponse({"detail": [{"loc": ["body"], "msg": str(exc),
-                                         "type": "config_error"}]}, status_code=422)
+    install_error_handlers(app, [settings.data_dir, settings.work_dir,
+                                 *settings.allowed_roots])
     app.add_middleware(GuardMiddleware, api_key=settings.api_key,
                        max_bytes=settings.max_upload_bytes)
 
