@@ -77,7 +77,8 @@ def classify_input(path: str | Path, label: str | None = None) -> InputKind:
     """Classify a fetched input.
 
     In order: a posed dataset (a COLMAP folder, a ``transforms.json`` dataset, a splatforge
-    workspace); a ``.zip`` or video file; a folder whose only media is one zip or video (that
+    workspace; a folder with ``sparse/`` counts as COLMAP even when its model does not read,
+    so that reading it names the broken file); a ``.zip`` or video file; a folder whose only media is one zip or video (that
     file); a folder of photos; a folder without photos of its own but with an ``images/``
     subfolder that has them (a capture folder with a licence beside it).
 
@@ -101,6 +102,9 @@ def classify_input(path: str | Path, label: str | None = None) -> InputKind:
     fmt = dataset_format(path)
     if fmt is not None:
         return InputKind(fmt, path)
+    if (path / "sparse").is_dir():
+        # a COLMAP output that does not read: reading it names the broken file
+        return InputKind("colmap", path)
     if path.is_file():
         try:
             return InputKind(detect_media_kind(path), path)
@@ -115,9 +119,6 @@ def classify_input(path: str | Path, label: str | None = None) -> InputKind:
     imgs = path / "images"
     if imgs.is_dir() and has_images(imgs):
         return InputKind("images", imgs)
-    if (path / "sparse").is_dir():
-        raise InputError(None, f"{shown}: holds sparse/ but no readable COLMAP model with "
-                               "images", hint)
     found = ", ".join(sorted(p.name for p in files)[:5]) or "nothing"
     raise InputError(None, f"{shown}: holds neither a posed dataset nor photos or a video "
                            f"(found: {found})", hint)

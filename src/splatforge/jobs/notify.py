@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import threading
 import time
 import urllib.error
@@ -66,14 +67,25 @@ def job_notice(job_id: str, status: str, *, metrics: dict[str, Any] | None = Non
             .replace("+00:00", "Z"), **extra}
 
 
-def _body(notice: dict[str, Any]) -> bytes:
-    def default(o: Any) -> Any:
-        try:
-            return float(o)
-        except (TypeError, ValueError):
-            return str(o)
+def _finite(o: Any) -> Any:
+    """``o`` with non-finite floats as None (JSON has no NaN), other objects as numbers or
+    text."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {str(k): _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if o is None or isinstance(o, (str, bool, int)):
+        return o
+    try:
+        return _finite(float(o))
+    except (TypeError, ValueError):
+        return str(o)
 
-    return json.dumps(notice, sort_keys=True, default=default, allow_nan=False).encode()
+
+def _body(notice: dict[str, Any]) -> bytes:
+    return json.dumps(_finite(notice), sort_keys=True, allow_nan=False).encode()
 
 
 def post_notice(url: str, notice: dict[str, Any], secret: str | None = None, *,
@@ -81,12 +93,7 @@ def post_notice(url: str, notice: dict[str, Any], secret: str | None = None, *,
                 timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
     """POST ``notice`` to ``url`` now, in this thread, with retries; True when delivered
     (a 2xx answer). Never raises."""
-    try:
-        body = _body(notice)
-    except ValueError as e:  # NaN metrics: send them as null rather than not at all
-        log.warning("notification body: %s; non-finite numbers sent as null", e)
-        body = _body(json.loads(json.dumps(notice, default=str).replace("NaN", "null")
-                                .replace("-Infinity", "null").replace("Infinity", "null")))
+    body = _body(notice)
     headers = {"Content-Type": "application/json", "User-Agent": "splatforge-notify"}
     sig = sign(body, secret)
     if sig:

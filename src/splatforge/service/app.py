@@ -7,7 +7,8 @@ viewer). ``app.state`` carries ``settings``, ``storage`` and ``executor``.
 
 Two pure-ASGI middlewares run before any route: the bearer API key (when
 ``SPLATFORGE_API_KEY`` is set, every path but ``/healthz`` needs ``Authorization: Bearer
-<key>``; 401 otherwise) and the request-size limit (``Content-Length`` above the limit, or a
+<key>``; 401 otherwise; the viewer proxy's paths carry their own signed token, see
+:mod:`.viewer_proxy`) and the request-size limit (``Content-Length`` above the limit, or a
 streamed body that grows past it, is answered 413 before the body is read or stored).
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +28,7 @@ from sqlalchemy import text
 
 from .db import get_engine, init_db
 from .errors import install_error_handlers
+from .viewer_proxy import PROXY_PATH
 from .settings import ServiceSettings
 
 
@@ -63,12 +66,14 @@ class GuardMiddleware:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
         if scope["type"] == "websocket":
-            if self.api_key and not self._authorized(headers):
+            if (self.api_key and not self._authorized(headers)
+                    and not PROXY_PATH.match(scope.get("path", ""))):
                 await send({"type": "websocket.close", "code": 1008})
                 return
             await self.app(scope, receive, send)
             return
-        if self.api_key and scope.get("path") != "/healthz":
+        if (self.api_key and scope.get("path") != "/healthz"
+                and not PROXY_PATH.match(scope.get("path", ""))):
             if not self._authorized(headers):
                 await _send_json(send, 401, {"detail": "missing or wrong API key "
                                              "(Authorization: Bearer <key>)"},
@@ -168,6 +173,8 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
                     "download the trained Gaussian splats.",
         lifespan=lifespan)
     app.state.settings = settings
+    app.state.viewer_secret = (settings.api_key.encode() if settings.api_key
+                               else secrets.token_bytes(32))
     app.state.storage = get_store(settings)
     app.state.executor = None
 
@@ -199,5 +206,8 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
     except ImportError:
         view_router = None
     if view_router is not None:
+        from .viewer_proxy import router as proxy_router
+
         app.include_router(view_router)
+        app.include_router(proxy_router)
     return app

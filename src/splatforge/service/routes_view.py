@@ -5,15 +5,16 @@ The model is the splat artifact of the scene's latest finished job under
 its ``cameras.json`` and ``input.ply`` (SfM points) when present. The files are copied from the
 artifact store into ``<data_dir>/viewer/{scene_id}/<version>/`` (so a later job replacing the
 artifacts never changes a running viewer's input), a viser viewer is started for it on a free
-port (one per scene, reused while the model is the same; see
-:class:`splatforge.viewer.manager.ViewerManager`) and the request is redirected (307) to it.
+port of 127.0.0.1 (one per scene, reused while the model is the same; see
+:class:`splatforge.viewer.manager.ViewerManager`) and the request is redirected (307) to the
+service's signed proxy of it (:mod:`.viewer_proxy`): the viewer is reachable only through the
+API key.
 Viewers with no browser connected and no request for ``SPLATFORGE_VIEWER_IDLE_SECONDS``
 (default 600) are stopped.
 
 Settings (:class:`~splatforge.service.settings.ServiceSettings`, read once at start-up):
-``SPLATFORGE_VIEWER_IDLE_SECONDS``, ``SPLATFORGE_VIEWER_HOST`` (address the viewers bind,
-default 127.0.0.1; with 0.0.0.0 the redirect names the host the request came to),
-``SPLATFORGE_VIEWER_MAX_SPLATS`` (display budget per model).
+``SPLATFORGE_VIEWER_IDLE_SECONDS``, ``SPLATFORGE_VIEWER_MAX_SPLATS`` (display budget per
+model).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ..viewer.data import DEFAULT_MAX_SPLATS
 from ..viewer.manager import ViewerManager
 from ..jobs.manifest import MODEL_ARTIFACTS, model_key
 from .db import Job, Scene, session_scope
+from .viewer_proxy import make_token, viewer_secret
 from .store import SCENE_ID_RE, outputs_prefix
 
 router = APIRouter(tags=["viewer"])
@@ -51,7 +53,7 @@ def viewer_manager(app: Any) -> ViewerManager:
         if manager is None:
             settings = app.state.settings
             manager = ViewerManager(idle_seconds=settings.viewer_idle_seconds,
-                                    host=settings.viewer_host,
+                                    host="127.0.0.1",
                                     max_splats=settings.viewer_max_splats or DEFAULT_MAX_SPLATS)
             app.state.viewer_manager = manager
         return manager
@@ -117,9 +119,6 @@ def view_scene(request: Request, scene_id: str) -> RedirectResponse:
         mv = manager.get_or_start(scene_id, path, version=f"{job_id}:{version}")
     except SplatforgeError as e:
         raise HTTPException(422, f"the scene's model cannot be shown: {e}") from e
-    host = manager.host
-    if host in ("0.0.0.0", "::", ""):
-        host = request.url.hostname or "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return RedirectResponse(f"http://{host}:{mv.port}/", status_code=307)
+    del mv  # reached through the service's proxy, never on its own port
+    token = make_token(viewer_secret(request.app), scene_id)
+    return RedirectResponse(f"/scenes/{scene_id}/viewer/?token={token}", status_code=307)

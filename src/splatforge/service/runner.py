@@ -59,7 +59,7 @@ _stop_reason: dict[str, str] = {}
 
 
 def request_stop(reason: str = "shutdown") -> None:
-    """Ask the job running in this process to stop at the next callback (``shutdown``: the
+    """Ask the job running in this process to stop at its next stop poll (``shutdown``: the
     job goes back to ``queued``; ``cancel``: ``cancelled``). Safe in a signal handler."""
     _stop_reason.setdefault("reason", reason)
 

@@ -26,7 +26,6 @@ variable                        meaning (default)
 ``SPLATFORGE_NOTIFY_URL``       POST every job's final status here (none; a job's own
                                 ``notify_url`` wins), see :mod:`splatforge.jobs.notify`
 ``SPLATFORGE_NOTIFY_SECRET``    HMAC-SHA256 key of the notifications' signature header
-``SPLATFORGE_VIEWER_HOST``      address the scene viewers bind (127.0.0.1)
 ``SPLATFORGE_VIEWER_IDLE_SECONDS`` stop a viewer unused this long (600)
 ``SPLATFORGE_VIEWER_MAX_SPLATS`` display budget of one viewer's model
 ==============================  ===========================================================
@@ -60,7 +59,6 @@ ENV_VARS: dict[str, str] = {
     "SPLATFORGE_JOB_TIME_LIMIT_S": "job_time_limit_s",
     "SPLATFORGE_NOTIFY_URL": "notify_url",
     "SPLATFORGE_NOTIFY_SECRET": "notify_secret",
-    "SPLATFORGE_VIEWER_HOST": "viewer_host",
     "SPLATFORGE_VIEWER_IDLE_SECONDS": "viewer_idle_seconds",
     "SPLATFORGE_VIEWER_MAX_SPLATS": "viewer_max_splats",
 }
@@ -102,7 +100,6 @@ class ServiceSettings(EnvSettings):
         description="POST each job's final status here (a job's notify_url wins).")
     notify_secret: str | None = Field(
         None, description="HMAC-SHA256 key of the notification signature header.")
-    viewer_host: str = Field("127.0.0.1", description="Address the scene viewers bind.")
     viewer_idle_seconds: float = Field(600.0, gt=0,
                                        description="Stop a viewer unused this long, s.")
     viewer_max_splats: int | None = Field(None, ge=1,
