@@ -12,34 +12,39 @@ import pytest
 from service_helpers import NotifyListener
 
 
-def _fake_out(tmp_path, trained_plush):
-    """A reconstruct output folder laid out like run_reconstruct's, from the session model."""
-    import shutil
-
+def _fake_out(tmp_path):
+    """A reconstruct output folder laid out like run_reconstruct's (the manifest only looks
+    at names; the bytes do not matter here)."""
     out = tmp_path / "out"
-    shutil.copytree(trained_plush.model_dir, out / "model",
-                    ignore=shutil.ignore_patterns("ckpts"))
-    (out / "scene.splat").write_bytes(b"splat")
-    (out / "reconstruct.json").write_text("{}")
-    return out, trained_plush.result.step
+    step = 30
+    for rel in (f"model/point_cloud/iteration_{step}/point_cloud.ply",
+                "model/point_cloud/iteration_10/point_cloud.ply", "model/ckpts/step_30.pt",
+                "model/cameras.json", "model/cfg_args", "model/input.ply",
+                "model/metrics.json", "model/config.json", "model/train_log.jsonl",
+                "model/eval/metrics.csv", "model/eval/view_000.png", "scene.splat",
+                "scene.spz", "reconstruct.json", "workspace/sparse/0/cameras.bin"):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(rel.encode())
+    return out, step
 
 
-def test_manifest_and_publish(tmp_path, trained_plush):
+def test_manifest_and_publish(tmp_path):
     from splatforge.jobs import artifact_files, model_key, publish
     from splatforge.storage import LocalStore
 
-    out, step = _fake_out(tmp_path, trained_plush)
+    out, step = _fake_out(tmp_path)
     files = artifact_files(out, step)
     it = f"point_cloud/iteration_{step}/point_cloud.ply"
     assert files[it] == files["point_cloud.ply"]
-    assert {"cameras.json", "cfg_args", "input.ply", "metrics.json", "scene.splat",
-            "reconstruct.json"} <= set(files)
-    assert not any(k.startswith("ckpts") for k in files)
+    assert sorted(files) == sorted([
+        it, "point_cloud.ply", "cameras.json", "cfg_args", "input.ply", "metrics.json",
+        "config.json", "train_log.jsonl", "eval/metrics.csv", "renders/view_000.png",
+        "scene.splat", "scene.spz", "reconstruct.json"])  # no ckpts, no earlier iteration
     with pytest.raises(FileNotFoundError, match="no final point cloud"):
         artifact_files(out, step + 1)
 
     store = LocalStore(tmp_path / "store")
-    store.put_file("outputs/s/old_renders/x.png", out / "scene.splat")  # an earlier run's
+    store.put_file("outputs/s/renders/old.png", out / "scene.splat")  # an earlier run's
     keys = publish(store, "outputs/s/", files)
     assert sorted(keys) == sorted(f"outputs/s/{n}" for n in files)
     assert sorted(o.key for o in store.list("outputs/s/")) == sorted(keys)  # stale gone
