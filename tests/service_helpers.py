@@ -194,3 +194,54 @@ def read_sse(client: httpx.Client, path: str, timeout: float = 180.0) -> list[di
             key, _, value = line.partition(":")
             cur[key] = value.lstrip(" ")
     return out
+
+
+class NotifyListener:
+    """A real HTTP listener on 127.0.0.1 that records every POST (body, signature header);
+    ``status`` is what it answers."""
+
+    def __init__(self, status: int = 200):
+        import http.server
+        import threading
+
+        self.posts: list[tuple[bytes, str | None]] = []
+        self.status = status
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                n = int(self.headers.get("Content-Length") or 0)
+                outer.posts.append((self.rfile.read(n),
+                                    self.headers.get("X-Splatforge-Signature")))
+                self.send_response(outer.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def notices(self, secret: str) -> list[dict[str, Any]]:
+        """The JSON bodies received, each checked against its HMAC-SHA256 signature."""
+        import json
+
+        from splatforge.jobs.notify import verify_signature
+
+        out = []
+        for body, sig in self.posts:
+            assert verify_signature(body, sig, secret), (body[:200], sig)
+            out.append(json.loads(body))
+        return out
+
+    def wait(self, n: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.posts) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

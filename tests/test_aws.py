@@ -582,3 +582,79 @@ def test_classify_downloaded_input(tmp_path):
     assert classify_input(d, "s3://b/p/") == ("media", d)
     with pytest.raises(InputError, match=r"(?s)s3://b/p/: holds neither.*found: notes.txt"):
         classify_input(folder("other", "notes.txt"), "s3://b/p/")
+
+
+# -- one layout for every front door; completion notifications -----------------------------------
+
+def test_both_front_doors_share_one_layout_and_notify(aws, tmp_path):
+    """A scene the AWS worker trained is served by the service's routes from the same bucket,
+    and a scene the service trained holds the INRIA layout the AWS side reads. Both front
+    doors announce the end once: a signed POST (and SNS for the worker)."""
+    import httpx
+
+    from service_helpers import TINY_JOB, NotifyListener, Server, new_scene, plush_zip_bytes, \
+        wait_job
+    from splatforge.aws import run_aws_task
+
+    secret = "s3cr3t"
+    hook = NotifyListener()
+    import boto3
+
+    kw = dict(endpoint_url=aws.endpoint, region_name="us-east-1",
+              aws_access_key_id="testing", aws_secret_access_key="testing")
+    sns, sqs = boto3.client("sns", **kw), boto3.client("sqs", **kw)
+    topic = sns.create_topic(Name="scene-done")["TopicArn"]
+    q = sqs.create_queue(QueueName="scene-done-mail")["QueueUrl"]
+    q_arn = sqs.get_queue_attributes(QueueUrl=q, AttributeNames=["QueueArn"]
+                                     )["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=q_arn,
+                  Attributes={"RawMessageDelivery": "true"})
+    # -- AWS worker -> service routes ---------------------------------------------------------
+    sid = "dog-shared"
+    aws.upload_colmap(f"colmap/{sid}/")
+    env = aws.env(sid, SNS_TOPIC_ARN=topic, SPLATFORGE_NOTIFY_URL=hook.url,
+                  SPLATFORGE_NOTIFY_SECRET=secret)
+    out = run_aws_task(env, clients=_clients(env))
+    assert out.exit_code == 0, out.error
+    ply_key = f"outputs/{sid}/point_cloud/iteration_20/point_cloud.ply"
+    want = aws.s3.get_object(Bucket=BUCKET, Key=ply_key)["Body"].read()
+    notices = hook.notices(secret)
+    assert len(notices) == 1 and notices[0]["id"] == sid
+    assert notices[0]["status"] == "succeeded" and notices[0]["error"] is None
+    assert "point_cloud.ply" in notices[0]["artifacts"]
+    msgs = sqs.receive_message(QueueUrl=q, MaxNumberOfMessages=10,
+                               WaitTimeSeconds=2).get("Messages", [])
+    assert len(msgs) == 1
+    assert json.loads(msgs[0]["Body"])["status"] == "succeeded"
+
+    srv = Server(tmp_path / "srv", storage=f"s3://{BUCKET}/", extra_env={
+        **CREDS, "SPLATFORGE_S3_ENDPOINT_URL": aws.endpoint, "MOTO_PORT": os.environ["MOTO_PORT"],
+        "SPLATFORGE_NOTIFY_URL": hook.url, "SPLATFORGE_NOTIFY_SECRET": secret}).start()
+    try:
+        with srv.client() as c:
+            r = c.get(f"/scene/{sid}/gsplat/model")
+            assert r.status_code == 200, r.text
+            assert r.content == want
+            r = c.get(f"/scenes/{sid}/artifacts/point_cloud.ply")
+            assert r.status_code == 200 and r.content == want
+            names = {a["name"] for a in c.get(f"/scenes/{sid}/artifacts").json()["artifacts"]}
+            assert {"cameras.json", "cfg_args", "scene.splat"} <= names
+            # -- service -> the INRIA layout in the same bucket -----------------------------
+            scene = new_scene(c)
+            r = c.post(f"/scenes/{scene}/media",
+                       files={"files": ("plush.zip", plush_zip_bytes(), "application/zip")})
+            assert r.status_code == 200, r.text
+            job = c.post(f"/scenes/{scene}/jobs", json=TINY_JOB).json()["job_id"]
+            assert wait_job(c, job)["status"] == "succeeded", srv.log()[-3000:]
+        keys = aws.keys(f"outputs/{scene}/")
+        n = TINY_JOB["train"]["max_steps"]
+        for rel in (f"point_cloud/iteration_{n}/point_cloud.ply", "point_cloud.ply",
+                    "cameras.json", "cfg_args", "input.ply", "metrics.json"):
+            assert f"outputs/{scene}/{rel}" in keys, keys
+        hook.wait(2)
+        notices = hook.notices(secret)
+        assert [(x["id"], x["status"]) for x in notices[1:]] == [(job, "succeeded")]
+        assert f"point_cloud/iteration_{n}/point_cloud.ply" in notices[1]["artifacts"]
+    finally:
+        srv.stop()
+        hook.close()

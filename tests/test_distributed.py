@@ -230,7 +230,8 @@ def test_worker_gpus_gives_each_job_all_of_them(monkeypatch):
     ranks unless the job says otherwise; bad lists are refused before anything starts."""
     from splatforge.errors import ConfigError
     from splatforge.service.celery_exec import worker
-    from splatforge.service.runner import _job_configs
+    from splatforge.jobs.config import job_configs
+    from splatforge.service.settings import ServiceSettings
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # restored afterwards
     for bad in ("", "0,0", "0,x", "-1"):
@@ -238,13 +239,15 @@ def test_worker_gpus_gives_each_job_all_of_them(monkeypatch):
             worker(gpus=bad)
     with pytest.raises(ConfigError, match="--gpus"):
         worker(gpu=0, gpus="1,2")
-    monkeypatch.setenv("SPLATFORGE_TRAIN_GPUS", "2")
-    assert _job_configs({"preset": "preview"})["train"].gpus == 2
-    got = _job_configs({"preset": "preview", "train": {"max_steps": 7}})["train"]
+    worker_gpus = 2
+    assert job_configs({"preset": "preview"}, worker_gpus)["train"].gpus == 2
+    got = job_configs({"preset": "preview", "train": {"max_steps": 7}}, worker_gpus)["train"]
     assert (got.gpus, got.max_steps) == (2, 7)
-    assert _job_configs({"train": {"gpus": 1}})["train"].gpus == 1
-    monkeypatch.delenv("SPLATFORGE_TRAIN_GPUS")
-    assert "train" not in _job_configs({"preset": "preview"})
+    assert job_configs({"train": {"gpus": 1}}, worker_gpus)["train"].gpus == 1
+    assert "train" not in job_configs({"preset": "preview"})
+    # the worker's --gpus reaches the runner through the service settings
+    monkeypatch.setenv("SPLATFORGE_TRAIN_GPUS", "2")
+    assert ServiceSettings().train_gpus == 2
 
 
 def _rebalance_entry(rank, world, port, scene, scene_config, q):

@@ -404,17 +404,14 @@ def test_fox_nerfstudio_scene(fox4, fox_cache):
     np.testing.assert_allclose(first.camtoworld[:3, :3], tm[:3, :3] * [1, -1, -1], atol=1e-9)
     rgb = load_image(first)
     assert rgb.shape == (first.height, first.width, 3)
-    assert seconds < 60
 
 
 def test_fox_second_load_reuses_cache_and_json_path(fox4, fox_cache):
     scene, _ = fox4
-    t = time.perf_counter()
     events = []
     again = load_scene(FOX / "transforms.json",
                        SceneConfig(cache_dir=fox_cache, data_factor=4, normalize=False),
                        events=events.append)
-    assert time.perf_counter() - t < 5
     assert [i.path for i in again.images] == [i.path for i in scene.images]
     assert sum(e.message.startswith("reused") for e in events) == 2  # downsample + undistort
 

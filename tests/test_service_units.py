@@ -21,7 +21,8 @@ from splatforge.errors import ConfigError
 from splatforge.service import db
 from splatforge.service.executors import exit_reason, pid_alive
 from splatforge.service.routes_scenes import check_artifact_name, parse_range
-from splatforge.service.runner import check_allowed_path, run_job
+from splatforge.service.runner import run_job
+from splatforge.service.store import check_allowed_path
 from splatforge.service.settings import ServiceSettings
 from splatforge.service.uploads import UploadRejected, check_zip, media_type, sanitize_name
 

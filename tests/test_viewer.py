@@ -249,17 +249,23 @@ def test_viewer_manager_reuses_and_stops_idle(trained_plush, tmp_path):
         ViewerManager(idle_seconds=0)
 
 
-def test_service_view_route(trained_plush, tmp_path, monkeypatch):
-    """``GET /scenes/{id}/view`` on a real uvicorn server: 307 to a viewer of the scene's
-    latest model (started on demand, reused), 404s, and the idle viewer stopped."""
+def test_service_view_route(trained_plush, tmp_path):
+    """``GET /scenes/{id}/view`` on a real uvicorn server with an API key: 307 to the
+    service's signed proxy of a viewer of the scene's latest model (started on demand on
+    127.0.0.1, reused); the page and its websocket answer only with that scene's token
+    (issue 14, probe 2); 404s; the idle viewer stopped."""
+    import asyncio
+
     import uvicorn
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
 
     from splatforge.service.app import create_app
     from splatforge.service.db import Job, Scene, session_scope
     from splatforge.service.settings import ServiceSettings
 
-    monkeypatch.setenv("SPLATFORGE_VIEWER_IDLE_SECONDS", "2")
-    settings = ServiceSettings(data_dir=tmp_path / "data")
+    settings = ServiceSettings(data_dir=tmp_path / "data", viewer_idle_seconds=2,
+                               api_key="view-key")
     app = create_app(settings, start_executor=False)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
@@ -267,6 +273,7 @@ def test_service_view_route(trained_plush, tmp_path, monkeypatch):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": "Bearer view-key"}
     try:
         deadline = time.monotonic() + 60
         while not server.started:
@@ -274,8 +281,8 @@ def test_service_view_route(trained_plush, tmp_path, monkeypatch):
             time.sleep(0.1)
         store = app.state.storage
         model = trained_plush.model_dir
-        # what the job runner uploads for a finished job (runner.artifact_files)
-        store.put_file("outputs/scene1/point_cloud.ply",
+        # what a finished job publishes (splatforge.jobs.artifact_files): the INRIA layout
+        store.put_file("outputs/scene1/point_cloud/iteration_300/point_cloud.ply",
                        model / "point_cloud" / "iteration_300" / "point_cloud.ply")
         for name in ("cameras.json", "input.ply", "metrics.json"):
             store.put_file(f"outputs/scene1/{name}", model / name)
@@ -286,38 +293,64 @@ def test_service_view_route(trained_plush, tmp_path, monkeypatch):
             s.flush()
             s.add(Job(id="job1", scene_id="scene1", status="succeeded", finished_at=now))
         with httpx.Client(base_url=base, timeout=60) as http:
-            r = http.get("/scenes/scene1/view")
+            assert http.get("/scenes/scene1/view").status_code == 401  # no key
+            r = http.get("/scenes/scene1/view", headers=auth)
             assert r.status_code == 307, r.text
             url = r.headers["location"]
-            assert url.startswith("http://127.0.0.1:") and url.endswith("/")
-            viewer_port = int(url.rsplit(":", 1)[1].strip("/"))
-            assert viewer_port != port
-            page = httpx.get(url, timeout=10)
-            assert page.status_code == 200 and "<html" in page.text.lower()
+            assert url.startswith("/scenes/scene1/viewer/?token=")
+            token = url.split("token=", 1)[1]
             manager = app.state.viewer_manager
             mv = manager.get("scene1")
+            assert mv.viewer.host == "127.0.0.1" and mv.port != port
+            # without the token, with another scene's path, or forged: refused
+            assert http.get("/scenes/scene1/viewer/").status_code == 401
+            assert http.get(f"/scenes/scene2/viewer/?token={token}").status_code == 401
+            assert http.get("/scenes/scene1/viewer/?token=" + token[:-1] + "0"
+                            ).status_code == 401
+            page = http.get(url)  # no API key: the link is the key
+            assert page.status_code == 200 and "<html" in page.text.lower()
+            assert "splatforge_viewer" in page.headers["set-cookie"]
             assert mv.viewer.models[0].display.total == trained_plush.result.num_gaussians
             assert len(mv.viewer.models[0].cameras) == 84
-            assert http.get("/scenes/scene1/view").headers["location"] == url  # reused
-            # the job status links here
-            job = http.get("/jobs/job1")
+
+            async def ws(cookie: str | None) -> bytes:
+                headers = {"Cookie": f"splatforge_viewer={cookie}"} if cookie else {}
+                async with connect(f"ws://127.0.0.1:{port}/scenes/scene1/viewer",
+                                   additional_headers=headers, open_timeout=30,
+                                   subprotocols=[f"viser-v{_viser_version()}"]) as c:
+                    return await asyncio.wait_for(c.recv(), 30)
+
+            first = asyncio.run(ws(token))  # the viewer's first message, relayed
+            assert isinstance(first, bytes) and len(first) > 0
+            with pytest.raises(InvalidStatus):
+                asyncio.run(ws(None))
+            assert http.get("/scenes/scene1/view", headers=auth).status_code == 307
+            assert manager.get("scene1") is mv  # reused
+            job = http.get("/jobs/job1", headers=auth)
             assert job.status_code == 200 and "/scenes/scene1/view" in json.dumps(job.json())
-            r = http.get("/scenes/scene2/view")
+            r = http.get("/scenes/scene2/view", headers=auth)
             assert r.status_code == 404 and "no trained model" in r.text
-            assert http.get("/scenes/nope/view").status_code == 404
+            assert http.get("/scenes/nope/view", headers=auth).status_code == 404
             # idle (no browser, no request for 2 s): stopped by the manager's thread
-            assert _wait_port_closed(viewer_port, timeout=20)
+            assert _wait_port_closed(mv.port, timeout=20)
             assert manager.keys() == []
+            assert http.get(url).status_code == 404  # a valid link, but no viewer runs
             # asked again: started again
-            r = http.get("/scenes/scene1/view")
+            r = http.get("/scenes/scene1/view", headers=auth)
             assert r.status_code == 307
-            assert httpx.get(r.headers["location"], timeout=10).status_code == 200
+            assert http.get(r.headers["location"]).status_code == 200
     finally:
         mgr = getattr(app.state, "viewer_manager", None)
         if mgr is not None:
             mgr.close()
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def _viser_version() -> str:
+    import viser
+
+    return viser.__version__
 
 
 def test_cli_train_with_viewer(plush_scene, plush_cache, tmp_path):

@@ -274,7 +274,8 @@ def reconstruct(media: tyro.conf.Positional[Path], output: Output,
                 ingest: IngestConfig = IngestConfig(),
                 sfm: _ReconstructSfmConfig = _ReconstructSfmConfig(),
                 scene: SceneConfig = SceneConfig(), train: TrainConfig = TrainConfig(),
-                viewer: ViewerOptions = ViewerOptions()) -> None:
+                viewer: ViewerOptions = ViewerOptions(),
+                notify_url: str | None = None) -> None:
     """Photos, a zip, a video, a COLMAP folder or a transforms.json dataset in; a trained,
     evaluated and exported 3DGS scene out: ingest -> sfm -> train -> eval -> export.
 
@@ -291,28 +292,65 @@ def reconstruct(media: tyro.conf.Positional[Path], output: Output,
             Gaussian budget), quality (more features, antialiased, 40000 steps).
         force: redo every stage.
         lpips_weights: local LPIPS weights for eval (never downloaded).
+        notify_url: POST the final status (id, status, metrics, artifacts, error) here when
+            the run ends, signed with $SPLATFORGE_NOTIFY_SECRET (default
+            $SPLATFORGE_NOTIFY_URL).
     """
-    from .pipeline import format_summary, run_reconstruct
+    import os
+
+    from .jobs import CallbackSink
+    from .pipeline import format_summary, run_job_pipeline
     from .train import TrainingInterrupted
 
+    url = notify_url or os.environ.get("SPLATFORGE_NOTIFY_URL") or None
     events = ConsoleEvents()
     live = start_training_viewer(viewer)
+    sink = CallbackSink(live.events(events) if live else events, "reconstruct")
     try:
-        res = run_reconstruct(media, output, preset=preset, ingest=ingest,
-                              sfm=SfmConfig.model_validate(sfm.model_dump()),
-                              scene=scene, train=train,
-                              events=live.events(events) if live else events, force=force,
-                              lpips_weights=lpips_weights,
-                              step_hook=live.step_hook if live else None)
+        res = run_job_pipeline(media, output, sink, preset=preset, ingest=ingest,
+                               sfm=SfmConfig.model_validate(sfm.model_dump()),
+                               scene=scene, train=train, force=force,
+                               lpips_weights=lpips_weights,
+                               step_hook=live.step_hook if live else None)
     except TrainingInterrupted as e:
         events.close()
+        _notify_cli(url, output, "cancelled", error=str(e))
         print(f"interrupted during training after step {e.step}; run the same command again "
               "to resume", file=sys.stderr)
         raise SystemExit(130) from None
+    except KeyboardInterrupt:
+        _notify_cli(url, output, "cancelled", error="interrupted")
+        raise
+    except Exception as e:
+        _notify_cli(url, output, "failed", error=str(e))
+        raise
     finally:
         events.close()
+    _notify_cli(url, output, "succeeded", res=res)
     print(format_summary(res))
     finish_training_viewer(live, viewer)
+
+
+def _notify_cli(url: str | None, output: Path, status: str, *, res: object = None,
+                error: str | None = None) -> None:
+    """The completion notification of ``splatforge reconstruct`` (see
+    :mod:`splatforge.jobs.notify`); waits for delivery, bounded, since the process exits
+    next."""
+    import os
+
+    from .jobs.notify import job_notice, notify_job_end, wait_for_notifications
+
+    if not url:
+        return
+    metrics, artifacts = {}, []
+    if res is not None:
+        metrics = {k: getattr(res, k) for k in ("psnr", "ssim", "num_gaussians", "step")}
+        out = Path(output).resolve()
+        artifacts = [Path(p).resolve().relative_to(out).as_posix() for p in res.outputs]
+    notify_job_end(url, job_notice(Path(output).name, status, metrics=metrics,
+                                   artifacts=artifacts, error=error),
+                   os.environ.get("SPLATFORGE_NOTIFY_SECRET"))
+    wait_for_notifications(60.0)
 
 
 from .service.cli import serve  # noqa: E402

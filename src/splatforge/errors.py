@@ -38,3 +38,9 @@ class ConfigError(SplatforgeError):
 
 class SfmError(SplatforgeError):
     """Structure-from-motion failed to produce a usable model."""
+
+
+class StopRequested(KeyboardInterrupt):
+    """A job's ``should_stop`` hook asked the pipeline to stop (a cancel, a shutdown, a time
+    limit); raised at a stage boundary. Training stops the same way with its own
+    :class:`splatforge.train.TrainingInterrupted` (a checkpoint first)."""

@@ -124,3 +124,86 @@ def join_inside(root: str | Path, value: str, what: str) -> Path:
     if norm == ".." or norm.startswith("../"):
         raise InputError(None, f"{what} {value!r}: leads outside the folder it belongs to")
     return Path(root) / value
+def resolve_under_roots(value: str | Path, roots: "tuple[str | Path, ...] | list[str | Path]",
+                        what: str, *, must_exist: bool = True) -> Path:
+    """An absolute ``value`` resolved (symlinks followed) inside one of ``roots``.
+
+    The allowed-roots check of a local ``source_uri`` / ``vocab_tree_path``: the same checks
+    as :func:`resolve_inside` (NUL bytes, over-long components, symlink loops, links leading
+    out), for a value that must be absolute and may lie under any of several roots.
+
+    Raises:
+        InputError: malformed, relative, outside every root (or no roots are configured),
+            or missing when ``must_exist``. Messages show the value as given, never a
+            resolved server path.
+    """
+    text = os.fspath(value)
+    check_name(text, what)
+    if not Path(text).is_absolute():
+        raise InputError(None, f"{what} {text!r}: must be an absolute path or "
+                               "s3://bucket/prefix")
+    last: InputError | None = None
+    for root in roots:
+        try:
+            out = resolve_inside(root, text, what, allow_absolute=True)
+        except InputError as e:
+            last = e
+            if "symlink loop" in e.problem or "NUL" in e.problem:
+                raise
+            continue
+        if must_exist and not out.exists():
+            raise InputError(None, f"{what} {text!r}: does not exist")
+        return out
+    if last is not None and "symlink loop" in str(last):
+        raise last
+    raise InputError(None, f"{what} {text!r}: is outside the allowed roots "
+                           "(SPLATFORGE_ALLOWED_ROOTS)")
+
+
+def redact_paths(text: str, roots: "list[str | Path] | tuple[str | Path, ...]") -> str:
+    """``text`` with every server folder of ``roots`` (as given and resolved) replaced by
+    ``<server>``, so a message can be shown to a client."""
+    out = text
+    forms: set[str] = set()
+    for r in roots:
+        if r is None:
+            continue
+        forms.add(os.fspath(r))
+        try:
+            forms.add(str(Path(r).resolve()))
+        except (OSError, RuntimeError):
+            pass
+    for f in sorted((f for f in forms if len(f) > 1), key=len, reverse=True):
+        out = out.replace(f.rstrip("/") + "/", "").replace(f, "<server>")
+    return out
+
+
+def check_tree_inside(folder: str | Path, roots: "list[str | Path] | tuple[str | Path, ...]",
+                      what: str, *, max_entries: int = 200_000) -> None:
+    """Refuse a folder that holds a symlink leading outside every one of ``roots`` (or a
+    symlink loop): reading the folder must never read a file outside them.
+
+    Raises:
+        InputError: naming the link relative to ``folder``.
+    """
+    base = Path(folder)
+    if not base.is_dir():
+        return
+    resolved_roots = [Path(r).resolve() for r in roots]
+    n = 0
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+        for name in (*dirnames, *filenames):
+            n += 1
+            if n > max_entries:
+                raise InputError(None, f"{what}: more than {max_entries} files")
+            p = Path(dirpath) / name
+            if not p.is_symlink():
+                continue
+            rel = display_path(p, base)
+            try:
+                target = p.resolve(strict=False)
+            except (RuntimeError, OSError):
+                raise InputError(None, f"{what}: {rel!r} is a symlink loop") from None
+            if not any(target == r or target.is_relative_to(r) for r in resolved_roots):
+                raise InputError(None, f"{what}: {rel!r} is a symlink that leads outside "
+                                       "the allowed roots")

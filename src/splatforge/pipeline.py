@@ -21,8 +21,7 @@ Resuming: each stage is skipped when its outputs are complete (ingest: ``ingest.
 for the media; sfm: ``sfm.json`` complete; train: the final ``point_cloud/iteration_<max_steps>``
 and ``metrics.json`` at that step; eval: ``eval/metrics.csv`` for that iteration; export: every
 export file present). An interrupted training run continues from its last checkpoint
-(``run_train(resume=True,
-                       step_hook=step_hook)``). When a stage runs, every later stage runs again (training starts
+(``run_train(resume=True)``). When a stage runs, every later stage runs again (training starts
 afresh after a new SfM). ``force=True`` redoes everything. A failing stage raises and leaves the
 outputs of earlier runs in place (stages write to temporary files and rename).
 """
@@ -34,13 +33,14 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np  # noqa: F401  (import-order guard: numpy before pycolmap, see NOTES.md)
 
 from .config import IngestConfig, SceneConfig, SfmConfig, TrainConfig
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, StopRequested
 from .events import EventCallback, StageReporter
+from .jobs.sink import JobSink, JobStopped
 from .presets import apply_preset, preview_data_factor
 from .util import atomic_write_text
 
@@ -109,35 +109,32 @@ def classify_input(media: Path) -> tuple[str, Path | None]:
     """``(kind, dataset)``: a posed dataset (``colmap`` | ``nerfstudio`` | ``blender``, and the
     path to read) or media for ingest (``images`` | ``zip`` | ``video``, None).
 
+    A thin view of :func:`splatforge.jobs.inputs.classify_input` (the one classifier).
+
     Raises:
         InputError: the path does not exist, or is neither a dataset nor supported media.
     """
     from .ingest import detect_media_kind
-    from .scene import detect_format
+    from .jobs.inputs import dataset_format
 
     media = Path(media)
     if not media.exists():
         raise InputError(media, "does not exist",
                          "give a folder of photos, a .zip, a video, a COLMAP folder or a "
                          "transforms.json dataset")
-    try:
-        fmt, _, _ = detect_format(media)
+    fmt = dataset_format(media)
+    if fmt is not None:
         return fmt, media
-    except InputError:
-        pass
     return detect_media_kind(media), None
 
 
 def media_folder(media: Path) -> Path:
     """``media``, or ``media/images`` when ``media`` is a folder without photos of its own
     but with an ``images/`` folder (a sample or capture folder with a license beside it)."""
-    from .ingest import IMAGE_EXTENSIONS
+    from .jobs.inputs import has_images
 
-    if media.is_dir() and (media / "images").is_dir():
-        own = [p for p in media.iterdir()
-               if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-        if not own:
-            return media / "images"
+    if media.is_dir() and (media / "images").is_dir() and not has_images(media):
+        return media / "images"
     return media
 
 
@@ -233,7 +230,8 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "pre
                     scene: SceneConfig | None = None, train: TrainConfig | None = None,
                     events: EventCallback | None = None, force: bool = False,
                     lpips_weights: str | Path | None = None,
-                    step_hook: Any = None) -> ReconstructResult:
+                    step_hook: Any = None,
+                    should_stop: Callable[[], bool] | None = None) -> ReconstructResult:
     """ingest -> sfm -> train -> eval -> export over ``output`` (see the module docstring).
 
     Args:
@@ -247,6 +245,9 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "pre
         force: redo every stage.
         lpips_weights: passed to :func:`splatforge.eval.run_eval`.
         step_hook: passed to :func:`splatforge.train.run_train` (the live viewer's hook).
+        should_stop: polled before every stage and after every training step; True stops
+            the run (:class:`~splatforge.errors.StopRequested` between stages,
+            ``TrainingInterrupted`` with a checkpoint during training).
 
     Returns:
         :class:`ReconstructResult`, also written to ``<output>/reconstruct.json``.
@@ -257,6 +258,7 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "pre
             other options (without ``force``).
         SfmError: fewer than 3 images registered.
         TrainingInterrupted: Ctrl-C during training (a checkpoint was written; run again).
+        StopRequested: ``should_stop`` returned True between stages.
     """
     from .eval import run_eval
     from .export.model_dir import write_model_dir_files
@@ -287,6 +289,10 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "pre
                             preset=preset)
     upstream_ran = force
 
+    def check_stop(stage: str) -> None:
+        if should_stop is not None and should_stop():
+            raise StopRequested(f"stopped before {stage}")
+
     def mark(stage: str, status: str, t0: float, reason: str = "") -> None:
         res.stages[stage] = {"status": status, "seconds": round(time.monotonic() - t0, 3),
                              "reason": reason}
@@ -301,16 +307,18 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "pre
         mark("sfm", "skipped", t, f"input is a {kind} dataset")
     else:
         from .ingest import run_ingest
-        from .sfm import _ingest_is_current, _load_state, read_sfm_json, run_sfm
+        from .sfm import ingest_is_current, load_state, read_sfm_json, run_sfm
 
+        check_stop("ingest")
         t = time.monotonic()
-        manifest = _load_state(ws / "ingest.json")
-        if not force and _ingest_is_current(manifest, media, configs["ingest"], ws):
+        manifest = load_state(ws / "ingest.json")
+        if not force and ingest_is_current(manifest, media, configs["ingest"], ws):
             mark("ingest", "skipped", t, f"{ws / 'input'} is up to date")
         else:
             run_ingest(configs["ingest"], media, ws, events)
             upstream_ran = True
             mark("ingest", "ran", t)
+        check_stop("sfm")
         t = time.monotonic()
         done = read_sfm_json(ws)
         if done is not None and not upstream_ran:
@@ -338,6 +346,7 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "pre
                   **{k: v.model_dump(mode="json") for k, v in configs.items()}}
 
     # -- train ------------------------------------------------------------------------------
+    check_stop("train")
     t = time.monotonic()
     if force and model_dir.exists():
         shutil.rmtree(model_dir)
@@ -353,7 +362,7 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "pre
         if upstream_ran and model_dir.exists() and not force:
             shutil.rmtree(model_dir)  # a model of an earlier SfM is stale
         tr = run_train(train_cfg, sc, model_dir, events, scene_config=scene_cfg, resume=True,
-                       step_hook=step_hook)
+                       step_hook=step_hook, should_stop=should_stop)
         res.num_gaussians = tr.num_gaussians
         train_ran = True
         mark("train", "ran", t)
@@ -361,6 +370,7 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "pre
     upstream_ran = upstream_ran or train_ran
 
     # -- eval -------------------------------------------------------------------------------
+    check_stop("eval")
     t = time.monotonic()
     if not upstream_ran and _eval_is_current(model_dir, res.step):
         ev = json.loads((model_dir / "metrics.json").read_text())["eval"]
@@ -373,6 +383,7 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "pre
     res.psnr, res.ssim = ev.get("psnr"), ev.get("ssim")
 
     # -- export -----------------------------------------------------------------------------
+    check_stop("export")
     t = time.monotonic()
     writers = _export_writers()
     targets = {ext: out / f"scene{ext}" for ext in writers}
@@ -407,6 +418,36 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "pre
                  + (f", held-out PSNR {res.psnr:.2f} dB" if res.psnr is not None else ""),
                  stages=res.stages)
     return res
+
+
+def run_job_pipeline(media: str | Path, out: str | Path, sink: JobSink, *,
+                     step_hook: Any = None, **configs: Any) -> Any:
+    """``run_reconstruct(media, out, **configs)`` reporting to ``sink``.
+
+    Args:
+        media: the classified input path (:func:`splatforge.jobs.inputs.classify_input`).
+        out: the output folder.
+        sink: a :class:`JobSink`.
+        step_hook: passed through (the live viewer's hook).
+        **configs: ``preset``, ``ingest``, ``sfm``, ``scene``, ``train``, ``force``, ...
+
+    Returns:
+        :class:`splatforge.pipeline.ReconstructResult`.
+
+    Raises:
+        JobStopped: ``sink.should_stop()`` gave a reason (also when a Ctrl-C or an
+            interrupt of the main thread arrived while a stop was pending).
+        KeyboardInterrupt: Ctrl-C without a pending stop (the CLI's resume message).
+        and whatever :func:`~splatforge.pipeline.run_reconstruct` raises.
+    """
+    try:
+        return run_reconstruct(media, out, events=sink.on_event, step_hook=step_hook,
+                               should_stop=lambda: sink.should_stop() is not None, **configs)
+    except KeyboardInterrupt:
+        reason = sink.should_stop()
+        if reason is None:
+            raise
+        raise JobStopped(reason) from None
 
 
 def format_summary(res: ReconstructResult) -> str:

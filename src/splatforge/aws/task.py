@@ -45,10 +45,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from ..errors import ConfigError, InputError, SplatforgeError
+from ..settings_env import EnvSettings
 from ..events import Event
+from ..jobs.sink import JobStopped
 from ..storage import (InvalidKey, ObjectNotFound, S3Store, colmap_prefix, normalize_prefix,
                        outputs_prefix, parallel_map, validate_key)
 
@@ -73,35 +76,46 @@ ENV_FIELDS = {
     "SCENES_TABLE": "scenes_table", "SFN_TASK_TOKEN": "sfn_task_token",
     "INPUT_PREFIX": "input_prefix", "OUTPUT_PREFIX": "output_prefix",
     "AWS_ENDPOINT_URL": "endpoint_url", "HEARTBEAT_SECONDS": "heartbeat_seconds",
-    "WORK_DIR": "work_dir",
+    "WORK_DIR": "work_dir", "SNS_TOPIC_ARN": "sns_topic_arn",
+    "SPLATFORGE_NOTIFY_URL": "notify_url", "SPLATFORGE_NOTIFY_SECRET": "notify_secret",
 }
 _FIELD_ENV = {v: k for k, v in ENV_FIELDS.items()}
 
-#: Files of the output folder uploaded (relative to ``<out>/model``, then ``<out>``);
-#: ``{N}`` is the final iteration.
-MODEL_FILES = ("point_cloud/iteration_{N}/point_cloud.ply", "cameras.json", "cfg_args",
-               "input.ply", "metrics.json", "config.json", "eval/metrics.csv")
-SCENE_FILES = ("scene.splat", "scene.spz", "scene.sog", "reconstruct.json")
 
 
-class TaskSettings(BaseModel):
-    """The validated environment of one task (see the module docstring for each variable)."""
+def _env(field_name: str, **kw: Any) -> Any:
+    """A field read from its environment variable (:data:`ENV_FIELDS`), also settable by
+    name."""
+    return Field(validation_alias=AliasChoices(field_name, _FIELD_ENV[field_name]), **kw)
 
-    model_config = ConfigDict(extra="forbid")
 
-    bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.\-]*[a-z0-9]$")
-    scene_id: str = Field(min_length=1, max_length=512)
-    iterations: int = Field(30_000, ge=1, le=10_000_000)
-    densify_until_iter: int = Field(15_000, ge=0, le=10_000_000)
-    densification_interval: int = Field(100, ge=1, le=1_000_000)
-    data_factor: int = 1
-    scenes_table: str | None = None
-    sfn_task_token: str | None = None
-    input_prefix: str = ""
-    output_prefix: str = ""
-    endpoint_url: str | None = None
-    heartbeat_seconds: float = Field(60.0, gt=0, le=3600)
-    work_dir: Path | None = None
+class TaskSettings(EnvSettings):
+    """The validated environment of one task (see the module docstring for each variable):
+    a ``pydantic-settings`` model read once at start-up (:meth:`from_env`)."""
+
+    model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True,
+                                      populate_by_name=True)
+
+    bucket: str = _env("bucket", min_length=3, max_length=63,
+                       pattern=r"^[a-z0-9][a-z0-9.\-]*[a-z0-9]$")
+    scene_id: str = _env("scene_id", min_length=1, max_length=512)
+    iterations: int = _env("iterations", default=30_000, ge=1, le=10_000_000)
+    densify_until_iter: int = _env("densify_until_iter", default=15_000, ge=0, le=10_000_000)
+    densification_interval: int = _env("densification_interval", default=100, ge=1,
+                                       le=1_000_000)
+    data_factor: int = _env("data_factor", default=1)
+    scenes_table: str | None = _env("scenes_table", default=None)
+    sfn_task_token: str | None = _env("sfn_task_token", default=None)
+    input_prefix: str = _env("input_prefix", default="")
+    output_prefix: str = _env("output_prefix", default="")
+    endpoint_url: str | None = _env("endpoint_url", default=None)
+    heartbeat_seconds: float = _env("heartbeat_seconds", default=60.0, gt=0, le=3600)
+    work_dir: Path | None = _env("work_dir", default=None)
+    sns_topic_arn: str | None = _env("sns_topic_arn", default=None,
+                                     pattern=r"^arn:[\w-]+:sns:[\w-]*:\d*:[\w.-]+$")
+    notify_url: str | None = _env("notify_url", default=None, max_length=2048,
+                                  pattern=r"^https?://\S+$")
+    notify_secret: str | None = _env("notify_secret", default=None)
 
     @field_validator("scene_id")
     @classmethod
@@ -121,37 +135,13 @@ class TaskSettings(BaseModel):
     def _prefix(cls, v: str) -> str:
         return normalize_prefix(v) if v else v
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> "TaskSettings":
-        """Read and validate the variables of ``environ``.
-
-        Raises:
-            ConfigError: one line per missing or invalid variable, naming it, its value and
-                what is allowed.
-        """
-        data: dict[str, Any] = {}
-        for env, name in ENV_FIELDS.items():
-            v = environ.get(env)
-            if v is not None and v.strip() != "":
-                data[name] = v.strip()
-        try:
-            s = cls.model_validate(data)
-        except ValidationError as err:
-            lines = []
-            for e in err.errors():
-                name = str(e["loc"][0]) if e.get("loc") else ""
-                env = _FIELD_ENV.get(name, name)
-                if e.get("type") == "missing":
-                    lines.append(f"{env}: required, not set")
-                else:
-                    msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
-                    lines.append(f"{env}: {msg} (got {e.get('input')!r})")
-            raise ConfigError("invalid environment:\n  " + "\n  ".join(lines)) from None
-        if not s.input_prefix:
-            s.input_prefix = colmap_prefix(s.scene_id)
-        if not s.output_prefix:
-            s.output_prefix = outputs_prefix(s.scene_id)
-        return s
+    @model_validator(mode="after")
+    def _default_prefixes(self) -> "TaskSettings":
+        if not self.input_prefix:
+            self.input_prefix = colmap_prefix(self.scene_id)
+        if not self.output_prefix:
+            self.output_prefix = outputs_prefix(self.scene_id)
+        return self
 
 
 # -- AWS clients --------------------------------------------------------------------------
@@ -163,6 +153,7 @@ class AwsClients:
     s3: Any
     dynamodb: Any = None
     sfn: Any = None
+    sns: Any = None
 
 
 def make_clients(environ: Mapping[str, str], endpoint_url: str | None = None) -> AwsClients:
@@ -187,7 +178,7 @@ def make_clients(environ: Mapping[str, str], endpoint_url: str | None = None) ->
         return session.client(service, endpoint_url=ep or None, config=cfg)
 
     return AwsClients(s3=client("s3", "S3"), dynamodb=client("dynamodb", "DYNAMODB"),
-                      sfn=client("stepfunctions", "SFN"))
+                      sfn=client("stepfunctions", "SFN"), sns=client("sns", "SNS"))
 
 
 # -- status: DynamoDB + Step Functions ------------------------------------------------------
@@ -197,7 +188,9 @@ def _now_iso() -> str:
 
 
 class StatusReporter:
-    """Writes the job's state to DynamoDB and Step Functions (each optional).
+    """Writes the job's state to DynamoDB and Step Functions (each optional): the AWS
+    worker's :class:`splatforge.jobs.JobSink` (``on_event``, ``set_stage``,
+    ``should_stop``; a SIGTERM from ECS / AWS Batch sets the stop reason ``terminated``).
 
     Args:
         scene_id: the item key (``id``).
@@ -226,6 +219,15 @@ class StatusReporter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._token_dead = False
+        self.stop_reason: str | None = None
+
+    def should_stop(self) -> str | None:
+        """The sink's stop hook: ``terminated`` after :meth:`request_stop`, else None."""
+        return self.stop_reason
+
+    def request_stop(self, reason: str = "terminated") -> None:
+        """Stop at the next stage boundary or training step (safe in a signal handler)."""
+        self.stop_reason = self.stop_reason or reason
 
     # DynamoDB ------------------------------------------------------------------------
     def _update(self, values: dict[str, Any], remove: tuple[str, ...] = ()) -> None:
@@ -281,8 +283,9 @@ class StatusReporter:
         except Exception as e:  # noqa: BLE001  (progress is advisory; the job goes on)
             log.warning("progress update failed: %s", e)
 
-    def events(self, ev: Event) -> None:
-        """An events callback: training steps become progress; stage starts are recorded."""
+    def on_event(self, ev: Event) -> None:
+        """The sink's events callback: training steps become progress; stage starts are
+        recorded."""
         if ev.kind == "stage_started" and ev.stage in PIPELINE_STAGES:
             self.progress(self._last_progress if ev.stage != "train" else 0.0,
                           pipeline_stage=ev.stage)
@@ -290,6 +293,8 @@ class StatusReporter:
             self.progress(ev.step / ev.total)
         elif ev.kind == "warning":
             log.warning("%s: %s", ev.stage, ev.message)
+
+    events = on_event
 
     def complete(self, payload: dict[str, Any]) -> None:
         self.stage = "complete"
@@ -357,32 +362,17 @@ class StageFailed(Exception):
         self.stage = stage
 
 
-MEDIA_EXTS = {".jpg", ".jpeg", ".png", ".zip", ".mp4", ".mov", ".mkv", ".avi"}
-
-
 def classify_input(folder: Path, origin: str) -> tuple[str, Path]:
-    """What was downloaded into ``folder``: ``("colmap", folder)`` when it holds
-    ``sparse/...``, else ``("media", path)`` for photos, a zip or a video (the file itself when
-    it is the only one).
+    """``("colmap", folder)`` for a posed dataset, else ``("media", path)``: the one
+    classifier (:func:`splatforge.jobs.inputs.classify_input`), messages naming ``origin``.
 
     Raises:
-        InputError: neither a COLMAP output nor media (naming ``origin``).
+        InputError: neither a posed dataset nor media.
     """
-    if (folder / "sparse").is_dir():
-        return "colmap", folder
-    files = [p for p in folder.rglob("*") if p.is_file()]
-    media = [p for p in files if p.suffix.lower() in MEDIA_EXTS]
-    if not media:
-        raise _input_error(origin, "holds neither a COLMAP output (sparse/0/, images/) nor "
-                                   "photos or a video",
-                           f"found: {', '.join(sorted(p.name for p in files)[:5]) or 'nothing'}")
-    singles = [p for p in media if p.suffix.lower() not in {".jpg", ".jpeg", ".png"}]
-    if len(media) == 1 and singles:
-        return "media", singles[0]
-    if (folder / "images").is_dir() and not any(
-            p.parent == folder and p.suffix.lower() in MEDIA_EXTS for p in files):
-        return "media", folder / "images"
-    return "media", folder
+    from ..jobs.inputs import classify_input as classify
+
+    k = classify(folder, origin)
+    return ("colmap" if k.is_dataset else "media"), k.path
 
 
 def validate_colmap(folder: Path, scene_config: Any, origin: str, events: Any = None) -> Any:
@@ -423,61 +413,38 @@ def _relative(path: Path | None, folder: Path) -> str:
 
 
 def output_files(out: Path, step: int, include_spz: bool = True,
-                 include_sog: bool = True) -> list[tuple[Path, str]]:
-    """``(local file, key relative to the output prefix)`` of a finished reconstruct folder:
-    the INRIA model directory at the prefix's root (so ply-to-splat converters find
-    ``point_cloud/iteration_N/point_cloud.ply``), then the exports.
+                 include_sog: bool = True) -> dict[str, Path]:
+    """The artifact manifest of a finished reconstruct folder
+    (:func:`splatforge.jobs.artifact_files`: the one layout every front door publishes),
+    without ``scene.spz`` / ``scene.sog`` when the job file turned them off.
 
     Raises:
         InputError: the final point cloud is missing.
     """
-    model = out / "model"
-    pairs = []
-    for rel in MODEL_FILES:
-        rel = rel.format(N=step)
-        if (model / rel).is_file():
-            pairs.append((model / rel, rel))
-    for name in SCENE_FILES:
-        if (name == "scene.spz" and not include_spz) or (name == "scene.sog"
-                                                          and not include_sog):
-            continue
-        if (out / name).is_file():
-            pairs.append((out / name, name))
-    ply = f"point_cloud/iteration_{step}/point_cloud.ply"
-    if not any(rel == ply for _, rel in pairs):
-        raise InputError(model / ply, "training produced no final point cloud")
-    return pairs
+    from ..jobs import artifact_files
+
+    try:
+        files = artifact_files(out, step)
+    except FileNotFoundError as e:
+        raise InputError(None, str(e)) from None
+    if not include_spz:
+        files.pop("scene.spz", None)
+    if not include_sog:
+        files.pop("scene.sog", None)
+    return files
 
 
-def upload_outputs(store: S3Store, files: list[tuple[Path, str]], prefix: str) -> list[str]:
-    """Upload ``files`` under ``prefix`` in parallel; each object is complete or absent, and
-    when any upload fails for good the ones that succeeded in this call are deleted again, so
-    the prefix never holds part of this run's outputs. Returns the keys.
+def upload_outputs(store: S3Store, files: dict[str, Path], prefix: str) -> list[str]:
+    """:func:`splatforge.jobs.publish` of ``files`` under ``prefix``: each object complete or
+    absent, this call's objects deleted again when any upload fails for good, stale keys of
+    an earlier run removed after a complete upload. Returns the keys.
 
     Raises:
         StorageError (or the upload's error): an upload failed after its retries.
     """
-    prefix = normalize_prefix(prefix)
-    done: list[str] = []
-    lock = threading.Lock()
+    from ..jobs import publish
 
-    def one(pair: tuple[Path, str]) -> str:
-        path, rel = pair
-        key = validate_key(prefix + rel)
-        store.put_file(key, path)
-        with lock:
-            done.append(key)
-        return key
-
-    try:
-        return parallel_map(one, files, store.workers)
-    except BaseException:
-        for key in done:
-            try:
-                store.delete(key)
-            except Exception as e:  # noqa: BLE001
-                log.error("could not remove %s after the failed upload: %s", key, e)
-        raise
+    return publish(store, prefix, files)
 
 
 @dataclass
@@ -581,11 +548,11 @@ def run_worker(*, scene_id: str, store: S3Store, input_prefix: str, input_key: s
             reporter.set_stage(stage)
             out = work / "out"
             if spec.train_enabled:
-                from ..pipeline import run_reconstruct
+                from ..pipeline import run_job_pipeline
 
-                res = run_reconstruct(media, out, preset=spec.preset, ingest=spec.ingest,
-                                      sfm=spec.sfm, scene=scene_cfg, train=spec.train,
-                                      events=reporter.events)
+                res = run_job_pipeline(media, out, reporter, preset=spec.preset,
+                                       ingest=spec.ingest, sfm=spec.sfm, scene=scene_cfg,
+                                       train=spec.train)
                 files = output_files(out, res.step, spec.include_spz, spec.include_sog)
                 summary = {"numGaussians": res.num_gaussians, "psnr": res.psnr}
             else:
@@ -599,9 +566,9 @@ def run_worker(*, scene_id: str, store: S3Store, input_prefix: str, input_key: s
 
                 run_ingest(spec.ingest, media, ws, reporter.events)
                 run_sfm(spec.sfm, ws / "input", ws, reporter.events, ingest=spec.ingest)
-                files = [(p, p.relative_to(ws).as_posix()) for p in sorted(ws.rglob("*"))
-                         if p.is_file() and p.relative_to(ws).parts[0] in
-                         ("images", "sparse", "sfm.json")]
+                from ..jobs.manifest import sfm_files
+
+                files = sfm_files(ws)
                 summary = {}
             reporter.progress(1.0)
 
@@ -617,7 +584,7 @@ def run_worker(*, scene_id: str, store: S3Store, input_prefix: str, input_key: s
             reporter.complete(payload)
             outcome = TaskOutcome(exit_code=0, scene_id=scene_id, stage="complete",
                                   outputs=uris, payload=payload, summary=summary)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, JobStopped):
         note = "" if own_tmp else f" (work kept in {work}: run again to resume)"
         outcome.stage, outcome.error = stage, reporter.failed(stage, "interrupted" + note)
         outcome.exit_code = 130
@@ -678,10 +645,40 @@ def run_aws_task(environ: Mapping[str, str] | None = None, *,
         out.error = reporter.failed(STARTING, str(e))
         return out
     store = S3Store(settings.bucket, "", client=clients.s3, on_retry=on_retry)
-    return run_worker(scene_id=settings.scene_id, store=store,
-                      input_prefix=settings.input_prefix, input_key=None,
-                      output_prefix=settings.output_prefix, spec=settings_spec(settings),
-                      reporter=reporter, work_dir=settings.work_dir)
+    out = run_worker(scene_id=settings.scene_id, store=store,
+                     input_prefix=settings.input_prefix, input_key=None,
+                     output_prefix=settings.output_prefix, spec=settings_spec(settings),
+                     reporter=reporter, work_dir=settings.work_dir)
+    notify_end(settings, clients, out, output_prefix=settings.output_prefix)
+    return out
+
+
+def notify_end(settings: TaskSettings, clients: AwsClients, outcome: TaskOutcome, *,
+               output_prefix: str = "") -> dict[str, Any]:
+    """Announce a task's end once: an SNS publish to ``SNS_TOPIC_ARN`` (the toolbox's email
+    path) and a signed POST to ``SPLATFORGE_NOTIFY_URL`` (:mod:`splatforge.jobs.notify`).
+    Never raises and never changes the outcome; returns the notice sent."""
+    from ..jobs.notify import job_notice, notify_job_end, wait_for_notifications
+
+    status = "succeeded" if outcome.exit_code == 0 else (
+        "cancelled" if outcome.exit_code == 130 else "failed")
+    prefix = f"s3://{settings.bucket}/{normalize_prefix(output_prefix)}"
+    names = [u[len(prefix):] if u.startswith(prefix) else u for u in outcome.outputs]
+    notice = job_notice(settings.scene_id, status, metrics=outcome.summary,
+                        artifacts=names, error=outcome.error, scene_id=settings.scene_id,
+                        bucket=settings.bucket, output_prefix=output_prefix)
+    if settings.sns_topic_arn and clients.sns is not None:
+        try:
+            body = json.dumps(notice, default=str)
+            clients.sns.publish(TopicArn=settings.sns_topic_arn,
+                                Subject=f"splatforge: scene {settings.scene_id} {status}"[:99],
+                                Message=body)
+        except Exception as e:  # noqa: BLE001  (a notification never fails the task)
+            log.warning("SNS publish to %s failed: %s", settings.sns_topic_arn, e)
+    if settings.notify_url:
+        notify_job_end(settings.notify_url, notice, settings.notify_secret)
+        wait_for_notifications(60.0)  # the container exits next: deliver (bounded) first
+    return notice
 
 
 def _fail_early(env: Mapping[str, str], token: str | None, clients: AwsClients | None,

@@ -7,7 +7,8 @@ viewer). ``app.state`` carries ``settings``, ``storage`` and ``executor``.
 
 Two pure-ASGI middlewares run before any route: the bearer API key (when
 ``SPLATFORGE_API_KEY`` is set, every path but ``/healthz`` needs ``Authorization: Bearer
-<key>``; 401 otherwise) and the request-size limit (``Content-Length`` above the limit, or a
+<key>``; 401 otherwise; the viewer proxy's paths carry their own signed token, see
+:mod:`.viewer_proxy`) and the request-size limit (``Content-Length`` above the limit, or a
 streamed body that grows past it, is answered 413 before the body is read or stored).
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,8 +26,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from ..errors import ConfigError
 from .db import get_engine, init_db
+from .errors import install_error_handlers
+from .viewer_proxy import PROXY_PATH
 from .settings import ServiceSettings
 
 
@@ -36,6 +39,10 @@ async def _send_json(send: Any, status: int, body: dict[str, Any],
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(data)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": data})
+
+
+#: Largest JSON request body (a job config is a few kB; uploads are multipart).
+MAX_JSON_BYTES = 1 << 20
 
 
 class GuardMiddleware:
@@ -59,19 +66,28 @@ class GuardMiddleware:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
         if scope["type"] == "websocket":
-            if self.api_key and not self._authorized(headers):
+            if (self.api_key and not self._authorized(headers)
+                    and not PROXY_PATH.match(scope.get("path", ""))):
                 await send({"type": "websocket.close", "code": 1008})
                 return
             await self.app(scope, receive, send)
             return
-        if self.api_key and scope.get("path") != "/healthz":
+        if (self.api_key and scope.get("path") != "/healthz"
+                and not PROXY_PATH.match(scope.get("path", ""))):
             if not self._authorized(headers):
                 await _send_json(send, 401, {"detail": "missing or wrong API key "
                                              "(Authorization: Bearer <key>)"},
                                  [(b"www-authenticate", b"Bearer")])
                 return
         length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+        limit = self.max_bytes
+        if headers.get("content-type", "").split(";")[0].strip() == "application/json":
+            limit = min(limit, MAX_JSON_BYTES)
+        if length is not None and length.isdigit() and int(length) > limit:
+            if limit < self.max_bytes:
+                await _send_json(send, 413, {"detail": f"JSON body of {length} bytes exceeds "
+                                             f"the limit of {limit} bytes"})
+                return
             await _send_json(send, 413, {"detail": f"request body of {length} bytes exceeds "
                                          f"the limit of {self.max_bytes} bytes "
                                          "(SPLATFORGE_MAX_UPLOAD_MB)"})
@@ -87,14 +103,14 @@ class GuardMiddleware:
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     # answer 413 now and make the app stop reading (it sees a disconnect)
                     rejected = True
                     if not started:
                         started = True
                         await _send_json(send, 413, {
                             "detail": "request body exceeds the limit of "
-                                      f"{self.max_bytes} bytes (SPLATFORGE_MAX_UPLOAD_MB)"},
+                                      f"{limit} bytes (SPLATFORGE_MAX_UPLOAD_MB)"},
                             [(b"connection", b"close")])
                     return {"type": "http.disconnect"}
             return msg
@@ -157,13 +173,13 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
                     "download the trained Gaussian splats.",
         lifespan=lifespan)
     app.state.settings = settings
+    app.state.viewer_secret = (settings.api_key.encode() if settings.api_key
+                               else secrets.token_bytes(32))
     app.state.storage = get_store(settings)
     app.state.executor = None
 
-    @app.exception_handler(ConfigError)
-    async def config_error(request: Request, exc: ConfigError) -> JSONResponse:
-        return JSONResponse({"detail": [{"loc": ["body"], "msg": str(exc),
-                                         "type": "config_error"}]}, status_code=422)
+    install_error_handlers(app, [settings.data_dir, settings.work_dir,
+                                 *settings.allowed_roots])
     app.add_middleware(GuardMiddleware, api_key=settings.api_key,
                        max_bytes=settings.max_upload_bytes)
 
@@ -190,5 +206,8 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
     except ImportError:
         view_router = None
     if view_router is not None:
+        from .viewer_proxy import router as proxy_router
+
         app.include_router(view_router)
+        app.include_router(proxy_router)
     return app

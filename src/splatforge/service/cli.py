@@ -57,7 +57,19 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = Non
                 timeout_graceful_shutdown=5)
 
 
-if __name__ == "__main__":  # python -m splatforge.service.cli [args]: the same as serve
-    from ..cli import main
+def main(argv: list[str] | None = None) -> int:
+    """``python -m splatforge.service.cli [args]``: the same as ``splatforge serve``."""
+    import tyro
 
-    sys.exit(main(["serve", *sys.argv[1:]]))
+    from ..errors import SplatforgeError
+
+    try:
+        tyro.cli(serve, args=argv, config=(tyro.conf.OmitArgPrefixes,))
+    except SplatforgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -363,3 +363,6 @@ class LocalExecutor:
                 now = time.time()
                 job.status, job.finished_at, job.updated_at = "failed", now, now
                 job.error_stage, job.error_message = "worker", f"could not start a worker: {e}"
+                add_event(s, job_id, "status", f"failed: could not start a worker: {e}",
+                          stage="worker", data={"status": "failed",
+                                                "error": "could not start a worker"})

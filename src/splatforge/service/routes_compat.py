@@ -20,6 +20,8 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
 
+from ..ingest import IMAGE_EXTENSIONS
+from ..jobs.manifest import MODEL_NAME, model_key
 from .db import Job, Scene, job_to_json, session_scope
 from .routes_jobs import create_job
 from .routes_scenes import serve_object
@@ -27,7 +29,6 @@ from .store import SCENE_ID_RE, colmap_prefix, media_prefix, outputs_prefix
 
 router = APIRouter(tags=["compat"])
 
-_IMAGE_EXT = (".jpg", ".jpeg", ".png")
 
 
 def _check_id(scene_id: str) -> None:
@@ -44,13 +45,19 @@ def _model_and_images(store: Any, scene_id: str, source_uri: str | None,
     if source_uri and source_uri.startswith("s3://"):
         from .store import open_source
 
-        keys += [o.key for o in open_source(source_uri, settings).list("")]
+        try:
+            keys += [o.key for o in open_source(source_uri, settings).list("")]
+        except Exception as e:  # noqa: BLE001  (a missing bucket, no access: the client's)
+            code = getattr(e, "response", {}).get("Error", {}).get("Code") if hasattr(
+                e, "response") else None
+            raise HTTPException(400, f"source_uri {source_uri!r} cannot be listed ("
+                                     f"{code or type(e).__name__})") from None
     elif source_uri:
         root = Path(source_uri)
         if root.is_dir():
             keys += [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
     has_model = any(k.rsplit("/", 1)[-1] in ("cameras.bin", "cameras.txt") for k in keys)
-    has_images = any(k.lower().endswith(_IMAGE_EXT) for k in keys)
+    has_images = any(k.lower().endswith(IMAGE_EXTENSIONS) for k in keys)
     return has_model, has_images
 
 
@@ -105,8 +112,8 @@ def train_gsplat_status(request: Request, scene_id: str) -> dict[str, Any]:
                 "progress": j["progress"], "eta_s": j["eta_s"]}
     if j["status"] == "succeeded":
         store = request.app.state.storage
-        key = outputs_prefix(scene_id) + "point_cloud.ply"
-        size = store.size(key) if store.exists(key) else None
+        key = _model_object(store, scene_id)
+        size = store.size(key) if key is not None else None
         return {**base, "status": "complete", "model_size": size, "config": j["config"],
                 "metrics": j["metrics"], "download_url": f"/scene/{scene_id}/gsplat/model"}
     return {**base, "status": "failed",
@@ -118,5 +125,14 @@ def gsplat_model(request: Request, scene_id: str) -> Response:
     """The trained PLY, as ``{id}_gaussian_splatting.ply``."""
     _check_id(scene_id)
     store = request.app.state.storage
-    return serve_object(request, store, outputs_prefix(scene_id) + "point_cloud.ply",
-                        f"{scene_id}_gaussian_splatting.ply")
+    key = _model_object(store, scene_id) or outputs_prefix(scene_id) + MODEL_NAME
+    return serve_object(request, store, key, f"{scene_id}_gaussian_splatting.ply")
+
+
+def _model_object(store: Any, scene_id: str) -> str | None:
+    """The key of the scene's PLY model (:func:`splatforge.jobs.manifest.model_key` over
+    ``outputs/{id}/``: ``point_cloud.ply``, else the last ``point_cloud/iteration_N/``)."""
+    prefix = outputs_prefix(scene_id)
+    names = [o.key[len(prefix):] for o in store.list(prefix)]
+    name = model_key([n for n in names if n.endswith(".ply") and n != "input.ply"])
+    return prefix + name if name else None

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import APIRouter, Body, HTTPException, Request
+from fastapi import APIRouter, Body, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from sqlalchemy import select
@@ -26,13 +26,15 @@ from ..errors import ConfigError
 from ..presets import PresetName
 from .db import FINAL_STATUSES, Job, JobEvent, add_event, job_to_json, session_scope
 from .routes_scenes import get_scene_or_404
-from .runner import parse_stage_config
+from ..jobs.config import parse_stage_config
 
 router = APIRouter(tags=["jobs"])
 
 #: SSE: seconds between database polls, and between keep-alive comments.
 SSE_POLL_S = 0.25
 SSE_KEEPALIVE_S = 15.0
+#: The largest event id (a signed 64-bit database integer).
+MAX_EVENT_ID = 2**63 - 1
 
 
 class JobRequest(BaseModel):
@@ -46,6 +48,10 @@ class JobRequest(BaseModel):
     sfm: SfmConfig | None = None
     scene: SceneConfig | None = None
     train: TrainConfig | None = None
+    notify_url: str | None = Field(
+        None, max_length=2048, pattern=r"^https?://\S+$",
+        description="POST this job's final status here when it ends (signed with "
+                    "SPLATFORGE_NOTIFY_SECRET); default SPLATFORGE_NOTIFY_URL.")
 
     @field_validator("ingest", "sfm", "scene", "train", mode="before")
     @classmethod
@@ -72,7 +78,7 @@ def check_job_request(body: JobRequest, settings: Any) -> tuple[dict[str, Any], 
             that only fails once the preset is applied.
     """
     from ..pipeline import resolve_configs
-    from .runner import check_allowed_path
+    from .store import check_allowed_path
 
     if body.scene is not None and body.scene.cache_dir is not None:
         raise _unprocessable(["scene", "cache_dir"], "cache_dir is chosen by the server")
@@ -178,15 +184,21 @@ def _sse(ev: JobEvent) -> str:
 
 @router.get("/jobs/{job_id}/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
-def job_events(request: Request, job_id: str, after: int = 0) -> StreamingResponse:
+def job_events(request: Request, job_id: str,
+               after: int = Query(0, ge=0, le=MAX_EVENT_ID)) -> StreamingResponse:
     """Server-Sent Events: every event row of the job from ``after`` (or ``Last-Event-ID``)
     on, as they are written; the stream ends with an ``end`` event once the job is finished
     (succeeded, failed or cancelled)."""
     settings = request.app.state.settings
     with session_scope(settings) as s:
         get_job_or_404(s, job_id)
-    last = request.headers.get("last-event-id")
-    start = int(last) if last and last.isdigit() else after
+    last = (request.headers.get("last-event-id") or "").strip()
+    start = after
+    if last:
+        if not last.isdigit() or len(last) > 19 or int(last) > MAX_EVENT_ID:
+            raise HTTPException(400, f"Last-Event-ID must be an event id from 0 to "
+                                     f"{MAX_EVENT_ID} (got {last[:40]!r})")
+        start = int(last)
 
     def stream() -> Iterator[str]:
         last_id = start

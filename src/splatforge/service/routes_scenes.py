@@ -20,6 +20,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from ..errors import InputError
 from .db import Job, Scene, job_to_json, session_scope
 from .store import SCENE_ID_RE, media_prefix, outputs_prefix
 from .uploads import UploadRejected, check_zip, extract_zip, media_type, sanitize_name
@@ -92,8 +93,7 @@ def get_scene(request: Request, scene_id: str) -> dict[str, Any]:
 
 
 def _check_source_uri(uri: str, settings: Any) -> str:
-    from ..errors import InputError
-    from .runner import check_allowed_path
+    from .store import check_allowed_path
 
     if uri.startswith("s3://"):
         if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\\\0]*)?", uri):
@@ -104,9 +104,9 @@ def _check_source_uri(uri: str, settings: Any) -> str:
     if "://" in uri:
         raise HTTPException(400, f"source_uri {uri!r}: only s3:// URLs or local paths")
     try:
-        return str(check_allowed_path(Path(uri), settings))
+        return str(check_allowed_path(uri, settings))
     except InputError as e:
-        raise HTTPException(400, f"source_uri: {e}") from None
+        raise HTTPException(400, str(e)) from None
 
 
 @router.post("/scenes/{scene_id}/media")
@@ -157,12 +157,12 @@ def upload_media(request: Request, scene_id: str,
             for f, name, kind, plan in plans:
                 f.file.seek(0)
                 if kind == "zip" and plan.is_dataset:
-                    extract_zip(f.file, plan, stage)
+                    extract_zip(f.file, plan, stage, name)
                 else:  # images, a video, a zip of photos: stored as they are
                     with open(stage / name, "wb") as out:
                         shutil.copyfileobj(f.file, out, 1 << 20)
             keys = store.upload_dir(stage, media_prefix(scene_id))
-        except UploadRejected as e:
+        except (UploadRejected, InputError) as e:
             raise HTTPException(400, str(e)) from None
         finally:
             shutil.rmtree(stage, ignore_errors=True)
@@ -198,6 +198,12 @@ def upload_media(request: Request, scene_id: str,
 
 def check_artifact_name(name: str) -> str:
     """``name`` when it is a clean relative artifact name; else 400."""
+    from ..paths import check_name
+
+    try:
+        check_name(name, "artifact name")
+    except InputError as e:
+        raise HTTPException(400, str(e)) from None
     if (not name or name.startswith("/") or "\\" in name or "\0" in name
             or any(p in ("", ".", "..") for p in name.split("/"))
             or re.match(r"^[A-Za-z]:", name)):

@@ -5,15 +5,16 @@ The model is the splat artifact of the scene's latest finished job under
 its ``cameras.json`` and ``input.ply`` (SfM points) when present. The files are copied from the
 artifact store into ``<data_dir>/viewer/{scene_id}/<version>/`` (so a later job replacing the
 artifacts never changes a running viewer's input), a viser viewer is started for it on a free
-port (one per scene, reused while the model is the same; see
-:class:`splatforge.viewer.manager.ViewerManager`) and the request is redirected (307) to it.
+port of 127.0.0.1 (one per scene, reused while the model is the same; see
+:class:`splatforge.viewer.manager.ViewerManager`) and the request is redirected (307) to the
+service's signed proxy of it (:mod:`.viewer_proxy`): the viewer is reachable only through the
+API key.
 Viewers with no browser connected and no request for ``SPLATFORGE_VIEWER_IDLE_SECONDS``
 (default 600) are stopped.
 
-Environment (or ``ServiceSettings`` attributes of the same lower-case name, when they exist):
-``SPLATFORGE_VIEWER_IDLE_SECONDS``, ``SPLATFORGE_VIEWER_HOST`` (address the viewers bind,
-default 127.0.0.1; with 0.0.0.0 the redirect names the host the request came to),
-``SPLATFORGE_VIEWER_MAX_SPLATS`` (display budget per model).
+Settings (:class:`~splatforge.service.settings.ServiceSettings`, read once at start-up):
+``SPLATFORGE_VIEWER_IDLE_SECONDS``, ``SPLATFORGE_VIEWER_MAX_SPLATS`` (display budget per
+model).
 """
 
 from __future__ import annotations
@@ -30,44 +31,30 @@ from fastapi.responses import RedirectResponse
 from sqlalchemy import select
 
 from ..viewer.data import DEFAULT_MAX_SPLATS
-from ..viewer.manager import DEFAULT_IDLE_SECONDS, ViewerManager
+from ..viewer.manager import ViewerManager
+from ..jobs.manifest import MODEL_ARTIFACTS, model_key
 from .db import Job, Scene, session_scope
+from .viewer_proxy import make_token, viewer_secret
 from .store import SCENE_ID_RE, outputs_prefix
 
 router = APIRouter(tags=["viewer"])
 
-#: Artifact names tried, in order, as the scene's model.
-MODEL_ARTIFACTS = ("point_cloud.ply", "scene.spz", "scene.splat")
 #: Artifacts copied beside the model when present.
 EXTRA_ARTIFACTS = ("cameras.json", "input.ply")
 
 _manager_lock = threading.Lock()
 
 
-def _setting(settings: Any, name: str, default: Any, cast: Any) -> Any:
-    value = getattr(settings, name, None)
-    if value is None:
-        value = os.environ.get(f"SPLATFORGE_{name.upper()}")
-    if value is None or value == "":
-        return default
-    try:
-        return cast(value)
-    except (TypeError, ValueError) as e:
-        raise HTTPException(500, f"invalid viewer setting {name}={value!r}: {e}") from e
-
-
 def viewer_manager(app: Any) -> ViewerManager:
     """The app's :class:`ViewerManager` (``app.state.viewer_manager``), made on first use from
-    the settings / environment described in the module docstring."""
+    the service settings (validated once at start-up, :mod:`splatforge.service.settings`)."""
     with _manager_lock:
         manager = getattr(app.state, "viewer_manager", None)
         if manager is None:
             settings = app.state.settings
-            manager = ViewerManager(
-                idle_seconds=_setting(settings, "viewer_idle_seconds", DEFAULT_IDLE_SECONDS,
-                                      float),
-                host=_setting(settings, "viewer_host", "127.0.0.1", str),
-                max_splats=_setting(settings, "viewer_max_splats", DEFAULT_MAX_SPLATS, int))
+            manager = ViewerManager(idle_seconds=settings.viewer_idle_seconds,
+                                    host="127.0.0.1",
+                                    max_splats=settings.viewer_max_splats or DEFAULT_MAX_SPLATS)
             app.state.viewer_manager = manager
         return manager
 
@@ -77,20 +64,22 @@ def _fetch_model(store: Any, scene_id: str, cache_root: Path) -> tuple[Path, str
     version). 404 when the scene has no model artifact."""
     prefix = outputs_prefix(scene_id)
     objects = {o.key[len(prefix):]: o for o in store.list(prefix)}
-    name = next((n for n in MODEL_ARTIFACTS if n in objects), None)
-    if name is None:
+    key = model_key(set(objects))
+    if key is None:
         raise HTTPException(404, f"scene {scene_id!r} has no trained model yet (no "
                                  f"{' / '.join(MODEL_ARTIFACTS)} artifact); start a job and "
                                  "wait for it to succeed")
+    name = key.rsplit("/", 1)[-1]
     tag = "|".join(f"{n}:{objects[n].size}:{objects[n].mtime}"
-                   for n in (name, *EXTRA_ARTIFACTS) if n in objects)
+                   for n in (key, *EXTRA_ARTIFACTS) if n in objects)
     version = hashlib.sha256(tag.encode()).hexdigest()[:16]
     dest = cache_root / version
     if not (dest / name).is_file():
         tmp = cache_root / f".{version}.tmp{os.getpid()}.{threading.get_ident()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for n in (name, *EXTRA_ARTIFACTS):
+        store.get_file(prefix + key, tmp / name)
+        for n in EXTRA_ARTIFACTS:
             if n in objects:
                 store.get_file(prefix + n, tmp / n)
         try:
@@ -130,9 +119,6 @@ def view_scene(request: Request, scene_id: str) -> RedirectResponse:
         mv = manager.get_or_start(scene_id, path, version=f"{job_id}:{version}")
     except SplatforgeError as e:
         raise HTTPException(422, f"the scene's model cannot be shown: {e}") from e
-    host = manager.host
-    if host in ("0.0.0.0", "::", ""):
-        host = request.url.hostname or "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return RedirectResponse(f"http://{host}:{mv.port}/", status_code=307)
+    del mv  # reached through the service's proxy, never on its own port
+    token = make_token(viewer_secret(request.app), scene_id)
+    return RedirectResponse(f"/scenes/{scene_id}/viewer/?token={token}", status_code=307)

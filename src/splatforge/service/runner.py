@@ -7,18 +7,22 @@ Both executors end here: the local executor's worker processes
 1. mark the job ``running`` (worker, pid, host, started_at);
 2. fetch the scene's media (``media/{scene_id}/`` of the artifact store, or its
    ``source_uri``) into ``<data_dir>/work/<job_id>/media``;
-3. run :func:`splatforge.pipeline.run_reconstruct` into ``<work>/out`` with an events callback
-   that writes progress (stage, step, total, fraction, ETA, metrics) to the job row and event
-   rows (progress at most every :data:`PROGRESS_INTERVAL_S`, every stage start/finish,
-   warning and info at once);
+3. run the pipeline through :func:`splatforge.pipeline.run_job_pipeline` into ``<work>/out``
+   with this module's database sink (:class:`splatforge.jobs.JobSink`): ``on_event`` writes
+   progress (stage, step, total, fraction, ETA, metrics) to the job row and event rows
+   (progress at most every :data:`PROGRESS_INTERVAL_S`, every stage start/finish, warning and
+   info at once);
 4. a watcher thread beats ``heartbeat_at`` and reads ``cancel_requested`` every
    :data:`POLL_INTERVAL_S`; a cancel (or the time limit, or SIGTERM through
-   :func:`request_stop`) makes the next callback raise ``KeyboardInterrupt`` -- training stops
-   at a step boundary with a checkpoint;
-5. upload the artifacts to ``outputs/{scene_id}/`` and a new COLMAP model to
-   ``colmap/{scene_id}/`` (outputs of finished stages are uploaded even when a later stage
-   fails or is cancelled);
-6. end as ``succeeded``, ``failed`` (error stage and message) or ``cancelled``.
+   :func:`request_stop`) makes ``should_stop`` answer its reason, so the pipeline stops at the
+   next stage boundary or training step (with a checkpoint); only a native call that runs
+   past :data:`INTERRUPT_GRACE_S` without a poll is interrupted;
+5. publish the artifacts to ``outputs/{scene_id}/`` (:func:`splatforge.jobs.publish` of
+   :func:`splatforge.jobs.artifact_files`: the one layout every front door writes) and a new
+   COLMAP model to ``colmap/{scene_id}/`` (outputs of finished stages are uploaded even when
+   a later stage fails or is cancelled);
+6. end as ``succeeded``, ``failed`` (error stage and message) or ``cancelled``; the final
+   ``status`` event triggers the completion notification (:func:`.db.announce_job_end`).
 """
 
 from __future__ import annotations
@@ -36,9 +40,13 @@ from typing import Any
 from sqlalchemy import select, update
 
 from ..events import Event
+from ..jobs import JobStopped, artifact_files, classify_input, image_folder, publish
+from ..jobs.config import job_configs
+from ..jobs.inputs import dataset_format
 from .db import FINAL_STATUSES, Job, Scene, add_event, session_scope
 from .settings import ServiceSettings
-from .store import colmap_prefix, get_store, media_prefix, open_source, outputs_prefix
+from .store import (check_allowed_path, colmap_prefix, get_store, media_prefix, open_source,
+                    outputs_prefix)
 
 #: Seconds between two progress writes of one job (stage starts/finishes always write).
 PROGRESS_INTERVAL_S = 0.5
@@ -47,24 +55,18 @@ POLL_INTERVAL_S = 0.5
 #: After a stop request, seconds before the main thread is interrupted if no callback ran.
 INTERRUPT_GRACE_S = 5.0
 
-#: Files of ``<out>`` uploaded to ``outputs/{scene_id}/`` (name in the store -> path in out).
-_MODEL_FILES = ("cameras.json", "cfg_args", "metrics.json", "input.ply", "train_log.jsonl")
-_OUT_FILES = ("scene.splat", "scene.spz", "scene.sog", "reconstruct.json")
-
 _stop_reason: dict[str, str] = {}
 
 
 def request_stop(reason: str = "shutdown") -> None:
-    """Ask the job running in this process to stop at the next callback (``shutdown``: the
+    """Ask the job running in this process to stop at its next stop poll (``shutdown``: the
     job goes back to ``queued``; ``cancel``: ``cancelled``). Safe in a signal handler."""
     _stop_reason.setdefault("reason", reason)
 
 
-class _Stop(Exception):
-    pass
-
-
 class _JobRun:
+    """The service's :class:`splatforge.jobs.JobSink`: job row + event rows."""
+
     def __init__(self, job_id: str, settings: ServiceSettings, worker: str | None):
         self.job_id = job_id
         self.settings = settings
@@ -95,15 +97,14 @@ class _JobRun:
                 s.execute(update(Job).where(Job.id == self.job_id).values(**job_values))
 
     # -- stop requests ----------------------------------------------------------------------
-    def _check_stop(self) -> None:
+    def should_stop(self) -> str | None:
+        """The sink's stop hook: ``cancel`` | ``timeout`` | ``shutdown`` once asked, else
+        None."""
         reason = self.stop_reason or _stop_reason.get("reason")
-        if reason is None:
-            return
-        self.stop_reason = reason
-        now = time.monotonic()
-        if self.raised_at is None or now - self.raised_at > 3.0:
-            self.raised_at = now
-            raise KeyboardInterrupt(reason)
+        if reason is not None:
+            self.stop_reason = reason
+            self.raised_at = self.raised_at or time.monotonic()
+        return reason
 
     def _watch(self) -> None:
         limit = self.settings.job_time_limit_s
@@ -134,8 +135,7 @@ class _JobRun:
 
     # -- events -----------------------------------------------------------------------------
     def on_event(self, ev: Event) -> None:
-        """The pipeline's events callback (see the module docstring)."""
-        self._check_stop()
+        """The sink's events callback (see the module docstring); never raises a stop."""
         stage = ev.stage if ev.stage != "reconstruct" else None
         now = time.monotonic()
         fields = dict(step=ev.step, total=ev.total, eta_s=ev.eta_s,
@@ -168,10 +168,6 @@ class _JobRun:
             self._event(ev.kind, ev.message, ev.stage, job_values=values, **fields)
         else:
             self._event(ev.kind, ev.message, ev.stage, **fields)
-
-    def step_hook(self, trainer: Any, step: int) -> None:
-        """Called after every training step: stop promptly when asked."""
-        self._check_stop()
 
     # -- the run ----------------------------------------------------------------------------
     def claim(self) -> tuple[str | None, dict[str, Any]]:
@@ -216,18 +212,18 @@ class _JobRun:
         result = None
         try:
             try:
-                configs = _job_configs(info["config"])
-                self._stage_start("fetch", "fetching media")
+                configs = job_configs(info["config"], train_gpus=self.settings.train_gpus)
+                self.set_stage("fetch", "fetching media")
                 media = self.fetch_media(info, work)
                 self._stage_finish("fetch", f"media: {media.name}")
-                from ..pipeline import run_reconstruct
+                from ..pipeline import run_job_pipeline
 
-                result = run_reconstruct(media, out, events=self.on_event,
-                                         step_hook=self.step_hook, **configs)
+                result = run_job_pipeline(media, out, self, **configs)
             finally:
                 self.done.set()
-        except KeyboardInterrupt:
-            reason = self.stop_reason or _stop_reason.get("reason") or "interrupt"
+        except (JobStopped, KeyboardInterrupt) as e:
+            reason = (e.reason if isinstance(e, JobStopped) else None) or self.stop_reason \
+                or _stop_reason.get("reason") or "interrupt"
             if reason == "cancel":
                 status, err_stage, err_msg = "cancelled", self.stage, "cancelled by request"
             elif reason == "shutdown":
@@ -240,8 +236,13 @@ class _JobRun:
         except Exception as e:  # noqa: BLE001  (every job failure is recorded, never raised)
             from ..errors import SplatforgeError
 
+            from ..paths import redact_paths
+
             status, err_stage = "failed", self.stage or "setup"
             err_msg = str(e) if isinstance(e, SplatforgeError) else f"{type(e).__name__}: {e}"
+            # clients read this message: no server paths (the work folder, the data dir)
+            err_msg = redact_paths(err_msg, [work, self.settings.data_dir,
+                                             *self.settings.allowed_roots])
             try:
                 self._event("error", err_msg, err_stage,
                             data={"traceback": traceback.format_exc(limit=20)})
@@ -260,7 +261,8 @@ class _JobRun:
             shutil.rmtree(work, ignore_errors=True)
         return status
 
-    def _stage_start(self, stage: str, message: str) -> None:
+    def set_stage(self, stage: str, message: str = "") -> None:
+        """The sink's own stages (``fetch``, ``upload``): recorded on the job row."""
         self.stage = stage
         self._event("stage_started", message, stage,
                     job_values=dict(stage=stage, step=None, total=None, fraction=None))
@@ -287,9 +289,7 @@ class _JobRun:
             media_dir.mkdir(parents=True, exist_ok=True)
             open_source(uri, self.settings).download_prefix("", media_dir)
         elif uri:
-            src = Path(uri)
-            check_allowed_path(src, self.settings)
-            media_dir = src
+            media_dir = check_allowed_path(uri, self.settings)
         else:
             try:
                 store.download_prefix(media_prefix(scene_id), media_dir)
@@ -300,29 +300,27 @@ class _JobRun:
         if media_dir.is_file():  # a source_uri naming a zip or a video
             return media_dir
         if not media_dir.is_dir() or not any(media_dir.iterdir()):
-            raise InputError(media_dir, "the scene has no media",
+            raise InputError(None, "the scene has no media",
                              "upload images, a zip or a video first")
-        return resolve_media(media_dir)
+        return classify_input(media_dir, "the scene's media").path
 
     def _colmap_dataset(self, scene_id: str, media_dir: Path, work: Path) -> Path:
         from ..errors import InputError
-        from ..scene import detect_format
 
-        if media_dir.is_dir() and _is_dataset(media_dir):
+        if dataset_format(media_dir) is not None:
             return media_dir
         ds = work / "colmap"
         try:
             get_store(self.settings).download_prefix(colmap_prefix(scene_id), ds)
         except FileNotFoundError:  # storage.ObjectNotFound
-            raise InputError(ds, "no COLMAP model for this scene") from None
-        if not _is_dataset(ds):
-            raise InputError(ds, "no COLMAP model for this scene")
-        if not any(p.is_dir() and _has_images(p) for p in ds.glob("images*")):
-            imgs = _image_folder(media_dir)
+            raise InputError(None, "no COLMAP model for this scene") from None
+        if dataset_format(ds) is None:
+            raise InputError(None, "no COLMAP model for this scene")
+        if not any(p.is_dir() and image_folder(p) == p for p in ds.glob("images*")):
+            imgs = image_folder(media_dir)
             if imgs is None:
-                raise InputError(media_dir, "no images for the COLMAP model")
+                raise InputError(None, "no images for the COLMAP model")
             (ds / "images").symlink_to(imgs.resolve(), target_is_directory=True)
-        detect_format(ds)
         return ds
 
     # -- outputs ----------------------------------------------------------------------------
@@ -332,20 +330,14 @@ class _JobRun:
         store = get_store(self.settings)
         sparse = out / "workspace" / "sparse" / "0"
         if ("sfm" in self.finished_stages and sparse.is_dir()):
-            self._stage_start("upload", "uploading the COLMAP model")
+            self.set_stage("upload", "uploading the COLMAP model")
             store.upload_dir(sparse, colmap_prefix(scene_id) + "sparse/0")
         if not succeeded or result is None:
             return
-        self._stage_start("upload", "uploading artifacts")
+        self.set_stage("upload", "uploading artifacts")
         prefix = outputs_prefix(scene_id)
         files = artifact_files(out, result.step)
-        written = set()
-        for name, path in files.items():
-            store.put_file(prefix + name, path)
-            written.add(prefix + name)
-        for info in store.list(prefix):
-            if info.key not in written:
-                store.delete(info.key)
+        publish(store, prefix, files)
         self._stage_finish("upload", f"{len(files)} artifacts -> {prefix}")
 
     def finish(self, status: str, err_stage: str | None, err_msg: str | None,
@@ -415,126 +407,3 @@ def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
             except (TypeError, ValueError):
                 out[k] = str(v)
     return out
-
-
-def _job_configs(config: dict[str, Any]) -> dict[str, Any]:
-    """``run_reconstruct`` keyword arguments from a job's config JSON.
-
-    Raises:
-        ConfigError: an invalid value (the field named).
-    """
-    from ..config import IngestConfig, SceneConfig, SfmConfig, TrainConfig
-
-    out: dict[str, Any] = {"preset": config.get("preset") or "preview"}
-    for name, model in (("ingest", IngestConfig), ("sfm", SfmConfig),
-                        ("scene", SceneConfig), ("train", TrainConfig)):
-        if config.get(name) is not None:
-            out[name] = parse_stage_config(name, model, config[name])
-    # a worker that owns several GPUs (splatforge worker --gpus 0,1) trains each job on all
-    gpus = int(os.environ.get("SPLATFORGE_TRAIN_GPUS") or 1)
-    if gpus > 1 and "gpus" not in (config.get("train") or {}):
-        out["train"] = (out.get("train") or TrainConfig()).model_copy(update={"gpus": gpus})
-    return out
-
-
-def parse_stage_config(stage: str, model: Any, data: dict[str, Any]) -> Any:
-    """``model`` validated from ``data``; errors name fields as ``stage.field``.
-
-    Raises:
-        ConfigError: naming each invalid field, its value and the allowed range.
-    """
-    from ..config import parse_config
-    from ..errors import ConfigError
-
-    try:
-        return parse_config(model, data, prefix=f"{stage}.")
-    except ConfigError as e:
-        msg = str(e)
-        if f"\n  {stage}." not in msg:
-            msg = msg.replace("\n  ", f"\n  {stage}.")
-        raise ConfigError(msg) from None
-
-
-def check_allowed_path(path: Path, settings: ServiceSettings) -> Path:
-    """``path`` resolved, when it lies under one of ``settings.allowed_roots``.
-
-    Raises:
-        InputError: it does not exist or lies outside every allowed root.
-    """
-    from ..errors import InputError
-
-    p = Path(path)
-    if not p.is_absolute():
-        raise InputError(p, "source_uri must be an absolute path or s3://bucket/prefix")
-    real = p.resolve()
-    for root in settings.allowed_roots:
-        r = Path(root).resolve()
-        if real == r or r in real.parents:
-            if not real.exists():
-                raise InputError(p, "does not exist")
-            return real
-    raise InputError(p, "is outside the allowed roots (SPLATFORGE_ALLOWED_ROOTS)")
-
-
-def _has_images(folder: Path) -> bool:
-    from ..ingest import IMAGE_EXTENSIONS
-
-    return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir() if p.is_file())
-
-
-def _image_folder(media_dir: Path) -> Path | None:
-    if not media_dir.is_dir():
-        return None
-    if _has_images(media_dir):
-        return media_dir
-    for sub in sorted(media_dir.glob("images*")):
-        if sub.is_dir() and _has_images(sub):
-            return sub
-    return None
-
-
-def _is_dataset(folder: Path) -> bool:
-    from ..errors import InputError
-    from ..scene import detect_format
-
-    if not folder.is_dir():
-        return False
-    try:
-        detect_format(folder)
-        return True
-    except InputError:
-        return False
-
-
-def resolve_media(media_dir: Path) -> Path:
-    """The path inside a fetched media folder to reconstruct from: the folder when it is a
-    posed dataset or holds photos; the one video or zip when that is all it holds."""
-    if _is_dataset(media_dir):
-        return media_dir
-    files = [p for p in media_dir.iterdir() if p.is_file() and not p.name.startswith(".")]
-    if len(files) == 1 and not _has_images(media_dir):
-        return files[0]
-    return media_dir
-
-
-def artifact_files(out: Path, step: int | None) -> dict[str, Path]:
-    """Artifact name -> file of a finished run in ``out`` (the names of
-    ``GET /scenes/{id}/artifacts``)."""
-    model = out / "model"
-    files: dict[str, Path] = {}
-    if step is not None:
-        ply = model / "point_cloud" / f"iteration_{step}" / "point_cloud.ply"
-        if ply.is_file():
-            files["point_cloud.ply"] = ply
-    for name in _MODEL_FILES:
-        if (model / name).is_file():
-            files[name] = model / name
-    for name in _OUT_FILES:
-        if (out / name).is_file():
-            files[name] = out / name
-    ev = model / "eval"
-    if ev.is_dir():
-        for p in sorted(ev.iterdir()):
-            if p.is_file() and p.suffix.lower() in (".png", ".jpg", ".csv"):
-                files[f"renders/{p.name}"] = p
-    return files

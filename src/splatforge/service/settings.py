@@ -1,8 +1,10 @@
 """Settings of the job service (``splatforge serve``, its workers and Celery workers).
 
-Every setting comes from an environment variable (``ServiceSettings.from_env``) so that a
-server, the worker processes it starts and Celery workers on other machines share one
-configuration:
+Every setting comes from an environment variable (``ServiceSettings.from_env``, a
+``pydantic-settings`` model validated once at start-up: :mod:`splatforge.settings_env`) so
+that a server, the worker processes it starts and Celery workers on other machines share one
+configuration; the viewer routes read theirs from the same model, never ``os.environ`` per
+request:
 
 ==============================  ===========================================================
 variable                        meaning (default)
@@ -21,19 +23,26 @@ variable                        meaning (default)
 ``SPLATFORGE_ALLOWED_ROOTS``    ``os.pathsep``-separated folders a ``source_uri`` may name
 ``SPLATFORGE_MAX_JOBS``         local executor: jobs at once (CUDA GPUs, else 1)
 ``SPLATFORGE_JOB_TIME_LIMIT_S`` hard time limit of one job in seconds (none)
+``SPLATFORGE_NOTIFY_URL``       POST every job's final status here (none; a job's own
+                                ``notify_url`` wins), see :mod:`splatforge.jobs.notify`
+``SPLATFORGE_NOTIFY_SECRET``    HMAC-SHA256 key of the notifications' signature header
+``SPLATFORGE_VIEWER_IDLE_SECONDS`` stop a viewer unused this long (600)
+``SPLATFORGE_VIEWER_MAX_SPLATS`` display budget of one viewer's model
 ==============================  ===========================================================
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Annotated, Any, ClassVar
 
-from ..errors import ConfigError
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from ..settings_env import EnvSettings
 
 #: environment variable -> settings field.
 ENV_VARS: dict[str, str] = {
@@ -48,16 +57,23 @@ ENV_VARS: dict[str, str] = {
     "SPLATFORGE_ALLOWED_ROOTS": "allowed_roots",
     "SPLATFORGE_MAX_JOBS": "max_concurrent_jobs",
     "SPLATFORGE_JOB_TIME_LIMIT_S": "job_time_limit_s",
+    "SPLATFORGE_NOTIFY_URL": "notify_url",
+    "SPLATFORGE_NOTIFY_SECRET": "notify_secret",
+    "SPLATFORGE_VIEWER_IDLE_SECONDS": "viewer_idle_seconds",
+    "SPLATFORGE_VIEWER_MAX_SPLATS": "viewer_max_splats",
 }
 
 
-class ServiceSettings(BaseModel):
+class ServiceSettings(EnvSettings):
     """Configuration of the job service; see the module docstring for the variables.
 
-    Use :meth:`from_env` in programs; tests construct it directly.
+    Use :meth:`from_env` in programs; tests construct it directly (then no environment is
+    read).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, env_prefix="SPLATFORGE_",
+                                      env_ignore_empty=True, populate_by_name=True)
+    error_title: ClassVar[str] = "invalid service settings"
 
     data_dir: Path = Field(Path("splatforge-data"),
                            description="Database, local artifacts and job work dirs.")
@@ -71,13 +87,26 @@ class ServiceSettings(BaseModel):
     executor: Literal["local", "celery"] = Field("local", description="Job executor.")
     broker_url: str | None = Field(None, description="Celery broker URL.")
     max_upload_mb: float = Field(2048.0, gt=0, description="Largest request body, MiB.")
-    allowed_roots: tuple[Path, ...] = Field(
-        (), description="Local folders a source_uri may point into.")
+    allowed_roots: Annotated[tuple[Path, ...], NoDecode] = Field(
+        (), description="Local folders a source_uri may point into (os.pathsep-separated).")
     max_concurrent_jobs: int | None = Field(
-        None, ge=1, le=1024, description="Local executor: jobs at once (default: CUDA GPUs, "
-                                         "else 1).")
+        None, ge=1, le=1024, validation_alias=AliasChoices("max_concurrent_jobs",
+                                                           "SPLATFORGE_MAX_JOBS"),
+        description="Local executor: jobs at once (default: CUDA GPUs, else 1).")
     job_time_limit_s: float | None = Field(
         None, gt=0, description="Hard limit of one job, seconds (none).")
+    train_gpus: int = Field(
+        1, ge=1, le=64, description="Ranks each job trains on when its train config does not "
+                                    "say (set by `splatforge worker --gpus 0,1`).")
+    notify_url: str | None = Field(
+        None, max_length=2048, pattern=r"^https?://[^\s]+$",
+        description="POST each job's final status here (a job's notify_url wins).")
+    notify_secret: str | None = Field(
+        None, description="HMAC-SHA256 key of the notification signature header.")
+    viewer_idle_seconds: float = Field(600.0, gt=0,
+                                       description="Stop a viewer unused this long, s.")
+    viewer_max_splats: int | None = Field(None, ge=1,
+                                          description="Display budget of one viewer.")
 
     # -- derived values ---------------------------------------------------------------------
     @property
@@ -115,37 +144,14 @@ class ServiceSettings(BaseModel):
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
 
-    # -- environment ------------------------------------------------------------------------
+    @field_validator("allowed_roots", mode="before")
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object
-                 ) -> "ServiceSettings":
-        """Settings from ``env`` (default ``os.environ``); keyword ``overrides`` win.
+    def _roots(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return tuple(Path(p) for p in v.split(os.pathsep) if p)
+        return v
 
-        Raises:
-            ConfigError: an invalid value, naming the variable.
-        """
-        env = os.environ if env is None else env
-        data: dict[str, object] = {}
-        for var, field in ENV_VARS.items():
-            value = env.get(var)
-            if value is None or value == "":
-                continue
-            if field == "allowed_roots":
-                data[field] = tuple(Path(p) for p in value.split(os.pathsep) if p)
-            else:
-                data[field] = value
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        try:
-            return cls.model_validate(data)
-        except ValidationError as err:
-            names = {f: v for v, f in ENV_VARS.items()}
-            lines = []
-            for e in err.errors():
-                field = str(e["loc"][0]) if e.get("loc") else "?"
-                lines.append(f"{names.get(field, field)}: {e['msg']} "
-                             f"(got {e.get('input')!r})")
-            raise ConfigError("invalid service settings:\n  " + "\n  ".join(lines)) from None
-
+    # -- environment ------------------------------------------------------------------------
     def to_env(self) -> dict[str, str]:
         """The environment variables that reproduce these settings in another process."""
         out: dict[str, str] = {}

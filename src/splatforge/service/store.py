@@ -63,3 +63,19 @@ def outputs_prefix(scene_id: str) -> str:
     from ..storage import outputs_prefix as f
 
     return f(scene_id)
+
+
+def check_allowed_path(path: Any, settings: ServiceSettings) -> Any:
+    """A local ``source_uri`` (or ``vocab_tree_path``) resolved, when it lies under one of
+    ``settings.allowed_roots`` (:func:`splatforge.paths.resolve_under_roots`: symlinks
+    followed, NUL bytes, over-long names and symlink loops refused).
+
+    Raises:
+        InputError: relative, malformed, missing, or outside every allowed root, or a folder
+            holding a symlink that leads out of them; the message shows the value as given.
+    """
+    from ..paths import check_tree_inside, resolve_under_roots
+
+    out = resolve_under_roots(path, settings.allowed_roots, "source_uri")
+    check_tree_inside(out, settings.allowed_roots, "source_uri")
+    return out

@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from ..ingest import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from ..paths import resolve_inside
 
 #: What a sanitised name keeps; everything else becomes ``_``.
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -129,7 +130,10 @@ def check_zip(fileobj: BinaryIO, label: str, max_bytes: int) -> ZipPlan:
     if not kept:
         raise UploadRejected(f"{label}: no images, video or dataset files inside")
     tops = {parts[0] for _, parts in kept}
-    strip = len(tops) == 1 and all(len(parts) > 1 for _, parts in kept)
+    # a wrapper folder (``scene/...``) is dropped; a dataset's own folder (``sparse/0/...``,
+    # ``images/...``) is not
+    strip = (len(tops) == 1 and all(len(parts) > 1 for _, parts in kept)
+             and not _is_dataset_folder(next(iter(tops))))
     members = []
     for info, parts in kept:
         rel = [sanitize_name(p) for p in (parts[1:] if strip else parts)]
@@ -137,14 +141,33 @@ def check_zip(fileobj: BinaryIO, label: str, max_bytes: int) -> ZipPlan:
     return ZipPlan(members, total)
 
 
-def extract_zip(fileobj: BinaryIO, plan: ZipPlan, dest: Path) -> None:
-    """Extract the members of a checked zip into ``dest`` (paths from the plan only)."""
+def _is_dataset_folder(name: str) -> bool:
+    """``sparse``, ``images``, ``images_4``, ``masks``...: a folder a dataset itself holds."""
+    low = name.lower()
+    return low in ("sparse", "masks", "distorted") or low.startswith("images")
+
+
+def extract_zip(fileobj: BinaryIO, plan: ZipPlan, dest: Path, label: str = "zip") -> None:
+    """Extract the members of a checked zip into ``dest`` (paths from the plan only).
+
+    Each member is written at most its declared size (zipfile stops there) and checked
+    against its CRC.
+
+    Raises:
+        UploadRejected: a corrupt member (bad CRC, broken deflate stream, a member that
+            inflates past its declared size), naming the zip and the member.
+    """
+    import zlib
+
     zf = zipfile.ZipFile(fileobj)
     root = dest.resolve()
     for info, rel in plan.members:
-        out = (dest / rel).resolve()
-        if root not in out.parents:  # defence in depth: the plan is already clean
-            raise UploadRejected(f"zip entry {info.filename!r} escapes the target folder")
+        out = resolve_inside(root, rel, f"{label}: entry")
         out.parent.mkdir(parents=True, exist_ok=True)
-        with zf.open(info) as src, open(out, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
+        try:
+            with zf.open(info) as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError,
+                RuntimeError) as e:
+            out.unlink(missing_ok=True)
+            raise UploadRejected(f"{label}: entry {info.filename!r} is corrupt ({e})") from None

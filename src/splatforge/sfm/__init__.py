@@ -126,15 +126,17 @@ def _resolve_matching(config: SfmConfig, num_images: int, is_video: bool,
     return "sequential"
 
 
-def _load_state(path: Path) -> dict[str, Any]:
+def load_state(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path`` (``ingest.json``, ``sfm.json``), or ``{}`` when it is
+    missing or unreadable."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
 
 
-def _ingest_is_current(manifest: dict[str, Any], media: Path, ingest: IngestConfig,
-                       workspace: Path) -> bool:
+def ingest_is_current(manifest: dict[str, Any], media: Path, ingest: IngestConfig,
+                      workspace: Path) -> bool:
     """True when ``<workspace>/input`` came from ``media`` with ``ingest`` and the media has
     not changed since (the media and, for a folder, its files are older than the manifest)."""
     if not manifest or not (workspace / "input").is_dir() or not media.exists():
@@ -151,7 +153,7 @@ def _ingest_is_current(manifest: dict[str, Any], media: Path, ingest: IngestConf
 def read_sfm_json(workspace: Path) -> SfmResult | None:
     """The finished result recorded in ``<workspace>/sfm.json``, or None when absent/partial."""
     p = Path(workspace) / "sfm.json"
-    data = _load_state(p)
+    data = load_state(p)
     if data.get("status") != "complete":
         return None
     names = {f for f in SfmResult.__dataclass_fields__}
@@ -198,12 +200,12 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
     input_dir = workspace / "input"
     t0 = time.monotonic()
     ingest = ingest or IngestConfig()
-    manifest = _load_state(workspace / "ingest.json")
+    manifest = load_state(workspace / "ingest.json")
     if media.resolve() == input_dir.resolve():
         if not input_dir.is_dir():
             raise InputError(media, "no such folder")
         is_video = manifest.get("kind") == "video"
-    elif not force and _ingest_is_current(manifest, media, ingest, workspace):
+    elif not force and ingest_is_current(manifest, media, ingest, workspace):
         rep.info(f"{workspace}/input is up to date with {media}: ingest skipped")
         is_video = manifest.get("kind") == "video"
     else:
@@ -241,7 +243,7 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / "state.json"
     fp = _fingerprint(input_dir, config)
-    state = _load_state(state_path)
+    state = load_state(state_path)
     if state.get("fingerprint") != fp:
         for p in (work / "database.db", work / "database.db-wal", work / "database.db-shm"):
             p.unlink(missing_ok=True)

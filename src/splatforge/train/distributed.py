@@ -427,9 +427,11 @@ def run_train_distributed(config: TrainConfig, scene: Any, model_dir: str | Path
                           events: EventCallback | None = None,
                           scene_config: SceneConfig | None = None,
                           resume: bool | str | Path | None = None,
-                          step_hook: Any = None) -> TrainResult:
+                          step_hook: Any = None,
+                          should_stop: Any = None) -> TrainResult:
     """:func:`~splatforge.train.run_train` over ``config.gpus`` ranks (see the module
-    docstring); same arguments, outputs, events and errors.
+    docstring); same arguments, outputs, events and errors. ``should_stop`` is polled by the
+    parent between messages; True stops every rank after the same step.
 
     Ctrl-C (or a KeyboardInterrupt from ``events``) stops every rank after the same step; a
     checkpoint is written and :class:`TrainingInterrupted` raised as in a single process.
@@ -469,6 +471,8 @@ def run_train_distributed(config: TrainConfig, scene: Any, model_dir: str | Path
     finished: set[int] = set()
     try:
         while len(finished) < world:
+            if should_stop is not None and not stop.is_set() and should_stop():
+                stop.set()
             try:
                 msg = pickle.loads(q.get(timeout=1.0))
             except queue_mod.Empty:

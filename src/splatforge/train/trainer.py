@@ -305,9 +305,11 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, scene: Any, model_dir: str | Path,
                  events: EventCallback | None = None, scene_config: SceneConfig | None = None,
-                 step_hook: StepHook | None = None):
+                 step_hook: StepHook | None = None,
+                 should_stop: Callable[[], bool] | None = None):
         self.config = config
         self.step_hook = step_hook
+        self.should_stop = should_stop
         self.scene_config = scene_config or SceneConfig()
         self.model_dir = Path(model_dir)
         self.rep = StageReporter(STAGE, events)
@@ -832,7 +834,7 @@ class Trainer:
                                       eta_s=eta, data=shown))
             if self.step_hook is not None:
                 self.step_hook(self, k)
-            if flag.requested:
+            if flag.requested or (self.should_stop is not None and self.should_stop()):
                 raise KeyboardInterrupt
         return session_steps, session_time
 
@@ -893,7 +895,8 @@ def _json_default(o: Any) -> Any:
 def run_train(config: TrainConfig, scene: Any, model_dir: str | Path,
               events: EventCallback | None = None, scene_config: SceneConfig | None = None,
               resume: bool | str | Path | None = None,
-              step_hook: StepHook | None = None) -> TrainResult:
+              step_hook: StepHook | None = None,
+              should_stop: Callable[[], bool] | None = None) -> TrainResult:
     """Train a 3DGS scene into ``model_dir`` (see the module docstring for the recipe/layout).
 
     Args:
@@ -912,6 +915,8 @@ def run_train(config: TrainConfig, scene: Any, model_dir: str | Path,
             there is none); a path = that checkpoint (or the latest in that folder).
         step_hook: ``step_hook(trainer, step)`` after every step (see :data:`StepHook`);
             the time it blocks is not counted as training time.
+        should_stop: polled after every step; True stops training like Ctrl-C does (a
+            checkpoint, then :class:`TrainingInterrupted`): a job's cancel or shutdown.
 
     Returns:
         :class:`TrainResult`.
@@ -928,5 +933,6 @@ def run_train(config: TrainConfig, scene: Any, model_dir: str | Path,
         from .distributed import run_train_distributed
 
         return run_train_distributed(config, scene, model_dir, events, scene_config, resume,
-                                     step_hook)
-    return Trainer(config, scene, model_dir, events, scene_config, step_hook).run(resume)
+                                     step_hook, should_stop)
+    return Trainer(config, scene, model_dir, events, scene_config, step_hook,
+                   should_stop).run(resume)
