@@ -26,6 +26,7 @@ from sqlalchemy import text
 
 from ..errors import ConfigError
 from .db import get_engine, init_db
+from .routes_web import is_web_page, mount_web
 from .settings import ServiceSettings
 
 
@@ -64,7 +65,8 @@ class GuardMiddleware:
                 return
             await self.app(scope, receive, send)
             return
-        if self.api_key and scope.get("path") != "/healthz":
+        path = scope.get("path", "")
+        if self.api_key and path != "/healthz" and not is_web_page(path):
             if not self._authorized(headers):
                 await _send_json(send, 401, {"detail": "missing or wrong API key "
                                              "(Authorization: Bearer <key>)"},
@@ -127,6 +129,7 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
     artifact store and starts the executor (``recover()``); shutdown stops it.
     """
     from .executors import make_executor
+    from .render_jobs import router as render_router
     from .routes_compat import router as compat_router
     from .routes_jobs import router as jobs_router
     from .routes_scenes import router as scenes_router
@@ -185,6 +188,8 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
     app.include_router(scenes_router)
     app.include_router(jobs_router)
     app.include_router(compat_router)
+    app.include_router(render_router)  # POST /scenes/{id}/renders (issue 19)
+    mount_web(app)  # the web app at / (issue 19)
     try:
         from .routes_view import router as view_router
     except ImportError:

@@ -216,14 +216,19 @@ class _JobRun:
         result = None
         try:
             try:
-                configs = _job_configs(info["config"])
-                self._stage_start("fetch", "fetching media")
-                media = self.fetch_media(info, work)
-                self._stage_finish("fetch", f"media: {media.name}")
-                from ..pipeline import run_reconstruct
+                if info["kind"] == "render":  # a camera-path video (issue 19)
+                    from .render_jobs import run_render_job
 
-                result = run_reconstruct(media, out, events=self.on_event,
-                                         step_hook=self.step_hook, **configs)
+                    run_render_job(self, info, work)
+                else:
+                    configs = _job_configs(info["config"])
+                    self._stage_start("fetch", "fetching media")
+                    media = self.fetch_media(info, work)
+                    self._stage_finish("fetch", f"media: {media.name}")
+                    from ..pipeline import run_reconstruct
+
+                    result = run_reconstruct(media, out, events=self.on_event,
+                                             step_hook=self.step_hook, **configs)
             finally:
                 self.done.set()
         except KeyboardInterrupt:
