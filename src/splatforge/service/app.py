@@ -2,12 +2,12 @@
 
 Routers live in small modules: :mod:`.routes_scenes` (scenes, media, artifacts),
 :mod:`.routes_jobs` (jobs, progress events, logs, cancel), :mod:`.routes_compat` (the
-baking-server routes an existing frontend calls) and, when present, ``routes_view`` (the
-viewer). ``app.state`` carries ``settings``, ``storage`` and ``executor``.
+baking-server routes an existing frontend calls), :mod:`.render_jobs` (camera-path videos),
+:mod:`.routes_web` (the web app at ``/``) and, when present, ``routes_view`` (the viewer). ``app.state`` carries ``settings``, ``storage`` and ``executor``.
 
 Two pure-ASGI middlewares run before any route: the bearer API key (when
-``SPLATFORGE_API_KEY`` is set, every path but ``/healthz`` needs ``Authorization: Bearer
-<key>``; 401 otherwise) and the request-size limit (``Content-Length`` above the limit, or a
+``SPLATFORGE_API_KEY`` is set, every path but ``/healthz`` and the web app's pages
+(:func:`.routes_web.is_web_page`) needs ``Authorization: Bearer <key>``; 401 otherwise) and the request-size limit (``Content-Length`` above the limit, or a
 streamed body that grows past it, is answered 413 before the body is read or stored).
 """
 

@@ -106,6 +106,7 @@ void main() {
       this.data = parseSplat(buffer);
       this.count = this.data.n;
       this.drawn = 0;
+      this.visible = true;  // false: only the background (a reference image)
       this.background = [0.08, 0.09, 0.11];
       this.setupCamera(cameras || []);
       this.setupGL();
@@ -255,7 +256,7 @@ void main() {
       gl.uniformMatrix4fv(this.uView, false, view);
       gl.uniform2f(this.uFocal, fy, fy);
       gl.uniform2f(this.uViewport, W, H);
-      gl.drawArraysInstanced(gl.TRIANGLE_FAN, 0, 4, this.count);
+      if (this.visible) gl.drawArraysInstanced(gl.TRIANGLE_FAN, 0, 4, this.count);
       this.drawn++;
       this.canvas.dataset.drawn = String(this.drawn);
     }
