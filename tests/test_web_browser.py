@@ -153,7 +153,7 @@ def job(web):
     sign_in(driver, server.url, KEY)
     photos = sorted(PHOTOS.glob("*.jpg"))
     assert len(photos) == 84
-    shot_home = False
+    shot_taken = False
     start_job(driver, photos, {"#scene-name": "plush (browser test)",
                                "#opt-train-max_steps": "30",
                                "#opt-scene-data_factor": "8"})
@@ -166,9 +166,9 @@ def job(web):
         t = text_of(driver, "#progress-text")
         if t and (not texts or texts[-1] != t):
             texts.append(t)
-        if not shot_home and re.search(r"step \d+ of \d+", t):
+        if not shot_taken and re.search(r"stage train: step \d+ of \d+", t):
             shot(driver, "web-job.png")
-            shot_home = True
+            shot_taken = True
         status = text_of(driver, "#job-status")
         if status in ("succeeded", "failed", "cancelled"):
             break
@@ -213,9 +213,13 @@ def test_result_page_renders_and_splat(web, job):
     wait_for(lambda: driver.execute_script(
         "const i = document.querySelector('img.heldout'); return i && i.complete && "
         "i.naturalWidth > 0 ? i.naturalWidth : 0"), 60, "a held-out render")
-    w, h = driver.execute_script("const i = document.querySelector('img.heldout');"
-                                 "return [i.naturalWidth, i.naturalHeight]")
-    assert w == 3 * 47 and h == 31  # three panels of a data-factor-8 photo (375x250 / 8)
+    w, h, name = driver.execute_script(
+        "const i = document.querySelector('img.heldout');"
+        "return [i.naturalWidth, i.naturalHeight, i.nextSibling.textContent]")
+    cams = web["api"].get(f"/scenes/{job['scene_id']}/artifacts/cameras.json").json()
+    cam = next(c for c in cams if c["img_name"] == name.rsplit(".", 1)[0])
+    # three panels of that held-out view as trained (375x250 photos at data factor 8)
+    assert (w, h) == (3 * cam["width"], cam["height"]) and abs(cam["width"] - 47) <= 3
     assert text_of(driver, "#metrics")  # PSNR etc. shown
     # the WebGL view has drawn the splats: its centre differs from the clear colour
     wait_for(lambda: int(driver.find_element(By.ID, "splat-canvas")
@@ -322,7 +326,12 @@ def test_orbit_render_is_a_playable_mp4(web, job):
         assert stream.codec_context.name == "h264"
         decoded = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
     assert len(decoded) == 24
-    assert decoded[0].shape == (30, 46, 3)  # 47x31 rounded down to even sizes
+    api_job = web["api"].get("/jobs?limit=1").json()[0]
+    assert api_job["kind"] == "render" and api_job["metrics"]["video"] == video
+    size = (api_job["metrics"]["height"], api_job["metrics"]["width"])
+    assert decoded[0].shape == (*size, 3)
+    cams = web["api"].get(f"/scenes/{job['scene_id']}/artifacts/cameras.json").json()
+    assert size in {(c["height"] // 2 * 2, c["width"] // 2 * 2) for c in cams}  # even sizes
     assert np.abs(decoded[0].astype(np.float32) - decoded[12]).mean() > 1.0  # it moves
     arts = [a["name"] for a in web["api"].get(
         f"/scenes/{job['scene_id']}/artifacts").json()["artifacts"]]
@@ -375,7 +384,9 @@ def test_cancelled_job_shows_the_servers_message(web, job):
     driver.get(server.url + "/")
     wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#job-table tbody tr")) >= 3,
              30, "the job list")
+    full_page_height(driver)
     shot(driver, "web-home.png")
+    driver.set_window_size(*WINDOW)
 
 
 def test_render_route_checks_and_camera_list(web, job):
