@@ -217,6 +217,50 @@ def write_video(path: str | Path, frames, width: int, height: int, fps: float = 
 
 
 @torch.no_grad()
+def render_frames(params: dict[str, torch.Tensor], c2ws: np.ndarray, K: np.ndarray,
+                  width: int, height: int, *, sh_degree: int,
+                  background: tuple[float, float, float] | np.ndarray, device: torch.device,
+                  backend: str, antialiased: bool = False,
+                  reporter: StageReporter | None = None):
+    """Render splats along a camera path, one frame at a time (a generator).
+
+    Args:
+        params: raw splats on ``device``: ``means [N, 3]``, ``quats [N, 4]`` (wxyz),
+            ``scales [N, 3]`` (log), ``opacities [N]`` (logit), ``sh0 [N, 1, 3]``,
+            ``shN [N, K-1, 3]``, in the frame of ``c2ws``.
+        c2ws: [F, 4, 4] camera-to-worlds (OpenCV axes).
+        K: [3, 3] intrinsics (pixels) for a ``width`` x ``height`` image.
+        sh_degree: SH degree of ``params``. background: RGB in [0, 1] behind the splats.
+        backend: rasterizer backend (``gsplat`` | ``torch``). antialiased: gsplat's
+            antialiased mode (as trained).
+        reporter: gets ``step(k)`` after frame k (1-based).
+
+    Yields:
+        [height, width, 3] uint8 RGB frames.
+    """
+    from .raster import rasterize
+
+    Kt = torch.as_tensor(np.asarray(K, np.float64), dtype=torch.float32, device=device)[None]
+    bg = torch.as_tensor(np.asarray(background, np.float64), dtype=torch.float32,
+                         device=device)
+    colors = torch.cat([params["sh0"], params["shN"]], dim=1)
+    scales = torch.exp(params["scales"])
+    opac = torch.sigmoid(params["opacities"])
+    for k, c2w in enumerate(c2ws, 1):
+        vm = torch.as_tensor(np.linalg.inv(c2w), dtype=torch.float32, device=device)[None]
+        img, alpha, _ = rasterize(
+            means=params["means"], quats=params["quats"], scales=scales, opacities=opac,
+            colors=colors, viewmats=vm, Ks=Kt, width=width, height=height,
+            sh_degree=sh_degree, rasterize_mode="antialiased" if antialiased else "classic",
+            backend=backend)
+        img = img + (1.0 - alpha) * bg.reshape(1, 1, 1, 3)
+        arr = (img[0].clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+        if reporter is not None:
+            reporter.step(k)
+        yield arr
+
+
+@torch.no_grad()
 def run_render(model_dir: str | Path, output: str | Path, path: str = "orbit", *,
                frames: int | None = None, seconds: float | None = None, fps: float = 30.0,
                width: int | None = None, iteration: int | None = None, device: str = "auto",
@@ -245,7 +289,6 @@ def run_render(model_dir: str | Path, output: str | Path, path: str = "orbit", *
         InputError: an unusable model folder. ConfigError: bad path/frames/fps values.
     """
     from .eval import open_model, sh_degree_of
-    from .raster import rasterize
 
     if fps <= 0:
         raise ConfigError(f"fps: must be > 0, got {fps}")
@@ -278,27 +321,10 @@ def run_render(model_dir: str | Path, output: str | Path, path: str = "orbit", *
     if frames < 1:
         raise ConfigError(f"frames: must be >= 1, got {frames}")
     c2ws = camera_path(scene, path, frames)
-    Kt = torch.as_tensor(K, dtype=torch.float32, device=dev)[None]
-    bg = torch.tensor(scene.background, dtype=torch.float32, device=dev)
-    colors = torch.cat([params["sh0"], params["shN"]], dim=1)
-    scales = torch.exp(params["scales"])
-    opac = torch.sigmoid(params["opacities"])
     rep.start_steps("frames", frames)
-
-    def gen():
-        for k, c2w in enumerate(c2ws, 1):
-            vm = torch.as_tensor(np.linalg.inv(c2w), dtype=torch.float32, device=dev)[None]
-            img, alpha, _ = rasterize(
-                means=params["means"], quats=params["quats"], scales=scales, opacities=opac,
-                colors=colors, viewmats=vm, Ks=Kt, width=W, height=H, sh_degree=sh,
-                rasterize_mode="antialiased" if info.antialiased else "classic",
-                backend=backend)
-            img = img + (1.0 - alpha) * bg.reshape(1, 1, 1, 3)
-            arr = (img[0].clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-            rep.step(k)
-            yield arr
-
-    write_video(output, gen(), W, H, fps)
+    write_video(output, render_frames(
+        params, c2ws, K, W, H, sh_degree=sh, background=scene.background, device=dev,
+        backend=backend, antialiased=info.antialiased, reporter=rep), W, H, fps)
     out = {"path": path, "frames": frames, "width": W, "height": H, "fps": fps,
            "seconds": round(time.monotonic() - t0, 3), "output": str(output)}
     rep.finished(f"{frames} frames {W}x{H} -> {output}", **out)

@@ -2,13 +2,14 @@
 
 Routers live in small modules: :mod:`.routes_scenes` (scenes, media, artifacts),
 :mod:`.routes_jobs` (jobs, progress events, logs, cancel), :mod:`.routes_compat` (the
-baking-server routes an existing frontend calls) and, when present, ``routes_view`` (the
-viewer). ``app.state`` carries ``settings``, ``storage`` and ``executor``.
+baking-server routes an existing frontend calls), :mod:`.render_jobs` (camera-path videos),
+:mod:`.routes_web` (the web app at ``/``) and, when present, ``routes_view`` (the viewer). ``app.state`` carries ``settings``, ``storage`` and ``executor``.
 
 Two pure-ASGI middlewares run before any route: the bearer API key (when
-``SPLATFORGE_API_KEY`` is set, every path but ``/healthz`` needs ``Authorization: Bearer
-<key>``; 401 otherwise; the viewer proxy's paths carry their own signed token, see
-:mod:`.viewer_proxy`) and the request-size limit (``Content-Length`` above the limit, or a
+``SPLATFORGE_API_KEY`` is set, every path but ``/healthz`` and the web app's pages
+(:func:`.routes_web.is_web_page`) needs ``Authorization: Bearer <key>``; 401 otherwise; the
+viewer proxy's paths carry their own signed token, see :mod:`.viewer_proxy`) and the
+request-size limit (``Content-Length`` above the limit, or a
 streamed body that grows past it, is answered 413 before the body is read or stored).
 """
 
@@ -28,6 +29,7 @@ from sqlalchemy import text
 
 from .db import get_engine, init_db
 from .errors import install_error_handlers
+from .routes_web import is_web_page, mount_web
 from .viewer_proxy import PROXY_PATH
 from .settings import ServiceSettings
 
@@ -72,8 +74,9 @@ class GuardMiddleware:
                 return
             await self.app(scope, receive, send)
             return
-        if (self.api_key and scope.get("path") != "/healthz"
-                and not PROXY_PATH.match(scope.get("path", ""))):
+        path = scope.get("path", "")
+        if (self.api_key and path != "/healthz" and not is_web_page(path)
+                and not PROXY_PATH.match(path)):
             if not self._authorized(headers):
                 await _send_json(send, 401, {"detail": "missing or wrong API key "
                                              "(Authorization: Bearer <key>)"},
@@ -143,6 +146,7 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
     artifact store and starts the executor (``recover()``); shutdown stops it.
     """
     from .executors import make_executor
+    from .render_jobs import router as render_router
     from .routes_compat import router as compat_router
     from .routes_jobs import router as jobs_router
     from .routes_scenes import router as scenes_router
@@ -201,6 +205,8 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
     app.include_router(scenes_router)
     app.include_router(jobs_router)
     app.include_router(compat_router)
+    app.include_router(render_router)  # POST /scenes/{id}/renders (issue 19)
+    mount_web(app)  # the web app at / (issue 19)
     try:
         from .routes_view import router as view_router
     except ImportError:

@@ -212,13 +212,18 @@ class _JobRun:
         result = None
         try:
             try:
-                configs = job_configs(info["config"], train_gpus=self.settings.train_gpus)
-                self.set_stage("fetch", "fetching media")
-                media = self.fetch_media(info, work)
-                self._stage_finish("fetch", f"media: {media.name}")
-                from ..pipeline import run_job_pipeline
+                if info["kind"] == "render":  # a camera-path video (issue 19)
+                    from .render_jobs import run_render_job
 
-                result = run_job_pipeline(media, out, self, **configs)
+                    run_render_job(self, info, work)
+                else:
+                    configs = job_configs(info["config"], train_gpus=self.settings.train_gpus)
+                    self.set_stage("fetch", "fetching media")
+                    media = self.fetch_media(info, work)
+                    self._stage_finish("fetch", f"media: {media.name}")
+                    from ..pipeline import run_job_pipeline
+
+                    result = run_job_pipeline(media, out, self, **configs)
             finally:
                 self.done.set()
         except (JobStopped, KeyboardInterrupt) as e:
