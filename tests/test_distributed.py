@@ -247,7 +247,8 @@ def test_worker_gpus_gives_each_job_all_of_them(monkeypatch):
     assert "train" not in job_configs({"preset": "preview"})
     # the worker's --gpus reaches the runner through the service settings
     monkeypatch.setenv("SPLATFORGE_TRAIN_GPUS", "2")
-    assert ServiceSettings().train_gpus == 2
+    assert ServiceSettings.from_env().train_gpus == 2
+    assert ServiceSettings().train_gpus == 1  # constructed directly: no environment read
 
 
 def _rebalance_entry(rank, world, port, scene, scene_config, q):

@@ -38,7 +38,8 @@ def test_resolved_cap_max_is_15x_the_initial_gaussians_clamped():
     assert TrainConfig(cap_max=2_000_000).resolved_cap_max(100_000) == 2_000_000
     strat, state = make_strategy(TrainConfig(), 1.0, PLUSH_POINTS)
     assert strat.cap_max == PLUSH_CAP and "binoms" in state
-    assert strat.counts == {"relocated": 0, "added": 0, "refines": 0}
+    assert strat.counts == {"relocated": 0, "added": 0, "refines": 0, "pruned_significance": 0}
+    assert strat.cap_full == PLUSH_CAP and strat.budget_state() == {"budget_scale": 1.0}
     # without num_initial: init_num_pts (100k random points by default) -> clamped to 1M
     assert make_strategy(TrainConfig(), 1.0)[0].cap_max == 1_000_000
     assert make_strategy(TrainConfig(init_num_pts=1000), 1.0)[0].cap_max == 15_000
@@ -287,8 +288,8 @@ def test_default_config_trains_with_mcmc_and_stays_in_budget(budget_run):
     assert sizes[2] == n0 and sizes[3] == int(1.05 * n0) and sizes[6] == cap
     assert res.num_gaussians == cap
     dens = {r["step"]: r["densification"] for r in log}
-    assert set(dens[1]) == {"relocated", "added", "refines"}
-    assert dens[2] == {"relocated": 0, "added": 0, "refines": 0}
+    assert set(dens[1]) == {"relocated", "added", "refines", "pruned_significance"}
+    assert dens[2] == {"relocated": 0, "added": 0, "refines": 0, "pruned_significance": 0}
     assert dens[3]["refines"] == 1 and dens[3]["relocated"] >= DEAD
     assert dens[3]["added"] == int(1.05 * n0) - n0
     final = dens[BUDGET_STEPS]
@@ -297,6 +298,7 @@ def test_default_config_trains_with_mcmc_and_stays_in_budget(budget_run):
     assert final["relocated"] >= DEAD
     ck = load_checkpoint(md / "ckpts" / f"step_{BUDGET_STEPS}.pt")
     assert ck["strategy_counts"] == final and ck["num_initial"] == n0
+    assert ck["strategy_budget"] == {"budget_scale": 1.0}  # nothing pruned
     assert torch.isfinite(ck["splats"]["means"]).all()
     # the transparent ones were relocated (given live Gaussians' parameters): none is left
     # below min_opacity 0.005

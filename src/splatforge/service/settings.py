@@ -23,6 +23,8 @@ variable                        meaning (default)
 ``SPLATFORGE_ALLOWED_ROOTS``    ``os.pathsep``-separated folders a ``source_uri`` may name
 ``SPLATFORGE_MAX_JOBS``         local executor: jobs at once (CUDA GPUs, else 1)
 ``SPLATFORGE_JOB_TIME_LIMIT_S`` hard time limit of one job in seconds (none)
+``SPLATFORGE_TRAIN_GPUS``       ranks each job trains on unless its config says (1; set by
+                               ``splatforge worker --gpus``)
 ``SPLATFORGE_NOTIFY_URL``       POST every job's final status here (none; a job's own
                                 ``notify_url`` wins), see :mod:`splatforge.jobs.notify`
 ``SPLATFORGE_NOTIFY_SECRET``    HMAC-SHA256 key of the notifications' signature header
@@ -57,6 +59,7 @@ ENV_VARS: dict[str, str] = {
     "SPLATFORGE_ALLOWED_ROOTS": "allowed_roots",
     "SPLATFORGE_MAX_JOBS": "max_concurrent_jobs",
     "SPLATFORGE_JOB_TIME_LIMIT_S": "job_time_limit_s",
+    "SPLATFORGE_TRAIN_GPUS": "train_gpus",
     "SPLATFORGE_NOTIFY_URL": "notify_url",
     "SPLATFORGE_NOTIFY_SECRET": "notify_secret",
     "SPLATFORGE_VIEWER_IDLE_SECONDS": "viewer_idle_seconds",

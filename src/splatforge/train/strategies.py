@@ -26,12 +26,20 @@ def remove_gaussians(params, optimizers, state, mask: torch.Tensor) -> int:
     """Remove the Gaussians where ``mask [N] bool`` is True from the parameters, their Adam
     moments and the strategy's per-Gaussian state (gsplat's ``strategy.ops.remove``).
 
+    ``state`` entries that are not per-Gaussian (MCMC's ``binoms [n_max, n_max]``, scalars)
+    are left alone: gsplat's ``remove`` would index every tensor in it with the mask.
+
     Returns:
         the number removed.
     """
     n = int(mask.sum())
     if n:
-        remove(params=params, optimizers=optimizers, state=state, mask=mask)
+        total = len(mask)
+        per_gaussian = {k: v for k, v in state.items()
+                        if isinstance(v, torch.Tensor) and v.dim() > 0 and len(v) == total
+                        and k != "binoms"}
+        remove(params=params, optimizers=optimizers, state=per_gaussian, mask=mask)
+        state.update(per_gaussian)
     return n
 
 
@@ -63,17 +71,31 @@ class SplatforgeMCMCStrategy(MCMCStrategy):
     score_fn: Callable[[dict], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
-        self.counts = {"relocated": 0, "added": 0, "refines": 0, "pruned_significance": 0,
-                       "cap_full": int(self.cap_max)}
+        self.counts = {"relocated": 0, "added": 0, "refines": 0, "pruned_significance": 0}
+        #: the budget as configured (full resolution, before any pruning)
+        self.cap_configured = int(self.cap_max)
+        #: product of (1 - removed / N) over the pruning steps; kept in the checkpoint
+        self.budget_scale = 1.0
 
     @property
     def cap_full(self) -> int:
-        """The budget at full resolution (after any pruning)."""
-        return int(self.counts["cap_full"])
+        """The budget at full resolution after any pruning:
+        ``max(1, round(cap_configured * budget_scale))``."""
+        return max(1, int(round(self.cap_configured * self.budget_scale)))
 
     def set_budget_fraction(self, fraction: float) -> None:
         """``cap_max = max(1, round(fraction * cap_full))`` (fraction in (0, 1])."""
         self.cap_max = max(1, int(round(min(max(fraction, 0.0), 1.0) * self.cap_full)))
+
+    def budget_state(self) -> dict:
+        """What a checkpoint keeps of the budget (see :meth:`load_budget_state`)."""
+        return {"budget_scale": self.budget_scale}
+
+    def load_budget_state(self, state: dict | None) -> None:
+        """Restore :meth:`budget_state`; the configured budget stays the resumed config's."""
+        if state:
+            self.budget_scale = float(state.get("budget_scale", 1.0))
+            self.cap_max = min(self.cap_max, self.cap_full)
 
     def _prune_significance(self, params, optimizers, state) -> int:
         n = len(params["means"])
@@ -84,9 +106,12 @@ class SplatforgeMCMCStrategy(MCMCStrategy):
         idx = torch.argsort(score)[:k]      # least significant first
         mask = torch.zeros(n, dtype=torch.bool, device=score.device)
         mask[idx] = True
+        cap_before = self.cap_full
         removed = remove_gaussians(params, optimizers, state, mask.to(params["means"].device))
         self.counts["pruned_significance"] += removed
-        self.counts["cap_full"] = max(1, int(round(self.cap_full * (1.0 - removed / n))))
+        # shrink the budget by the same fraction: cap_full = round(cap_before * (n - k) / n)
+        target = max(1, int(round(cap_before * (1.0 - removed / n))))
+        self.budget_scale = target / self.cap_configured
         self.cap_max = min(self.cap_max, self.cap_full)
         return removed
 

@@ -452,8 +452,8 @@ class Trainer:
                 self.strategy_state[k] = v.to(self.device) if isinstance(v, torch.Tensor) else v
             if hasattr(self.strategy, "counts") and ckpt.get("strategy_counts"):
                 self.strategy.counts.update(ckpt["strategy_counts"])
-                if hasattr(self.strategy, "set_budget_fraction"):  # budget after pruning
-                    self.strategy.set_budget_fraction(1.0)
+            if hasattr(self.strategy, "load_budget_state"):  # the budget after pruning
+                self.strategy.load_budget_state(ckpt.get("strategy_budget"))
             self.sampler.load_state_dict(ckpt["sampler"])
             self.extras.load_state_dict(ckpt.get("extras"))
             self.bg_generator.set_state(ckpt["background_rng"])
@@ -527,6 +527,8 @@ class Trainer:
             "strategy_state": {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v)
                                for k, v in self.strategy_state.items()},
             "strategy_counts": dict(getattr(self.strategy, "counts", {}) or {}),
+            "strategy_budget": (self.strategy.budget_state()
+                                if hasattr(self.strategy, "budget_state") else None),
             "num_initial": self.num_initial,
             "rng": capture_rng_state(),
             "sampler": self.sampler.state_dict(),
