@@ -7,7 +7,8 @@
 # Environment: DATA (scenes, default .gpu/data), BASE_SRC (the starting commit's src/,
 # default .gpu/base/src), BASE_COMMIT, STEPS (default 7000), BUDGET_S (no row starts after
 # this many seconds, default 520), ROW_TIMEOUT (seconds per row, default 170), ROWS (space-
-# separated row names to run, default all, in the order below: most informative first).
+# separated row names to run, default all, in the order below: most informative first),
+# SITE (extra folder on PYTHONPATH after the row's src/, e.g. carried wheels' /tmp/site).
 set -u
 OUT=${OUT:-/tmp/issue16_out}
 D=${DATA:-.gpu/data}
@@ -30,7 +31,7 @@ row() {  # name src commit scene [train_gpu.py args...]
   if [ -n "${ROWS:-}" ] && [[ " $ROWS " != *" $name "* ]]; then return; fi
   local now=$(( $(date +%s) - T0 ))
   if [ "$now" -ge "$BUDGET" ]; then echo "$name: skipped (t=${now}s)"; return; fi
-  GIT_COMMIT=$commit PYTHONPATH=$src timeout "$RT" "$PY" benchmarks/train_gpu.py \
+  GIT_COMMIT=$commit PYTHONPATH=$src${SITE:+:$SITE} timeout "$RT" "$PY" benchmarks/train_gpu.py \
     --scene "$scene" --steps "$STEPS" --name "$name" --json "$R/$name.json" "$@" \
     > "$R/$name.log" 2>&1
   local rc=$?
