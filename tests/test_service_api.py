@@ -274,12 +274,17 @@ def test_sse_resumes_after_last_event_id(finished_job, client):
                                             if int(e["id"]) > int(mid)]
 
 
-def test_log(finished_job, client):
+def test_log(server, finished_job, client):
     r = client.get(f"/jobs/{finished_job['job_id']}/log")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     lines = r.text.strip().splitlines()
     assert "[train] progress 30/30" in r.text
     assert lines[-1].endswith("status: succeeded")
+    # the job cached and undistorted files in its work folder and says so, without the path
+    events = json.dumps(finished_job["events"])
+    repo_src = Path(__file__).resolve().parents[1] / "src"
+    for server_dir in (server.data_dir, server.data_dir.resolve(), repo_src):
+        assert str(server_dir) not in r.text and str(server_dir) not in events, server_dir
 
 
 def test_artifacts_listing_range_and_names(server, finished_job, client):

@@ -30,6 +30,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -43,6 +45,7 @@ from ..events import Event
 from ..jobs import JobStopped, artifact_files, classify_input, image_folder, publish
 from ..jobs.config import job_configs
 from ..jobs.inputs import dataset_format
+from ..paths import redact_paths
 from .db import FINAL_STATUSES, Job, Scene, add_event, session_scope
 from .settings import ServiceSettings
 from .store import (check_allowed_path, colmap_prefix, get_store, media_prefix, open_source,
@@ -81,6 +84,10 @@ class _JobRun:
         self.main_thread = threading.current_thread() is threading.main_thread()
         self.t0 = time.time()
         self.metrics: dict[str, Any] = {}
+        #: folders never shown to clients in events and the log (see :meth:`_redact`)
+        self.redact_roots = [settings.work_dir / job_id, settings.data_dir,
+                             *settings.allowed_roots, Path(__file__).resolve().parents[2],
+                             sys.prefix, sys.base_prefix, tempfile.gettempdir()]
 
     # -- DB helpers -------------------------------------------------------------------------
     def _update(self, **values: Any) -> None:
@@ -88,8 +95,23 @@ class _JobRun:
         with session_scope(self.settings) as s:
             s.execute(update(Job).where(Job.id == self.job_id).values(**values))
 
+    def _redact(self, value: Any) -> Any:
+        """``value`` (a str, or dicts/lists of them) with every server folder a client must not
+        see (the work folder, the data dir, the allowed roots, the installed code and the
+        interpreter, as in tracebacks) replaced by ``<server>``."""
+        if isinstance(value, str):
+            return redact_paths(value, self.redact_roots)
+        if isinstance(value, dict):
+            return {k: self._redact(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self._redact(v) for v in value]
+        return value
+
     def _event(self, kind: str, message: str = "", stage: str | None = None,
                job_values: dict[str, Any] | None = None, **fields: Any) -> None:
+        message = self._redact(message)
+        if fields.get("data"):
+            fields["data"] = self._redact(fields["data"])
         with session_scope(self.settings) as s:
             add_event(s, self.job_id, kind, message, stage, **fields)
             if job_values:
@@ -240,8 +262,6 @@ class _JobRun:
                 status, err_stage, err_msg = "failed", self.stage, "interrupted"
         except Exception as e:  # noqa: BLE001  (every job failure is recorded, never raised)
             from ..errors import SplatforgeError
-
-            from ..paths import redact_paths
 
             status, err_stage = "failed", self.stage or "setup"
             err_msg = str(e) if isinstance(e, SplatforgeError) else f"{type(e).__name__}: {e}"
