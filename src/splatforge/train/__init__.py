@@ -1,6 +1,6 @@
 """The training stage: ``run_train(config, scene, model_dir, events) -> TrainResult``.
 
-Modules: :mod:`.trainer` (the loop), :mod:`.losses`, :mod:`.schedule` (learning rate, SH
+Modules: :mod:`.run` (the entry point), :mod:`.trainer` (the loop), :mod:`.losses`, :mod:`.schedule` (learning rate, SH
 degree), :mod:`.data` (image cache, view order), :mod:`.checkpoint`, :mod:`.evaluate`.
 """
 
@@ -22,8 +22,8 @@ from .trainer import (
     make_strategy,
     resolve_backend,
     resolve_device,
-    run_train,
 )
+from .run import run_train
 
 __all__ = [
     "ImageCache", "TrainResult", "Trainer", "TrainingInterrupted", "ViewSampler",
