@@ -124,6 +124,8 @@ def join_inside(root: str | Path, value: str, what: str) -> Path:
     if norm == ".." or norm.startswith("../"):
         raise InputError(None, f"{what} {value!r}: leads outside the folder it belongs to")
     return Path(root) / value
+
+
 def resolve_under_roots(value: str | Path, roots: "tuple[str | Path, ...] | list[str | Path]",
                         what: str, *, must_exist: bool = True) -> Path:
     """An absolute ``value`` resolved (symlinks followed) inside one of ``roots``.

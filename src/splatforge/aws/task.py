@@ -53,7 +53,7 @@ from ..settings_env import EnvSettings
 from ..events import Event
 from ..jobs.sink import JobStopped
 from ..storage import (InvalidKey, ObjectNotFound, S3Store, colmap_prefix, normalize_prefix,
-                       outputs_prefix, parallel_map, validate_key)
+                       outputs_prefix, validate_key)
 
 log = logging.getLogger("splatforge.aws")
 

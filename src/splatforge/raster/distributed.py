@@ -172,7 +172,6 @@ def rasterize_distributed(
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
     vm_all, K_all, cam_counts = all_gather_cameras(viewmats, Ks, group)
-    C = vm_all.shape[0]
     N = means.shape[0]
     proj = project_gaussians(means, quats, scales, opacities, vm_all, K_all, width, height,
                              eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
