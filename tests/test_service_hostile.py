@@ -279,3 +279,53 @@ def test_every_job_end_is_notified_once(server, client, hook):
     by_id = {n["id"]: n for n in notices}
     assert by_id[failed]["error"] and by_id[lost]["error"]
     assert by_id[cancelled]["artifacts"] == []
+
+
+def _colmap_text_zip(names: list[str]) -> bytes:
+    """A COLMAP text dataset whose images.txt lists ``names`` (one PINHOLE camera, one point)
+    and whose images/ folder holds one real photo, a.jpg."""
+    img = next((PLUSH_DOG / "images_4").iterdir()).read_bytes()
+    lines = ["# IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME"]
+    for i, name in enumerate(names, 1):
+        lines += [f"{i} 1 0 0 0 0 0 {i} 1 {name}", ""]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("sparse/0/cameras.txt", "1 PINHOLE 375 250 300 300 187.5 125\n")
+        zf.writestr("sparse/0/images.txt", "\n".join(lines) + "\n")
+        zf.writestr("sparse/0/points3D.txt", "1 0 0 5 128 128 128 0.5\n")
+        zf.writestr("images/a.jpg", img)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../../../etc/passwd"])
+def test_dataset_image_names_outside_the_dataset_fail_the_job(server, client, name):
+    """probe 1, through the service: an uploaded dataset whose images.txt names a file outside
+    it fails the job with an error naming the entry; nothing outside is read or published."""
+    sid = new_scene(client)
+    r = client.post(f"/scenes/{sid}/media", files={"files": (
+        "ds.zip", _colmap_text_zip(["a.jpg", name]), "application/zip")})
+    assert r.status_code == 200 and r.json()["media_kind"] == "dataset", r.text
+    r = client.post(f"/scenes/{sid}/jobs", json=TINY_JOB)
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["job_id"])
+    assert job["status"] == "failed", job
+    msg = job["error"]["message"]
+    assert name in msg and ("outside" in msg or "absolute" in msg), msg
+    _no_server_paths(server, msg)
+    _no_server_paths(server, client.get(f"/jobs/{job['id']}/log").text)
+    listing = client.get(f"/scenes/{sid}/artifacts")
+    names = [a["name"] for a in listing.json().get("artifacts", [])] \
+        if listing.status_code == 200 else []
+    assert not any("passwd" in n for n in names), names
+
+
+@pytest.mark.parametrize("images", ["/outside/dir", "../../..", "images/../../x"])
+def test_scene_images_option_must_name_a_folder_inside(server, client, images):
+    """probe 1: ``scene.images`` naming a folder outside the dataset is refused up front."""
+    sid = new_scene(client)
+    assert client.post(f"/scenes/{sid}/media", files={"files": (
+        "ds.zip", _colmap_text_zip(["a.jpg"]), "application/zip")}).status_code == 200
+    r = client.post(f"/scenes/{sid}/jobs", json={**TINY_JOB, "scene": {"images": images}})
+    assert r.status_code in (400, 422), (r.status_code, r.text)
+    assert "images" in r.text
+    _no_server_paths(server, r.text)
