@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import InputError
 from ..events import Event, EventCallback
 from ..util import atomic_path, read_input_bytes
+from .quant import smallest_three
 
 
 def inria_ply_properties(num_rest_coeffs: int) -> list[str]:
@@ -483,16 +484,10 @@ def encode_compressed_ply(splats: Mapping[str, np.ndarray]) -> bytes:
     alpha = _unorm_code(1.0 / (1.0 + np.exp(-sp["opacities"].astype(np.float64))), 8)
     vert["packed_color"] = ((col[0] << np.uint32(24)) | (col[1] << np.uint32(16))
                             | (col[2] << np.uint32(8)) | alpha)
-    q = sp["quats"].astype(np.float64)
-    qn = np.linalg.norm(q, axis=1, keepdims=True)
-    q = np.where(qn > 0, q / np.where(qn > 0, qn, 1), np.array([1.0, 0, 0, 0]))
-    largest = np.abs(q).argmax(1)
-    rows = np.arange(n)
-    q = q * np.where(q[rows, largest] < 0, -1.0, 1.0)[:, None]
-    slots = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])[largest]
+    others, largest, _ = smallest_three(sp["quats"])
     rot = largest.astype(np.uint32) << np.uint32(30)
     for j, shift in enumerate((20, 10, 0)):
-        t = q[rows, slots[:, j]] * np.sqrt(0.5) + 0.5
+        t = others[:, j] * np.sqrt(0.5) + 0.5
         rot |= _unorm_code(t, 10) << np.uint32(shift)
     vert["packed_rotation"] = rot
     elements = [PlyElement.describe(chunk, "chunk"), PlyElement.describe(vert, "vertex")]

@@ -7,6 +7,8 @@
   codebooks for log scales, colours and SH coefficients).
 * :func:`kmeans`: vector k-means in torch (Lloyd, k-means++-style seeding from a random
   sample), for SOG's SH palette.
+* :func:`smallest_three`: the "smallest three" quaternion layout both compressed formats
+  store (the largest component dropped, its sign made positive).
 """
 
 from __future__ import annotations
@@ -22,6 +24,27 @@ def _spread10(v: np.ndarray) -> np.ndarray:
     v = (v | (v << np.uint64(4))) & np.uint64(0x030C30C3)
     v = (v | (v << np.uint64(2))) & np.uint64(0x09249249)
     return v
+
+
+def smallest_three(quats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quaternions ``[N, 4]`` (wxyz, any norm) in the "smallest three" layout of the compressed
+    PLY and SOG: unit length (zero rows become the identity), signed so that the
+    largest-magnitude component is positive (``q`` and ``-q`` are the same rotation).
+
+    Returns:
+        ``(others [N, 3] float64, largest [N] int64, q [N, 4] float64)``: the three components
+        kept, in index order, each in [-1/sqrt(2), 1/sqrt(2)]; the index of the dropped one;
+        the signed unit quaternion.
+    """
+    q = np.asarray(quats, np.float64).reshape(-1, 4)
+    qn = np.linalg.norm(q, axis=1, keepdims=True)
+    q = np.where(qn > 0, q / np.where(qn > 0, qn, 1), np.array([1.0, 0, 0, 0]))
+    largest = np.abs(q).argmax(1)
+    rows = np.arange(len(q))
+    q = q * np.where(q[rows, largest] < 0, -1.0, 1.0)[:, None]
+    slots = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])[largest]
+    others = np.take_along_axis(q, slots, 1)
+    return others, largest, q
 
 
 def morton_order(means: np.ndarray) -> np.ndarray:

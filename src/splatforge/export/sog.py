@@ -50,7 +50,7 @@ from ..errors import InputError
 from ..events import EventCallback
 from ..util import atomic_path, read_input_bytes
 from .ply import canonical_splats, clamp_nonfinite, sh_degree_of
-from .quant import kmeans, kmeans_1d, morton_order
+from .quant import kmeans, kmeans_1d, morton_order, smallest_three
 
 SOG_VERSION = 2
 META_NAME = "meta.json"
@@ -118,14 +118,8 @@ def encode_sog(splats: Mapping[str, np.ndarray], *, sh_palette: int | None = Non
     files["means_l.webp"] = _image_bytes(img(q16 & 255))
     files["means_u.webp"] = _image_bytes(img(q16 >> 8))
 
-    q = sp["quats"].astype(np.float64)
-    qn = np.linalg.norm(q, axis=1, keepdims=True)
-    q = np.where(qn > 0, q / np.where(qn > 0, qn, 1), np.array([1.0, 0, 0, 0]))
-    largest = np.abs(q).argmax(1)
-    rows = np.arange(n)
-    q = q * np.where(q[rows, largest] < 0, -1.0, 1.0)[:, None]
-    slots = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])[largest]
-    qcols = [np.clip(np.rint((q[rows, slots[:, j]] * SQRT2 + 1.0) * 0.5 * 255.0), 0, 255)
+    others, largest, _ = smallest_three(sp["quats"])
+    qcols = [np.clip(np.rint((others[:, j] * SQRT2 + 1.0) * 0.5 * 255.0), 0, 255)
              for j in range(3)]
     files["quats.webp"] = _image_bytes(img(np.stack(qcols + [252 + largest], 1)))
 
