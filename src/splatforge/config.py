@@ -439,7 +439,8 @@ class TrainConfig(StageConfig):
         False, description="Adam updates (and moment decay) only for the Gaussians that some "
                             "pixel of the step's view saw (gsplat's SelectiveAdam; Mallick et "
                             "al. 2024, Taming 3DGS); one Triton kernel per parameter on CUDA "
-                            "(splatforge.train.selective_adam). Off by default until measured.")
+                            "(splatforge.train.selective_adam). Off by default: 1.09x the loop time on "
+                            "plush_dog at 7k on an H200 (benchmarks/NOTES.md).")
     adam_moments_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="Storage of the Adam moments: bfloat16 halves their memory "
                                "(compute stays float32, stochastic rounding on store; "
