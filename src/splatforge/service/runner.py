@@ -265,9 +265,6 @@ class _JobRun:
 
             status, err_stage = "failed", self.stage or "setup"
             err_msg = str(e) if isinstance(e, SplatforgeError) else f"{type(e).__name__}: {e}"
-            # clients read this message: no server paths (the work folder, the data dir)
-            err_msg = redact_paths(err_msg, [work, self.settings.data_dir,
-                                             *self.settings.allowed_roots])
             try:
                 self._event("error", err_msg, err_stage,
                             data={"traceback": traceback.format_exc(limit=20)})
@@ -368,6 +365,8 @@ class _JobRun:
     def finish(self, status: str, err_stage: str | None, err_msg: str | None,
                result: Any) -> None:
         now = time.time()
+        # clients read the job row's message too: no server paths (as in :meth:`_event`)
+        err_msg = self._redact(err_msg)
         values: dict[str, Any] = dict(status=status, updated_at=now)
         if status == "queued":
             values.update(pid=None, eta_s=None)
