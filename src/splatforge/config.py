@@ -110,12 +110,25 @@ class SfmConfig(StageConfig):
                     "this many pixels.")
     max_num_features: int = Field(
         8192, ge=64, le=65_536, description="SIFT extraction: features kept per image.")
-    matching: Literal["auto", "exhaustive", "sequential", "spatial", "vocab_tree"] = Field(
+    sift_peak_threshold: float | None = Field(
+        None, gt=0.0, le=0.1,
+        description="SIFT extraction: the difference-of-Gaussians peak threshold (lower = more "
+                    "features). Default: chosen from the extraction size, COLMAP's 0.0067 for "
+                    "images extracted at 1000 px or more, 0.002 below (small photos and video "
+                    "frames otherwise give too few features to link every photo).")
+    matching: Literal["auto", "exhaustive", "retrieval", "sequential", "spatial",
+                      "vocab_tree"] = Field(
         "auto",
-        description="auto = exhaustive below exhaustive_max_images images, sequential for "
-                    "video frames and larger sets.")
+        description="auto = exhaustive up to exhaustive_max_images photos, retrieval for larger "
+                    "unordered sets, sequential for video frames. retrieval = each image "
+                    "matched with its retrieval_neighbors most similar images by a visual "
+                    "vocabulary built from the set's own features.")
     exhaustive_max_images: int = Field(
-        100, ge=2, le=10_000, description="auto matching: exhaustive up to this many images.")
+        50, ge=2, le=10_000, description="auto matching: exhaustive up to this many images.")
+    retrieval_neighbors: int = Field(
+        15, ge=2, le=1000,
+        description="retrieval matching: most similar images matched per image (about "
+                    "N x this many pairs instead of N^2 / 2).")
     sequential_overlap: int = Field(
         10, ge=1, le=1000, description="Sequential matching: neighbours matched per image.")
     quadratic_overlap: bool = Field(
@@ -124,15 +137,21 @@ class SfmConfig(StageConfig):
         None, description="vocab_tree matching: a local vocabulary-tree file (required; "
                           "splatforge never downloads one).")
     guided_matching: bool = Field(
-        True, description="Re-match with the estimated two-view geometry (more matches).")
+        False, description="Re-match every pair with its estimated two-view geometry (more "
+                           "matches, about 1.6x the matching time). Left-over images are "
+                           "always re-matched guided, where it pays.")
     mapping: Literal["incremental", "global"] = Field(
         "incremental", description="incremental (COLMAP) or global (GLOMAP, merged in COLMAP).")
     relaxed_retry: bool = Field(
         True,
-        description="If the largest model leaves images unregistered, map again with relaxed "
-                    "thresholds (init_min_tri_angle 2, init_min_num_inliers 4, "
-                    "abs_pose_min_num_inliers 3, abs_pose_max_error 8) and keep the larger "
-                    "model.")
+        description="If the kept model leaves out images that overlap the main group, try "
+                    "again: relaxed thresholds (init_min_tri_angle 2, init_min_num_inliers 4, "
+                    "abs_pose_min_num_inliers 3, abs_pose_max_error 8), then re-matching the "
+                    "left-over images against more neighbours and extending the model, then "
+                    "global mapping; the model registering most is kept.")
+    allow_partial: bool = Field(
+        False, description="Go on with a scene where fewer than half of the images could be "
+                           "posed (otherwise SfM stops with the reasons, photo by photo).")
     num_threads: int = Field(-1, ge=-1, le=1024, description="-1 = all cores.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Random seed for the mapper.")
 

@@ -35,22 +35,27 @@ from ..config import IngestConfig, SfmConfig
 from ..errors import InputError, SfmError
 from ..events import EventCallback, StageReporter
 from ..util import atomic_write_text
-from .matching import match_pairs, plan_pairs
+from .mapping import RELAXED_MAPPER, map_complete, registered_names
+from .matching import match_pairs, plan_pairs, rematch_pairs, verification_options
 from .priors import PosePrior, read_pose_priors, triangulate_with_priors
-from .rig import RIG_MAPPER_OPTIONS, apply_view_rig, camera_params
+from .retrieval import retrieval_pairs
+from .rig import apply_view_rig, camera_params
+from .viewgraph import ViewGraph
 
 STEPS = ("extract", "match", "map", "undistort")
 _WORK = ".sfm_work"
 _MIN_REGISTERED = 3
+#: Below this fraction of the images registered, SfM stops (unless ``allow_partial``).
+MIN_REGISTERED_FRACTION = 0.5
+#: Below this fraction, SfM warns loudly.
+WARN_REGISTERED_FRACTION = 0.9
+#: COLMAP's default SIFT peak threshold, and the one used for small extraction sizes.
+PEAK_THRESHOLD_DEFAULT = 0.02 / 3
+PEAK_THRESHOLD_SMALL = 0.002
+#: Extraction sizes (longer side, px) below this use :data:`PEAK_THRESHOLD_SMALL`.
+SMALL_EXTRACTION_SIZE = 1000
 
-# Relaxed incremental-mapper thresholds that register all 84 plush_dog photos where the
-# defaults register 47 (measured, ../shared/NOTES.md).
-RELAXED_MAPPER = {
-    "init_min_tri_angle": 2.0,
-    "init_min_num_inliers": 4,
-    "abs_pose_min_num_inliers": 3,
-    "abs_pose_max_error": 8.0,
-}
+__all__ = ["RELAXED_MAPPER", "SfmResult", "run_sfm", "read_sfm_json", "sift_peak_threshold"]
 
 
 @dataclass
@@ -68,7 +73,18 @@ class SfmResult:
         matching: the matching method used (``auto`` resolved).
         mapping: ``incremental`` or ``global``.
         num_models: models the mapper produced (the largest is kept).
-        relaxed: whether the relaxed-threshold retry produced the kept model.
+        relaxed: whether a remedy (not the first mapper run) produced the kept model.
+        method: the mapping rung that produced the kept model (see
+            :mod:`splatforge.sfm.mapping`).
+        attempts: every mapping rung tried, with images registered, models, reprojection
+            error (px), seconds and whether it was kept.
+        poseable: images in the largest component of the verified view graph (the most
+            that can be posed together).
+        view_graph: verified pairs and component sizes.
+        left_out: for every unregistered image: the reason (``few_features``,
+            ``no_overlap``, ``separate_group``, ``not_posed``), a message in plain words and
+            the numbers behind it (features, verified neighbours, component).
+        peak_threshold: the SIFT peak threshold used.
         seconds: wall-clock seconds per step (``ingest``, ``extract``, ``match``, ``map``,
             ``undistort``); a step skipped on resume has no entry.
         skipped_steps: steps reused from an earlier run of the same workspace.
@@ -89,6 +105,12 @@ class SfmResult:
     skipped_steps: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     status: str = "complete"
+    method: str = ""
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    poseable: int = 0
+    view_graph: dict[str, Any] = field(default_factory=dict)
+    left_out: list[dict[str, Any]] = field(default_factory=list)
+    peak_threshold: float = 0.0
 
 
 def _fingerprint(images_dir: Path, config: SfmConfig) -> str:
@@ -102,7 +124,7 @@ def _fingerprint(images_dir: Path, config: SfmConfig) -> str:
         with open(p, "rb") as f:
             h.update(hashlib.file_digest(f, "sha1").digest())
     keys = ("camera_model", "single_camera", "max_image_size", "max_num_features",
-            "equirect_detect", "equirect_layout", "equirect_num_views", "equirect_fov",
+            "sift_peak_threshold", "equirect_detect", "equirect_layout", "equirect_num_views", "equirect_fov",
             "equirect_size")
     opts = {k: getattr(config, k) for k in keys}
     opts["pose_prior"] = config.pose_prior is not None  # one camera per image with priors
@@ -118,12 +140,32 @@ def _resolve_matching(config: SfmConfig, num_images: int, is_video: bool,
         return "sequential"
     if num_images <= config.exhaustive_max_images:
         return "exhaustive"
-    rep.warning(
-        f"{num_images} images is above exhaustive_max_images ({config.exhaustive_max_images}): "
-        "using sequential matching, which assumes the photos are in capture order. For an "
-        "unordered set use matching=exhaustive (slow) or vocab_tree with a local "
-        "vocab_tree_path.")
-    return "sequential"
+    return "retrieval"
+
+
+def sift_peak_threshold(config: SfmConfig, image_dir: Path, names: list[str]) -> float:
+    """The SIFT peak threshold for these images: ``config.sift_peak_threshold`` when set,
+    else chosen from the extraction size (the longer side of the largest image, capped at
+    ``max_image_size``).
+
+    Below :data:`SMALL_EXTRACTION_SIZE` px, COLMAP's default threshold (0.0067) leaves too few
+    features: the shipped sample (375x250) gave a median of 192 per photo and 4 photos with
+    no verified neighbour; at 0.002 the median is 378 and all 84 photos form one group
+    (measured, benchmarks/NOTES.md).
+    """
+    if config.sift_peak_threshold is not None:
+        return config.sift_peak_threshold
+    from PIL import Image
+
+    longest = 0
+    for n in names[:: max(1, len(names) // 16)]:  # a sample: sets share a size in practice
+        try:
+            with Image.open(image_dir / n) as im:
+                longest = max(longest, *im.size)
+        except OSError:
+            continue
+    size = min(longest, config.max_image_size) if longest else config.max_image_size
+    return PEAK_THRESHOLD_SMALL if size < SMALL_EXTRACTION_SIZE else PEAK_THRESHOLD_DEFAULT
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -179,7 +221,9 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
     Raises:
         InputError: unusable media (see :func:`splatforge.ingest.run_ingest`), or a missing
             ``vocab_tree_path``.
-        SfmError: fewer than 3 images registered, or no GPS priors for spatial matching.
+        SfmError: fewer than 3 images registered; fewer than half of them registered
+            without ``allow_partial`` (the message gives the reason for every image left
+            out, and nothing is published); or no GPS priors for spatial matching.
     """
     from ..ingest import run_ingest
 
@@ -235,7 +279,9 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
 
     if os.environ.get("SPLATFORGE_COLMAP_LOG", "").lower() != "info":
         # COLMAP logs every step at INFO on stderr; progress comes through events instead.
-        pycolmap.logging.minloglevel = pycolmap.logging.WARNING
+        # ERROR, not WARNING: the mapper warns once per discarded seed model (hundreds).
+        pycolmap.logging.minloglevel = pycolmap.logging.ERROR
+    pycolmap.set_random_seed(config.seed)
 
     work = workspace / _WORK
     if force and work.exists():
@@ -250,7 +296,10 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
         state = {"fingerprint": fp, "done": []}
     db_path = work / "database.db"
     matching = _resolve_matching(config, num_images, is_video, rep)
+    peak = sift_peak_threshold(config, image_dir if views is None else input_dir,
+                               frame_names if views is None else frame_names)
     skipped: list[str] = []
+    ranked: dict[str, list[str]] | None = None
 
     def save_state() -> None:
         atomic_write_text(state_path, json.dumps(state, indent=1))
@@ -273,7 +322,9 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
         ext = pycolmap.FeatureExtractionOptions()
         ext.max_image_size = config.max_image_size
         ext.num_threads = config.num_threads
+        ext.use_gpu = bool(pycolmap.has_cuda)  # GPU SIFT with the CUDA build of pycolmap
         ext.sift.max_num_features = config.max_num_features
+        ext.sift.peak_threshold = peak
         sub = StageReporter("sfm", events)
         sub.start_steps("extract features (images)", num_images)
         if views is not None:
@@ -331,7 +382,7 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
 
     # 2. Matching.
     match_key = f"match:{matching}:{config.guided_matching}:{config.sequential_overlap}:" \
-                f"{config.quadratic_overlap}"
+                f"{config.quadratic_overlap}:{config.retrieval_neighbors}:{config.seed}"
     if match_key in state["done"]:
         skipped.append("match")
     else:
@@ -340,9 +391,8 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
             db.clear_matches()
             db.clear_two_view_geometries()
             n_priors = sum(1 for pp in db.read_all_pose_priors() if pp.has_position())
-        mopts = pycolmap.FeatureMatchingOptions()
-        mopts.guided_matching = config.guided_matching
-        mopts.num_threads = config.num_threads
+        mopts = _matching_options(pycolmap, config, config.guided_matching)
+        verify = verification_options(pycolmap, config)
         rep.info(f"matching: {matching}")
         if matching == "spatial" and n_priors == 0:
             raise SfmError(
@@ -351,11 +401,15 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
         if matching == "vocab_tree" or any(" " in n for n in image_names):
             # No pair plan (vocab tree), or names a pair list cannot hold: one call, no count.
             StageReporter("sfm", events).start_steps("match image pairs", None)
-            _match_in_one_call(pycolmap, matching, config, db_path, mopts)
+            _match_in_one_call(pycolmap, matching, config, db_path, mopts, verify)
         else:
-            pairs = plan_pairs(pycolmap, matching, config, db_path)
-            rep.info(f"{len(pairs)} image pairs planned ({matching})", planned_pairs=len(pairs))
-            match_pairs(pycolmap, db_path, pairs, mopts, work, events)
+            if matching == "retrieval":
+                pairs, ranked = _retrieve(pycolmap, config, db_path, events)
+            else:
+                pairs = plan_pairs(pycolmap, matching, config, db_path)
+            rep.info(f"{len(pairs)} image pairs planned ({matching}; exhaustive would be "
+                     f"{num_images * (num_images - 1) // 2})", planned_pairs=len(pairs))
+            match_pairs(pycolmap, db_path, pairs, mopts, work, events, verify)
         with pycolmap.Database.open(db_path) as db:
             n_pairs = db.num_verified_image_pairs()
         rep.info(f"{n_pairs} verified image pairs", verified_pairs=n_pairs)
@@ -364,38 +418,57 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
         save_state()
     rep.step(2)
 
-    # 3. Mapping; keep the largest model.
+    # 3. Mapping, with remedies while images that can be posed are left out.
     t0 = time.monotonic()
-    models_dir = work / "models"
-    shutil.rmtree(models_dir, ignore_errors=True)
+    graph = ViewGraph.from_database(pycolmap, db_path)
+    target = set(graph.largest)
+    if len(graph.components) > 1:
+        rep.info(f"verified view graph: {len(graph.components)} groups of overlapping photos "
+                 f"(sizes {[len(c) for c in graph.components][:10]}); the largest, "
+                 f"{len(target)} photos, is what can be posed together",
+                 **graph.summary())
     if priors is not None:
         rec = triangulate_with_priors(pycolmap, priors, db_path, image_dir,
-                                      models_dir / "priors", refine=config.pose_prior_refine,
+                                      work / "models" / "priors",
+                                      refine=config.pose_prior_refine,
                                       num_threads=config.num_threads, rep=rep)
-        best, relaxed_used, n_models = rec, False, 1
+        best, method, n_models, attempts = rec, "known poses", 1, []
     else:
-        recs = _map(pycolmap, config, db_path, image_dir, models_dir / "default", events,
-                    num_images, relaxed=False, rig=views is not None)
-        best, relaxed_used, n_models = _largest(recs), False, len(recs)
-    if (priors is None and config.relaxed_retry and config.mapping == "incremental"
-            and (best is None or best.num_reg_images() < num_images)):
-        got = 0 if best is None else best.num_reg_images()
-        rep.info(f"{got}/{num_images} images registered: mapping again with relaxed "
-                 f"thresholds {RELAXED_MAPPER}")
-        recs2 = _map(pycolmap, config, db_path, image_dir, models_dir / "relaxed", events,
-                     num_images, relaxed=True, rig=views is not None)
-        best2 = _largest(recs2)
-        if best2 is not None and (best is None or _size(best2) > _size(best)):
-            best, relaxed_used, n_models = best2, True, len(recs2)
+        def rematch(left: set[str]) -> tuple[int, set[str]]:
+            nonlocal ranked, graph
+            if ranked is None:
+                _, ranked = _retrieve(pycolmap, config, db_path, events)
+            more = _rematch_plan(left, ranked, 3 * config.retrieval_neighbors)
+            rematch_pairs(pycolmap, db_path, more, _matching_options(pycolmap, config, True),
+                          verification_options(pycolmap, config), work, events)
+            graph = ViewGraph.from_database(pycolmap, db_path)
+            return len(more), set(graph.largest)
+
+        out = map_complete(pycolmap, config, db_path, image_dir, work, events, num_images,
+                           target, rig=views is not None,
+                           rematch=None if views is not None else rematch,
+                           all_names=set(graph.names))
+        best, method, n_models, attempts = (out.model, out.method, out.num_models,
+                                            out.attempts)
+        target = set(graph.largest)
     seconds["map"] = round(time.monotonic() - t0, 3)
     n_reg = 0 if best is None else best.num_reg_images()
+    reg_names = registered_names(best)
+    left_out = [graph.explain(n, reg_names) for n in image_names
+                if n not in reg_names and n in graph.num_features]
     if best is None or n_reg < _MIN_REGISTERED:
         raise SfmError(
             f"{image_dir}: only {n_reg} of {num_images} images could be registered "
-            f"(at least {_MIN_REGISTERED} are needed).\n  hints: take photos with more overlap "
-            "(each part of the scene in 3+ photos, ~60-80% overlap between neighbours), add "
-            "more images, avoid plain untextured backgrounds and motion blur; try "
-            "matching=exhaustive, or mapping=global")
+            f"(at least {_MIN_REGISTERED} are needed).\n" + _reasons_text(left_out)
+            + "\n  " + _HINTS)
+    if n_reg < MIN_REGISTERED_FRACTION * num_images and not config.allow_partial:
+        _write_report(work, graph, left_out, attempts)
+        raise SfmError(
+            f"{image_dir}: only {n_reg} of {num_images} photos could be posed, fewer than "
+            f"half; the scene would be missing most of what was photographed.\n"
+            + _reasons_text(left_out) + "\n  " + _HINTS
+            + "\n  To go on with the partial scene anyway, set allow_partial "
+              "(--allow-partial).")
     rep.step(3)
 
     # 4. Undistort to PINHOLE.
@@ -416,7 +489,6 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
     seconds["undistort"] = round(time.monotonic() - t0, 3)
     rep.step(4)
 
-    reg_names = {img.name for img in best.images.values() if img.has_pose}
     result = SfmResult(
         workspace=str(workspace),
         num_images=num_images,
@@ -428,17 +500,27 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
         matching=matching,
         mapping="known poses" if priors is not None else config.mapping,
         num_models=n_models,
-        relaxed=relaxed_used,
+        relaxed=method not in ("incremental", "global", "known poses"),
         seconds=seconds,
         skipped_steps=skipped,
         config=json.loads(config.model_dump_json()),
+        method=method,
+        attempts=attempts,
+        poseable=len(target),
+        view_graph=graph.summary(),
+        left_out=left_out,
+        peak_threshold=peak,
     )
     _publish(workspace, und, work)
     atomic_write_text(workspace / "sfm.json", json.dumps(asdict(result), indent=2))
-    if result.unregistered:
-        rep.warning(f"{len(result.unregistered)} images not registered: "
-                    + ", ".join(result.unregistered[:20])
-                    + (" ..." if len(result.unregistered) > 20 else ""))
+    if n_reg < WARN_REGISTERED_FRACTION * num_images:
+        rep.warning(
+            f"ONLY {n_reg} OF {num_images} PHOTOS COULD BE POSED ({100 * n_reg / num_images:.0f} "
+            "%): the scene will miss what only the others show.\n" + _reasons_text(left_out),
+            left_out=left_out)
+    elif left_out:
+        rep.warning(f"{len(left_out)} of {num_images} photos could not be posed:\n"
+                    + _reasons_text(left_out), left_out=left_out)
     rep.finished(f"{n_reg}/{num_images} images registered, {result.num_points} points, "
                  f"{result.mean_reprojection_error:.3f} px", **{
                      k: v for k, v in asdict(result).items()
@@ -540,61 +622,78 @@ def _split_360(frames: list[str], input_dir: Path, views: list[Any], out_dir: Pa
 
 
 def _match_in_one_call(pycolmap: Any, matching: str, config: SfmConfig, db_path: Path,
-                       mopts: Any) -> None:
+                       mopts: Any, verify: Any) -> None:
     """pycolmap's own matcher for ``matching`` (used when no pair list can be planned)."""
-    if matching == "exhaustive":
-        pycolmap.match_exhaustive(db_path, matching_options=mopts)
+    if matching in ("exhaustive", "retrieval"):
+        pycolmap.match_exhaustive(db_path, matching_options=mopts, verification_options=verify)
     elif matching == "sequential":
         popts = pycolmap.SequentialPairingOptions()
         popts.overlap = config.sequential_overlap
         popts.quadratic_overlap = config.quadratic_overlap
-        pycolmap.match_sequential(db_path, matching_options=mopts, pairing_options=popts)
+        pycolmap.match_sequential(db_path, matching_options=mopts, pairing_options=popts,
+                                  verification_options=verify)
     elif matching == "spatial":
-        pycolmap.match_spatial(db_path, matching_options=mopts)
+        pycolmap.match_spatial(db_path, matching_options=mopts, verification_options=verify)
     else:  # vocab_tree
         popts = pycolmap.VocabTreePairingOptions()
         popts.vocab_tree_path = str(config.vocab_tree_path)
-        pycolmap.match_vocabtree(db_path, matching_options=mopts, pairing_options=popts)
+        pycolmap.match_vocabtree(db_path, matching_options=mopts, pairing_options=popts,
+                                 verification_options=verify)
 
 
-def _size(rec: Any) -> tuple[int, int]:
-    return (rec.num_reg_images(), rec.num_points3D())
+_HINTS = ("hints: take photos with more overlap (each part of the scene in 3+ photos, "
+          "~60-80% overlap between neighbours), keep the subject sharp and well lit, avoid "
+          "plain untextured backgrounds and motion blur, and leave out photos of other "
+          "subjects")
 
 
-def _largest(recs: dict[int, Any]) -> Any | None:
-    return max(recs.values(), key=_size) if recs else None
+def _reasons_text(left_out: list[dict[str, Any]], limit: int = 30) -> str:
+    """One line per photo left out: ``  name: message``."""
+    lines = [f"  {d['image']}: {d['message']}" for d in left_out[:limit]]
+    if len(left_out) > limit:
+        lines.append(f"  ... and {len(left_out) - limit} more (see sfm.json)")
+    return "\n".join(lines)
 
 
-def _map(pycolmap: Any, config: SfmConfig, db_path: Path, input_dir: Path, out: Path,
-         events: EventCallback | None, num_images: int, relaxed: bool,
-         rig: bool = False) -> dict[int, Any]:
-    """Run the mapper; report 'register images' k of n through the events callback."""
-    out.mkdir(parents=True, exist_ok=True)
+def _write_report(work: Path, graph: ViewGraph, left_out: list[dict[str, Any]],
+                  attempts: list[dict[str, Any]]) -> None:
+    """The reasons of a refused run, in ``.sfm_work/refused.json`` (sfm.json is untouched)."""
+    atomic_write_text(work / "refused.json", json.dumps(
+        {"view_graph": graph.summary(), "left_out": left_out, "attempts": attempts}, indent=2))
+
+
+def _matching_options(pycolmap: Any, config: SfmConfig, guided: bool) -> Any:
+    mopts = pycolmap.FeatureMatchingOptions()
+    mopts.guided_matching = guided
+    mopts.num_threads = config.num_threads
+    mopts.use_gpu = bool(pycolmap.has_cuda)  # GPU SIFT matching with the CUDA build
+    return mopts
+
+
+def _retrieve(pycolmap: Any, config: SfmConfig, db_path: Path, events: EventCallback | None
+              ) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
+    """Retrieval pairs (with a "rank similar images" progress count)."""
     sub = StageReporter("sfm", events)
-    if config.mapping == "global":
-        opts = pycolmap.GlobalPipelineOptions()
-        opts.num_threads = config.num_threads
-        opts.random_seed = config.seed
-        sub.start_steps("global mapping", None)
-        return pycolmap.global_mapping(db_path, input_dir, out, opts)
-    opts = pycolmap.IncrementalPipelineOptions()
-    opts.num_threads = config.num_threads
-    opts.random_seed = config.seed
-    if relaxed:
-        for k, v in RELAXED_MAPPER.items():
-            setattr(opts.mapper, k, v)
-    if rig:
-        for k, v in RIG_MAPPER_OPTIONS.items():
-            setattr(opts, k, v)
-    counter = {"n": 0}
-    sub.start_steps("register images" + (" (relaxed)" if relaxed else ""), num_images)
+    started = {"n": None}
 
-    def next_image() -> None:
-        counter["n"] += 1
-        sub.step(min(counter["n"], num_images))
+    def progress(k: int, n: int) -> None:
+        if started["n"] != n:
+            sub.start_steps("rank similar images", n)
+            started["n"] = n
+        sub.step(k)
 
-    return pycolmap.incremental_mapping(db_path, input_dir, out, opts,
-                                        next_image_callback=next_image)
+    return retrieval_pairs(pycolmap, db_path, config.retrieval_neighbors, config.seed,
+                           progress)
+
+
+def _rematch_plan(left: set[str], ranked: dict[str, list[str]], per_image: int
+                  ) -> list[tuple[str, str]]:
+    """Pairs of every left-over image with its ``per_image`` most similar images."""
+    pairs: set[tuple[str, str]] = set()
+    for a in sorted(left):
+        for b in ranked.get(a, [])[:per_image]:
+            pairs.add((min(a, b), max(a, b)))
+    return sorted(pairs)
 
 
 def _publish(workspace: Path, und: Path, work: Path) -> None:
