@@ -79,8 +79,8 @@ def sfm(media: tyro.conf.Positional[Path], output: Output, sfm: SfmConfig = SfmC
         events.close()
     print(f"registered {res.num_registered}/{res.num_images} images, {res.num_points} points, "
           f"mean reprojection error {res.mean_reprojection_error:.3f} px -> {output}")
-    if res.unregistered:
-        print(f"unregistered: {', '.join(res.unregistered)}")
+    for d in res.left_out:
+        print(f"  not posed: {d['image']}: {d['message']}")
 
 
 ModelDir = Annotated[Path, tyro.conf.arg(aliases=["-o"], help="Model folder to write.")]

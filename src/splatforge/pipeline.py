@@ -65,6 +65,8 @@ class ReconstructResult:
         stages: stage -> ``{"status": "ran" | "skipped", "seconds": float, "reason": str}``.
         num_images / num_registered: images given to / posed by SfM (the dataset's images
             when SfM was skipped).
+        left_out: SfM's reason for every photo it could not pose (``sfm.json``'s
+            ``left_out``).
         num_gaussians: Gaussians in the final model. step: its training step.
         psnr / ssim: held-out means (None without held-out views).
         outputs: file path -> size in bytes.
@@ -79,6 +81,7 @@ class ReconstructResult:
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     num_images: int | None = None
     num_registered: int | None = None
+    left_out: list[dict[str, Any]] = field(default_factory=list)
     num_gaussians: int | None = None
     step: int | None = None
     psnr: float | None = None
@@ -330,6 +333,7 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "pre
             upstream_ran = True
             mark("sfm", "ran", t)
         res.num_images, res.num_registered = sfm_res.num_images, sfm_res.num_registered
+        res.left_out = sfm_res.left_out
 
     # -- scene options resolved from the data ---------------------------------------------
     scene_cfg: SceneConfig = configs["scene"]
@@ -464,6 +468,8 @@ def format_summary(res: ReconstructResult) -> str:
     lines.append(f"  total            {total:8.1f} s")
     if res.num_images is not None:
         lines.append(f"registered images: {res.num_registered}/{res.num_images}")
+        for d in res.left_out:
+            lines.append(f"  not posed: {d['image']}: {d['message']}")
     lines.append(f"Gaussians: {res.num_gaussians} (step {res.step})")
     if res.psnr is not None:
         lines.append(f"held-out PSNR {res.psnr:.2f} dB, SSIM {res.ssim:.4f} "

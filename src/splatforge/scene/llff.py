@@ -35,8 +35,15 @@ _IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".jpe", ".tif", ".tiff", ".bmp", ".webp"
 
 
 def is_llff(root: Path) -> bool:
-    """``root`` holds ``poses_bounds.npy`` and an ``images/`` folder."""
-    return (root / POSES_NAME).is_file() and (root / "images").is_dir()
+    """``root`` holds ``poses_bounds.npy`` and an ``images/`` folder, or only downscaled
+    ``images_N/`` folders (as many LLFF downloads ship)."""
+    return (root / POSES_NAME).is_file() and (
+        (root / "images").is_dir() or bool(_scaled_folders(root, "images")))
+
+
+def _scaled_folders(root: Path, name: str) -> dict[int, Path]:
+    """factor -> ``<name>_<factor>/`` for the folders present (factors 2, 4, 8)."""
+    return {f: root / f"{name}_{f}" for f in (2, 4, 8) if (root / f"{name}_{f}").is_dir()}
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -90,15 +97,24 @@ def read_llff(root: Path, config: SceneConfig
     pb = load_poses_bounds(npy)
     name = config.images or "images"
     full = join_inside(root, name, "scene.images")
+    f = config.data_factor
     if not full.is_dir():
-        raise InputError(None, f"scene.images {name!r}: no such folder in the dataset")
+        scaled = _scaled_folders(root, name)
+        if not scaled:
+            raise InputError(None, f"scene.images {name!r}: no such folder in the dataset")
+        if f not in scaled:
+            have = ", ".join(f"{p.name}/" for p in scaled.values())
+            raise InputError(root, f"this LLFF dataset has no full-size {name}/ folder, only "
+                                   f"{have}; data_factor {f} has no folder",
+                             "choose the matching factor: "
+                             + " or ".join(f"--data-factor {k}" for k in scaled))
+        full = scaled[f]
     files = _image_files(full)
     if len(files) != len(pb):
         raise InputError(npy, f"has {len(pb)} poses but {name}/ holds {len(files)} images",
                          "LLFF pairs the rows with the sorted image names of images/")
-    folder, prescaled = full, False
-    f = config.data_factor
-    if f > 1:
+    folder, prescaled = full, full.name != name
+    if f > 1 and not prescaled:
         scaled = full.parent / f"{full.name}_{f}"
         if scaled.is_dir() and len(_image_files(scaled)) == len(pb):
             folder, prescaled = scaled, True
