@@ -1,44 +1,85 @@
-"""SfM benchmark: images, registered, points, reprojection error and seconds per step.
+"""SfM benchmark: before and after, side by side, on the shared real datasets.
 
-Runs splatforge's SfM stage (pycolmap, CPU) on the shared real datasets and prints one
-Markdown table with the machine named. Each case runs incremental mapping from an empty
-workspace, then global mapping on the same features and matches (only ``map`` is re-measured;
-its ``extract``/``match`` columns repeat the incremental row's), and, for plush_dog, the
-known-pose path (``pose_prior`` = the dataset's ``sparse/0``; its own extraction, one camera
-per image). Usage (from the repo root)::
+For every case it runs splatforge's SfM stage twice from an empty workspace, each in its own
+process: once with the code of a baseline source tree (``--baseline-src``, a checkout of the
+commit to compare with, e.g. ``git worktree add /tmp/base d4d2c42``; its own defaults) and once
+with this checkout's defaults. Per run it prints: registered / total images, models, seconds per
+step, mean reprojection error, and where reference poses exist (lego exactly; plush_dog's and
+beer_phone's reference models; fox's ``transforms.json``) the median rotation error (degrees)
+and the median camera-centre error (% of the reference cameras' radius) after a similarity
+(Umeyama) alignment of the camera centres; with ``--train-steps N`` also the held-out PSNR
+after the same short CPU training on the resulting poses (the preview preset's recipe at about
+200 px wide, N steps, seed 0).
 
-    .venv/bin/python benchmarks/sfm.py                              # every case
-    .venv/bin/python benchmarks/sfm.py --cases plush_dog beer_phone --threads 2
-    .venv/bin/python benchmarks/sfm.py --cases sceaux_castle --tiny  # seconds, a CPU check
+Usage (repository root)::
 
-``--tiny`` keeps the first 8 images of each case at 640 px and 1024 features: the whole
-script in well under a minute, to prove it runs.
+    git worktree add --detach /tmp/base d4d2c42
+    .venv/bin/python benchmarks/sfm.py --baseline-src /tmp/base/src \\
+        --cases sample plush_dog lego beer_phone fox sceaux_castle --train-steps 300
+    .venv/bin/python benchmarks/sfm.py --baseline-src /tmp/base/src \\
+        --cases statue_of_liberty beer_260
+    .venv/bin/python benchmarks/sfm.py --cases sample --tiny      # seconds: proves it runs
+
+``--cache DIR`` keeps every run's JSON there and reuses it on the next call (same case, same
+source tree, same options), so a long comparison can be resumed.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 import splatforge  # noqa: F401  (import-order guard before pycolmap)
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets"
+PREVIEW_SFM = {"max_image_size": 800, "max_num_features": 4096}
+
+#: case -> (image folder or builder, options for both runs, reference dataset or None)
+CASES: dict[str, tuple[str, dict, str | None]] = {
+    "sample": (str(ROOT / "samples" / "plush_dog" / "images"), PREVIEW_SFM,
+               str(DATASETS / "plush_dog")),
+    "plush_dog": (str(DATASETS / "plush_dog" / "images_4"), {}, str(DATASETS / "plush_dog")),
+    "lego": (str(DATASETS / "lego" / "train"), {}, str(DATASETS / "lego")),
+    "beer_phone": (str(DATASETS / "beer_phone" / "images"), {},
+                   str(DATASETS / "beer_phone")),
+    "fox": (str(DATASETS / "fox" / "images"), {}, str(DATASETS / "fox")),
+    "statue_of_liberty": (str(DATASETS / "statue_of_liberty" / "images"), {}, None),
+    "sceaux_castle": (str(DATASETS / "sceaux_castle" / "images"), {}, None),
+    # 260 frames of beer_phone's video, as a folder of photos (a 250+ image set)
+    "beer_260": ("build:beer_260", {}, None),
+}
+
+_RUNNER = r"""
+import json, sys, time
+from pathlib import Path
+import splatforge
 from splatforge.config import SfmConfig
 from splatforge.sfm import run_sfm
-
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-#: case -> (image folder, matching, pose prior model or None)
-CASES = {
-    "sceaux_castle": (DATASETS / "sceaux_castle" / "images", "exhaustive", None),
-    "plush_dog": (DATASETS / "plush_dog" / "images_4", "exhaustive",
-                  DATASETS / "plush_dog" / "sparse" / "0"),
-    "beer_phone": (DATASETS / "beer_phone" / "images", "sequential", None),
-    "statue_of_liberty": (DATASETS / "statue_of_liberty" / "images", "exhaustive", None),
-}
+media, ws, opts = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
+t0 = time.monotonic()
+try:
+    r = run_sfm(SfmConfig(**opts), Path(media), ws, force=True)
+    out = {"registered": r.num_registered, "images": r.num_images, "models": r.num_models,
+           "points": r.num_points, "reproj_px": r.mean_reprojection_error,
+           "matching": r.matching, "seconds": r.seconds,
+           "method": getattr(r, "method", "") or ("relaxed" if r.relaxed else r.mapping)}
+except Exception as e:  # a refused or failed run is a result too
+    out = {"error": f"{type(e).__name__}: {str(e)[:300]}", "registered": 0}
+out["total_s"] = round(time.monotonic() - t0, 1)
+print("RESULT " + json.dumps(out))
+"""
 
 
 def machine() -> str:
@@ -55,81 +96,214 @@ def machine() -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{cpu}, {os.cpu_count()} cores (load average {load:.1f} at the end), "
             f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
-            f"pycolmap {pycolmap.__version__} (CPU)")
+            f"pycolmap {pycolmap.__version__} ({'CUDA' if pycolmap.has_cuda else 'CPU'})")
 
 
-def _row(case: str, mapping: str, res, total: float) -> dict:
-    return {"case": case, "mapping": mapping, "matching": res.matching,
-            "images": res.num_images, "registered": res.num_registered,
-            "points": res.num_points, "reproj_px": res.mean_reprojection_error,
-            "track_len": res.mean_track_length, "relaxed": res.relaxed,
-            **{f"{k}_s": v for k, v in res.seconds.items()}, "total_s": round(total, 1)}
+def build_media(spec: str, tmp: Path) -> Path:
+    """The image folder of a case (``build:...`` cases are made here once)."""
+    if not spec.startswith("build:"):
+        return Path(spec)
+    name = spec.split(":", 1)[1]
+    dst = tmp / name
+    if dst.is_dir() and any(dst.iterdir()):
+        return dst
+    if name == "beer_260":
+        from splatforge.config import IngestConfig
+        from splatforge.ingest import run_ingest
+
+        ws = tmp / "beer_260_ingest"
+        res = run_ingest(IngestConfig(max_num_images=260), DATASETS / "beer_phone" / "Beer.mp4",
+                         ws, None)
+        dst.mkdir(parents=True, exist_ok=True)
+        for p in sorted(res.images_dir.iterdir()):
+            shutil.copy(p, dst / p.name)
+        return dst
+    raise ValueError(spec)
 
 
-def _subset(src: Path, n: int, dst: Path) -> Path:
-    dst.mkdir(parents=True, exist_ok=True)
-    for p in sorted(q for q in src.iterdir() if q.is_file())[:n]:
-        shutil.copy(p, dst / p.name)
-    return dst
+def run_one(src: Path, media: Path, ws: Path, opts: dict, cache: Path | None,
+            label: str) -> dict:
+    """One SfM run in a fresh process with ``src`` first on the path."""
+    key = hashlib.sha1(json.dumps([str(src), str(media), opts], sort_keys=True).encode()
+                       ).hexdigest()[:12]
+    cached = cache / f"{label}_{key}.json" if cache else None
+    if cached is not None and cached.is_file():
+        return json.loads(cached.read_text())
+    env = dict(os.environ, PYTHONPATH=str(src))
+    p = subprocess.run([sys.executable, "-c", _RUNNER, str(media), str(ws), json.dumps(opts)],
+                       capture_output=True, text=True, env=env)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not lines:
+        raise RuntimeError(f"{label}: no result\n{p.stderr[-3000:]}")
+    out = json.loads(lines[-1][len("RESULT "):])
+    out["workspace"] = str(ws)
+    if cached is not None:
+        cached.write_text(json.dumps(out, indent=1))
+    return out
 
 
-def run_case(case: str, cfg_kw: dict, tmp: Path, tiny: bool) -> list[dict]:
-    images, matching, prior = CASES[case]
-    if tiny:
-        images = _subset(images, 8, tmp / f"{case}_subset")
-    rows = []
-    ws = tmp / case
-    cfg = SfmConfig(matching=matching, **cfg_kw)
-    t0 = time.monotonic()
-    inc = run_sfm(cfg, images, ws, force=True)
-    rows.append(_row(case, "incremental", inc, time.monotonic() - t0))
-    # Global mapping on the same features and matches: sfm.json removed, work state kept.
-    (ws / "sfm.json").unlink()
-    t0 = time.monotonic()
-    glo = run_sfm(cfg.model_copy(update={"mapping": "global"}), images, ws)
-    r = _row(case, "global", glo, time.monotonic() - t0)
-    for k in ("extract_s", "match_s"):
-        r[k] = rows[0].get(k)
-    rows.append(r)
-    if prior is not None:
-        t0 = time.monotonic()
-        kp = run_sfm(cfg.model_copy(update={"pose_prior": prior}), images, tmp / f"{case}_kp",
-                     force=True)
-        rows.append(_row(case, "known poses", kp, time.monotonic() - t0))
-    return rows
+# --- pose accuracy -------------------------------------------------------------------------
+
+def _reference_poses(ref: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """name -> (camera-to-world rotation [3, 3], camera centre [3]) of a reference dataset."""
+    from splatforge.config import SceneConfig
+    from splatforge.scene import load_scene
+
+    if (ref / "sparse" / "0").is_dir() and (ref / "images_4").is_dir():
+        sc = load_scene(ref, SceneConfig(images="images_4", normalize=False, test_every=0))
+    elif (ref / "transforms_train.json").is_file():
+        sc = load_scene(ref / "transforms_train.json", SceneConfig(normalize=False,
+                                                                   test_every=0))
+    else:
+        sc = load_scene(ref, SceneConfig(normalize=False, test_every=0))
+    out = {}
+    for im in sc.images:
+        c2w = np.linalg.inv(im.viewmat)
+        out[Path(im.name).name] = (c2w[:3, :3], c2w[:3, 3])
+    return out
+
+
+def _estimated_poses(ws: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    import pycolmap
+
+    rec = pycolmap.Reconstruction(str(ws / "sparse" / "0"))
+    out = {}
+    for im in rec.images.values():
+        if im.has_pose:
+            m = np.asarray(im.cam_from_world().matrix())
+            r, t = m[:3, :3], m[:3, 3]
+            out[Path(im.name).name] = (r.T, -r.T @ t)
+    return out
+
+
+def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Similarity ``dst ~ s R src + t`` by least squares (Umeyama, TPAMI 1991, Eqs. 40-42)."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    xs, xd = src - mu_s, dst - mu_d
+    cov = xd.T @ xs / len(src)
+    u, d, vt = np.linalg.svd(cov)
+    s_fix = np.eye(3)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        s_fix[2, 2] = -1
+    r = u @ s_fix @ vt
+    var_s = (xs ** 2).sum() / len(src)
+    s = float(np.trace(np.diag(d) @ s_fix) / var_s)
+    return s, r, mu_d - s * r @ mu_s
+
+
+def pose_errors(ws: Path, ref: Path) -> dict:
+    est, gt = _estimated_poses(ws), _reference_poses(ref)
+    names = sorted(set(est) & set(gt))
+    if len(names) < 3:
+        return {}
+    ce = np.stack([est[n][1] for n in names])
+    cg = np.stack([gt[n][1] for n in names])
+    s, r, t = umeyama(ce, cg)
+    radius = float(np.linalg.norm(cg - cg.mean(0), axis=1).max())
+    cerr = np.linalg.norm((s * (r @ ce.T)).T + t - cg, axis=1) / radius * 100.0
+    rerr = []
+    for n in names:
+        rel = gt[n][0].T @ (r @ est[n][0])
+        rerr.append(np.degrees(np.arccos(np.clip((np.trace(rel) - 1) / 2, -1, 1))))
+    return {"rot_err_deg": round(float(np.median(rerr)), 3),
+            "centre_err_pct": round(float(np.median(cerr)), 3), "compared": len(names)}
+
+
+def train_psnr(ws: Path, steps: int, out: Path) -> float | None:
+    """Held-out PSNR after the preview preset's training recipe for ``steps`` on CPU."""
+    from splatforge.config import SceneConfig, TrainConfig
+    from splatforge.presets import PRESETS, preview_data_factor
+    from splatforge.scene import load_scene
+    from splatforge.train import run_train
+
+    first = sorted((ws / "images").iterdir())[0]
+    from PIL import Image
+
+    with Image.open(first) as im:
+        width = im.width
+    sc = SceneConfig(data_factor=preview_data_factor(width), cache_dir=out / "cache")
+    scene = load_scene(ws, sc)
+    kw = dict(PRESETS["preview"]["train"])
+    kw.update(max_steps=steps, device="cpu", backend="torch", seed=0)
+    kw["densify_until_iter"] = min(kw["densify_until_iter"], int(steps * 0.8))
+    res = run_train(TrainConfig(**kw), scene, out / "model", scene_config=sc)
+    return res.metrics.get("psnr")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    ap.add_argument("--max-image-size", type=int, default=SfmConfig().max_image_size)
-    ap.add_argument("--max-num-features", type=int, default=SfmConfig().max_num_features)
+    ap.add_argument("--baseline-src", type=Path,
+                    help="src/ of the commit to compare with (omit: this checkout only)")
     ap.add_argument("--threads", type=int, default=-1, help="SfM threads (-1 = all cores)")
-    ap.add_argument("--tiny", action="store_true", help="8 images, 640 px, 1024 features")
+    ap.add_argument("--train-steps", type=int, default=0,
+                    help="also train this many CPU steps on each result (0 = no training)")
+    ap.add_argument("--tiny", action="store_true", help="8 images per case: a quick check")
+    ap.add_argument("--cache", type=Path, help="keep and reuse each run's JSON here")
+    ap.add_argument("--work", type=Path, help="workspaces here (default: a temp folder)")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    ap.add_argument("--only", choices=("before", "after"),
+                    help="run one side only (with --cache: fill it ahead of the comparison)")
     args = ap.parse_args()
+    if args.cache:
+        args.cache.mkdir(parents=True, exist_ok=True)
 
-    cfg_kw = {"max_image_size": args.max_image_size, "max_num_features": args.max_num_features,
-              "num_threads": args.threads}
-    if args.tiny:
-        cfg_kw.update(max_image_size=640, max_num_features=1024)
+    sources = [("after", ROOT / "src")]
+    if args.baseline_src:
+        sources.insert(0, ("before", args.baseline_src.resolve()))
+    if args.only:
+        sources = [s for s in sources if s[0] == args.only]
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    tmp_ctx = tempfile.TemporaryDirectory() if args.work is None else None
+    tmp = Path(tmp_ctx.name) if tmp_ctx else args.work
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
         for case in args.cases:
-            rows += run_case(case, cfg_kw, Path(tmp), args.tiny)
-            if args.json:  # after every case, so a long run leaves what it measured
-                args.json.write_text(json.dumps({"machine": machine(), "config": cfg_kw,
-                                                 "rows": rows}, indent=2))
+            spec, opts, ref = CASES[case]
+            media = build_media(spec, tmp)
+            if args.tiny:
+                sub = tmp / f"{case}_tiny"
+                sub.mkdir(exist_ok=True)
+                for p in sorted(media.iterdir())[:8]:
+                    shutil.copy(p, sub / p.name)
+                media = sub
+            opts = dict(opts, num_threads=args.threads)
+            for label, src in sources:
+                ws = tmp / f"{case}_{label}"
+                t0 = time.monotonic()
+                r = run_one(src, media, ws, opts, args.cache, f"{case}_{label}")
+                row = {"case": case, "code": label, **{k: v for k, v in r.items()
+                                                        if k not in ("seconds", "workspace")},
+                       **{f"{k}_s": v for k, v in (r.get("seconds") or {}).items()}}
+                wsp = Path(r.get("workspace", ws))
+                if ref and "error" not in r and (wsp / "sparse" / "0").is_dir():
+                    row.update(pose_errors(wsp, Path(ref)))
+                if args.train_steps and "error" not in r and (wsp / "images").is_dir():
+                    row["psnr"] = train_psnr(wsp, args.train_steps, tmp / f"{case}_{label}_t")
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                if args.json:
+                    args.json.write_text(json.dumps({"machine": machine(), "rows": rows},
+                                                    indent=2))
+                del t0
+    finally:
+        if tmp_ctx:
+            tmp_ctx.cleanup()
 
-    print(f"\nSfM benchmark on {machine()}")
-    print(f"max_image_size {cfg_kw['max_image_size']}, max_num_features "
-          f"{cfg_kw['max_num_features']}, threads {cfg_kw['num_threads']}\n")
-    cols = ["case", "mapping", "matching", "images", "registered", "points", "reproj_px",
-            "track_len", "extract_s", "match_s", "map_s", "undistort_s", "total_s"]
+    print(f"\nSfM benchmark on {machine()}, threads {args.threads}\n")
+    cols = ["case", "code", "registered", "images", "models", "method", "matching",
+            "reproj_px", "rot_err_deg", "centre_err_pct", "psnr", "extract_s", "match_s",
+            "map_s", "undistort_s", "total_s"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    base = {(r["case"]): r for r in rows if r["code"] == "before"}
+    for r in rows:
+        b = base.get(r["case"])
+        if r["code"] == "after" and b and b.get("total_s") and r.get("total_s"):
+            print(f"{r['case']}: after / before total time = "
+                  f"{r['total_s'] / b['total_s']:.2f} ({b['total_s']} s -> {r['total_s']} s)")
 
 
 if __name__ == "__main__":
