@@ -353,3 +353,27 @@ def test_reconstruct_pose_opt_keeps_refined_cameras(tmp_path):
     assert moved, "pose_opt moved no camera: the test proves nothing"
     for n in cams:
         assert np.allclose(cams[n], refined[n], atol=1e-5), n
+
+
+class _StopAfterIngest(Exception):
+    pass
+
+
+def test_cli_reconstruct_video_only_folder(tmp_path, monkeypatch):
+    """A folder holding only a video (chair_video/input.mp4) is a video input for the CLI as
+    for the service (one classifier): ingest extracts its frames (SfM is stopped here)."""
+    import splatforge.sfm
+    from conftest import DATASETS
+
+    from splatforge.cli import main
+
+    def stop(*a, **k):
+        raise _StopAfterIngest
+
+    monkeypatch.setattr(splatforge.sfm, "run_sfm", stop)
+    out = tmp_path / "o"
+    with pytest.raises(_StopAfterIngest):
+        main(["reconstruct", str(DATASETS / "chair_video"), "-o", str(out),
+              "--preset", "preview", "--max-num-images", "8"])
+    ingest = json.loads((out / "workspace" / "ingest.json").read_text())
+    assert len(list((out / "workspace" / "input").iterdir())) == 8, ingest

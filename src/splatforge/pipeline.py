@@ -38,7 +38,7 @@ from typing import Any, Callable
 import numpy as np  # noqa: F401  (import-order guard: numpy before pycolmap, see NOTES.md)
 
 from .config import IngestConfig, SceneConfig, SfmConfig, TrainConfig
-from .errors import ConfigError, InputError, StopRequested
+from .errors import ConfigError, StopRequested
 from .events import EventCallback, StageReporter
 from .export.model_dir import ModelDir
 from .jobs.sink import JobSink, JobStopped
@@ -104,39 +104,6 @@ def _export_writers() -> dict[str, Any]:
     from .export import SCENE_WRITERS
 
     return dict(SCENE_WRITERS)
-
-
-def classify_input(media: Path) -> tuple[str, Path | None]:
-    """``(kind, dataset)``: a posed dataset (``colmap`` | ``nerfstudio`` | ``blender``, and the
-    path to read) or media for ingest (``images`` | ``zip`` | ``video``, None).
-
-    A thin view of :func:`splatforge.jobs.inputs.classify_input` (the one classifier).
-
-    Raises:
-        InputError: the path does not exist, or is neither a dataset nor supported media.
-    """
-    from .ingest import detect_media_kind
-    from .jobs.inputs import dataset_format
-
-    media = Path(media)
-    if not media.exists():
-        raise InputError(media, "does not exist",
-                         "give a folder of photos, a .zip, a video, a COLMAP folder or a "
-                         "transforms.json dataset")
-    fmt = dataset_format(media)
-    if fmt is not None:
-        return fmt, media
-    return detect_media_kind(media), None
-
-
-def media_folder(media: Path) -> Path:
-    """``media``, or ``media/images`` when ``media`` is a folder without photos of its own
-    but with an ``images/`` folder (a sample or capture folder with a license beside it)."""
-    from .jobs.inputs import has_images
-
-    if media.is_dir() and (media / "images").is_dir() and not has_images(media):
-        return media / "images"
-    return media
 
 
 def _image_width(dataset: Path) -> int | None:
@@ -270,22 +237,26 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "pre
     from .scene import load_scene
     from .train import run_train
 
-    media = Path(media)
+    from .jobs.inputs import classify_input, has_images
+
+    given = Path(media)
     out = Path(output)
     rep = StageReporter("reconstruct", events)
     configs, deferred = resolve_configs(preset, ingest, sfm, scene, train)
-    kind, dataset = classify_input(media)
+    inp = classify_input(given, label=str(given))
+    kind, media = inp.kind, inp.path
+    dataset = media if inp.is_dataset else None
     if configs["sfm"].pose_prior is not None:  # known poses: SfM triangulates with them
         from .sfm import resolve_pose_prior
 
         configs["sfm"] = configs["sfm"].model_copy(
-            update={"pose_prior": resolve_pose_prior(configs["sfm"].pose_prior, media)})
-        if dataset is not None:
+            update={"pose_prior": resolve_pose_prior(configs["sfm"].pose_prior, given)})
+        if dataset is not None:  # the dataset's photos go through ingest and SfM
             from .ingest import detect_media_kind
 
-            kind, dataset = detect_media_kind(media), None
-    if dataset is None:
-        media = media_folder(media)
+            imgs = given / "images"
+            kind, dataset = detect_media_kind(given), None
+            media = imgs if imgs.is_dir() and not has_images(given) else given
     out.mkdir(parents=True, exist_ok=True)
     ws = out / "workspace"
     model_dir = out / "model"
