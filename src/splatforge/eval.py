@@ -89,12 +89,11 @@ def read_model_info(model_dir: str | Path, iteration: int | None = None) -> Mode
         raise InputError(model_dir / "point_cloud", f"no iteration_{iteration} "
                          f"(have {', '.join(map(str, iters))})")
     tc = files.train_config
-    device, antialiased = "auto", False
+    device = "auto"
     if tc.is_file():
         data = json.loads(tc.read_text())
         scene_path = Path(data["scene_path"])
         scene_cfg = SceneConfig.model_validate(data.get("scene") or {})
-        antialiased = bool((data.get("train") or {}).get("antialiased", False))
     elif files.cfg_args.is_file():
         args = parse_cfg_args(files.cfg_args)
         scene_path = Path(args["source_path"])
@@ -108,6 +107,7 @@ def read_model_info(model_dir: str | Path, iteration: int | None = None) -> Mode
                                     "dataset the model was trained on")
     if not scene_path.exists():
         raise InputError(scene_path, f"the dataset of model {model_dir} is missing")
+    antialiased = bool(files.train_options().get("antialiased", False))
     return ModelInfo(model_dir, scene_path, scene_cfg, iteration,
                      files.point_cloud(iteration), device, antialiased)
 

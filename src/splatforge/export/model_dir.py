@@ -166,6 +166,19 @@ class ModelDir:
         except (OSError, ValueError):
             return None
 
+    def train_options(self) -> dict[str, Any]:
+        """The ``TrainConfig`` fields the model was trained with, as JSON: from
+        ``train_config.json`` (the trainer's), else ``config.json`` (``reconstruct``'s, also
+        published with the model); ``{}`` when neither is there or readable."""
+        for path in (self.train_config, self.config):
+            try:
+                train = json.loads(path.read_text()).get("train")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(train, dict):
+                return train
+        return {}
+
     # -- writers (each called by the owner of its files) -----------------------------------
     def write_inria_files(self, scene: Any, **kwargs: Any) -> dict[str, Path]:
         """``cameras.json``, ``cfg_args``, ``input.ply``: see :func:`write_model_dir_files`
