@@ -42,7 +42,7 @@ from .errors import ConfigError, StopRequested
 from .events import EventCallback, StageReporter
 from .export.model_dir import ModelDir
 from .jobs.sink import JobSink, JobStopped
-from .presets import apply_preset, preview_data_factor
+from .presets import DEFAULT_PRESET, apply_preset, preview_data_factor
 from .util import atomic_write_text
 
 STAGES = ("ingest", "sfm", "train", "eval", "export")
@@ -188,7 +188,8 @@ def resolve_configs(preset: str, ingest: IngestConfig | None = None,
                     sfm: SfmConfig | None = None, scene: SceneConfig | None = None,
                     train: TrainConfig | None = None
                     ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Apply ``preset`` to the fields left at their defaults (see :mod:`splatforge.presets`).
+    """Apply ``preset`` to the fields the user did not give (not in a config's
+    ``model_fields_set``; see :mod:`splatforge.presets`).
 
     Returns:
         ``(configs, deferred)``: stage -> config, and values resolved from the data later.
@@ -198,7 +199,7 @@ def resolve_configs(preset: str, ingest: IngestConfig | None = None,
     return apply_preset(preset, configs)
 
 
-def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "preview",
+def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = DEFAULT_PRESET,
                     ingest: IngestConfig | None = None, sfm: SfmConfig | None = None,
                     scene: SceneConfig | None = None, train: TrainConfig | None = None,
                     events: EventCallback | None = None, force: bool = False,
@@ -210,9 +211,10 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "pre
     Args:
         media: photos folder, .zip, video, COLMAP folder or transforms.json dataset.
         output: the output folder (created).
-        preset: ``preview`` | ``default`` | ``quality``; fills the config fields left at
-            their defaults.
-        ingest, sfm, scene, train: stage configs (None = defaults).
+        preset: ``preview`` | ``default`` | ``quality``; fills the config fields the user did
+            not give.
+        ingest, sfm, scene, train: stage configs (None = defaults); the fields in their
+            ``model_fields_set`` win over the preset.
         events: progress callback; every stage reports under its own name, the pipeline as
             ``reconstruct``.
         force: redo every stage.
