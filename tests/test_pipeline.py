@@ -324,3 +324,56 @@ def test_video_input_runs_ingest_and_sfm(tmp_path):
     assert res.stages["ingest"]["status"] == "ran" and res.stages["sfm"]["status"] == "ran"
     assert res.num_images == 120 and res.num_registered >= 3
     assert (tmp_path / "video" / "model" / "cameras.json").is_file()
+
+
+def test_reconstruct_pose_opt_keeps_refined_cameras(tmp_path):
+    """With pose_opt, cameras.json holds the refined training poses (those of
+    sparse_refined/), not the unrefined scene's: the model folder's files are written once,
+    by their owner (the export stage used to overwrite them)."""
+    import pycolmap
+
+    from splatforge.config import SceneConfig, TrainConfig
+    from splatforge.export.model_dir import camera_entries
+    from splatforge.scene import load_scene
+
+    scene_cfg = SceneConfig(data_factor=8, cache_dir=tmp_path / "cache")
+    train = TrainConfig(**{**CI_TRAIN, "max_steps": 6, "pose_opt": True,
+                           "pose_opt_lr": 1e-2})
+    res, _ = _recon(PLUSH_DOG, tmp_path / "o", scene=scene_cfg, train=train)
+    model = res.model_dir
+    cams = {c["img_name"]: np.asarray(c["position"])
+            for c in json.loads((model / "cameras.json").read_text())}
+    rec = pycolmap.Reconstruction(str(model / "sparse_refined"))
+    refined = {Path(im.name).stem: np.asarray(im.projection_center())
+               for im in rec.images.values()}
+    unrefined = {c["img_name"]: np.asarray(c["position"])
+                 for c in camera_entries(load_scene(PLUSH_DOG, scene_cfg))}
+    assert cams.keys() == refined.keys()
+    moved = [n for n in cams if not np.allclose(refined[n], unrefined[n], atol=1e-6)]
+    assert moved, "pose_opt moved no camera: the test proves nothing"
+    for n in cams:
+        assert np.allclose(cams[n], refined[n], atol=1e-5), n
+
+
+class _StopAfterIngest(Exception):
+    pass
+
+
+def test_cli_reconstruct_video_only_folder(tmp_path, monkeypatch):
+    """A folder holding only a video (chair_video/input.mp4) is a video input for the CLI as
+    for the service (one classifier): ingest extracts its frames (SfM is stopped here)."""
+    import splatforge.sfm
+    from conftest import DATASETS
+
+    from splatforge.cli import main
+
+    def stop(*a, **k):
+        raise _StopAfterIngest
+
+    monkeypatch.setattr(splatforge.sfm, "run_sfm", stop)
+    out = tmp_path / "o"
+    with pytest.raises(_StopAfterIngest):
+        main(["reconstruct", str(DATASETS / "chair_video"), "-o", str(out),
+              "--preset", "preview", "--max-num-images", "8"])
+    ingest = json.loads((out / "workspace" / "ingest.json").read_text())
+    assert len(list((out / "workspace" / "input").iterdir())) == 8, ingest

@@ -175,6 +175,25 @@ def test_video_upload_kept_as_is(server, client):
     assert r.status_code == 400
 
 
+def test_video_only_folder_job_gets_past_ingest(server, client):
+    """A source_uri folder holding only a video (chair_video/input.mp4) is a video input: the
+    job extracts frames and reaches SfM (then is cancelled), as `splatforge reconstruct
+    folder/` does."""
+    sid = new_scene(client, "video folder")
+    r = client.post(f"/scenes/{sid}/media",
+                    data={"source_uri": str(PLUSH_DOG.parent / "chair_video")})
+    assert r.status_code == 200, r.text
+    job_id = client.post(f"/scenes/{sid}/jobs", json={
+        **TINY_JOB, "ingest": {"max_num_images": 8}}).json()["job_id"]
+    job = wait_job(client, job_id, until=("running", "succeeded", "failed"), timeout=120,
+                   cond=lambda j: j["status"] != "running"
+                   or j.get("stage") in ("sfm", "train", "eval", "export"))
+    client.post(f"/jobs/{job_id}/cancel")
+    assert job["status"] != "failed", job
+    log = client.get(f"/jobs/{job_id}/log").text
+    assert "[ingest] stage_finished" in log, log
+
+
 def test_photos_job_fails_in_sfm_with_the_reason(server, client):
     """Photos uploaded as multipart go through ingest and SfM in the worker; three photos
     from far-apart viewpoints cannot be registered: the job ends failed in sfm, saying why."""

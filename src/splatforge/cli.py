@@ -10,17 +10,56 @@ from __future__ import annotations
 
 import json
 import sys
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import tyro
+from pydantic import BaseModel
 
 from .config import IngestConfig, SceneConfig, SfmConfig, TrainConfig
 from .errors import SplatforgeError
+from .presets import DEFAULT_PRESET, PresetName
 from .progress import ConsoleEvents
 from .viewer.command import ViewerOptions, finish_training_viewer, start_training_viewer, view
 
 Output = Annotated[Path, tyro.conf.arg(aliases=["-o"], help="Workspace folder to write.")]
+
+#: The arguments :func:`main` is parsing (None outside it): which options the user gave.
+_ARGV: ContextVar[list[str] | None] = ContextVar("splatforge_argv", default=None)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _flags(model: type[BaseModel]) -> dict[str, str]:
+    """Option name (without ``--``) -> field, for every flag tyro makes of ``model``'s fields
+    (the field name with dashes, a ``tyro.conf.arg`` name and aliases, ``no-`` for bools)."""
+    out: dict[str, str] = {}
+    for field, info in model.model_fields.items():
+        names = [field.replace("_", "-")]
+        for meta in info.metadata:  # tyro.conf.arg(name=..., aliases=...)
+            if hasattr(meta, "aliases") and hasattr(meta, "prefix_name"):
+                names = [meta.name] if meta.name else names
+                names += list(meta.aliases or ())
+        for n in names:
+            n = n.lstrip("-").replace("_", "-")
+            out[n] = out[f"no-{n}"] = field
+    return out
+
+
+def given_on_command_line(cfg: BaseModel, model: type[M]) -> M:
+    """``cfg`` (a stage config tyro built, every field filled) as a ``model`` whose
+    ``model_fields_set`` holds only the fields whose option :func:`main` saw on the command
+    line, so that a preset fills the others (:func:`splatforge.presets.apply_preset`), and
+    an option given with its default value still wins. Outside :func:`main` (a Python
+    caller), ``cfg``'s own fields set are kept."""
+    argv = _ARGV.get()
+    if argv is None:
+        return model.model_validate(cfg.model_dump(include=cfg.model_fields_set))
+    flags = _flags(type(cfg))
+    given = {flags[k] for k in (a[2:].split("=", 1)[0].replace("_", "-")
+                                for a in argv if a.startswith("--")) if k in flags}
+    return model.model_validate(cfg.model_dump(include=given))
 
 
 def info(path: tyro.conf.Positional[Path], scene: SceneConfig = SceneConfig(),
@@ -269,7 +308,7 @@ class _ReconstructSfmConfig(SfmConfig):
 
 
 def reconstruct(media: tyro.conf.Positional[Path], output: Output,
-                preset: Literal["preview", "default", "quality"] = "default",
+                preset: PresetName = DEFAULT_PRESET,
                 force: bool = False, lpips_weights: Path | None = None,
                 ingest: IngestConfig = IngestConfig(),
                 sfm: _ReconstructSfmConfig = _ReconstructSfmConfig(),
@@ -282,9 +321,8 @@ def reconstruct(media: tyro.conf.Positional[Path], output: Output,
     Writes <output>/workspace/ (ingest + SfM), <output>/model/ (INRIA model folder),
     <output>/scene.splat and .spz (when available) and <output>/reconstruct.json. Finished
     stages are skipped when run again (an interrupted training resumes from its checkpoint);
-    --force redoes everything. The preset fills every option left at its default; options
-    given on the command line win (an option given with its default value counts as not
-    given).
+    --force redoes everything. The preset fills every option not given; options given on
+    the command line win, also when given with their default value.
 
     Args:
         media: photos folder, .zip, video, COLMAP folder or transforms.json dataset.
@@ -307,9 +345,11 @@ def reconstruct(media: tyro.conf.Positional[Path], output: Output,
     live = start_training_viewer(viewer)
     sink = CallbackSink(live.events(events) if live else events, "reconstruct")
     try:
-        res = run_job_pipeline(media, output, sink, preset=preset, ingest=ingest,
-                               sfm=SfmConfig.model_validate(sfm.model_dump()),
-                               scene=scene, train=train, force=force,
+        res = run_job_pipeline(media, output, sink, preset=preset,
+                               ingest=given_on_command_line(ingest, IngestConfig),
+                               sfm=given_on_command_line(sfm, SfmConfig),
+                               scene=given_on_command_line(scene, SceneConfig),
+                               train=given_on_command_line(train, TrainConfig), force=force,
                                lpips_weights=lpips_weights,
                                step_hook=live.step_hook if live else None)
     except TrainingInterrupted as e:
@@ -367,6 +407,7 @@ COMMANDS = {"info": info, "ingest": ingest, "sfm": sfm, "train": train, "serve":
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``splatforge`` console script. Returns the exit status."""
+    token = _ARGV.set(list(sys.argv[1:] if argv is None else argv))
     try:
         tyro.extras.subcommand_cli_from_dict(
             COMMANDS, prog="splatforge", args=argv,
@@ -379,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; run the same command again to resume (train: add --resume)",
               file=sys.stderr)
         return 130
+    finally:
+        _ARGV.reset(token)
     return 0
 
 

@@ -37,6 +37,7 @@ import torch
 
 from .errors import ConfigError, InputError
 from .events import EventCallback, StageReporter
+from .export.model_dir import ModelDir
 from .util import atomic_write_text
 
 STAGE = "compress"
@@ -247,8 +248,7 @@ def run_compress(model_dir: str | Path, *, keep: float | None = 0.5,
     out_splats = splats_to_source_frame(ft, scene)
     from .export import write_ply
 
-    ply = write_ply(model_dir / "point_cloud" / f"iteration_{out_iter}" / "point_cloud.ply",
-                    out_splats)
+    ply = write_ply(ModelDir(model_dir).point_cloud(out_iter), out_splats)
     if work.exists():
         shutil.rmtree(work)
     rec = {

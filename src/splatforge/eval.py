@@ -28,7 +28,6 @@ import csv
 import io
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ import torch
 from .config import SceneConfig
 from .errors import InputError
 from .events import EventCallback, StageReporter
+from .export.model_dir import ModelDir, parse_cfg_args
 from .util import atomic_path, atomic_write_text
 
 LPIPS_SKIPPED = "no weights given (--lpips-weights); weights cannot be downloaded here"
@@ -65,12 +65,7 @@ class ModelInfo:
 
 def list_iterations(model_dir: str | Path) -> list[int]:
     """Sorted steps N with ``point_cloud/iteration_N/point_cloud.ply`` in ``model_dir``."""
-    out = []
-    for p in (Path(model_dir) / "point_cloud").glob("iteration_*/point_cloud.ply"):
-        m = re.fullmatch(r"iteration_(\d+)", p.parent.name)
-        if m:
-            out.append(int(m.group(1)))
-    return sorted(out)
+    return ModelDir(model_dir).iterations()
 
 
 def read_model_info(model_dir: str | Path, iteration: int | None = None) -> ModelInfo:
@@ -81,9 +76,10 @@ def read_model_info(model_dir: str | Path, iteration: int | None = None) -> Mode
             ``train_config.json``/``cfg_args`` naming an existing dataset.
     """
     model_dir = Path(model_dir)
+    files = ModelDir(model_dir)
     if not model_dir.is_dir():
         raise InputError(model_dir, "model folder not found")
-    iters = list_iterations(model_dir)
+    iters = files.iterations()
     if not iters:
         raise InputError(model_dir, "no point_cloud/iteration_N/point_cloud.ply here",
                          "train first: splatforge train <dataset> -o <model_dir>")
@@ -92,17 +88,14 @@ def read_model_info(model_dir: str | Path, iteration: int | None = None) -> Mode
     elif iteration not in iters:
         raise InputError(model_dir / "point_cloud", f"no iteration_{iteration} "
                          f"(have {', '.join(map(str, iters))})")
-    tc = model_dir / "train_config.json"
-    device, antialiased = "auto", False
+    tc = files.train_config
+    device = "auto"
     if tc.is_file():
         data = json.loads(tc.read_text())
         scene_path = Path(data["scene_path"])
         scene_cfg = SceneConfig.model_validate(data.get("scene") or {})
-        antialiased = bool((data.get("train") or {}).get("antialiased", False))
-    elif (model_dir / "cfg_args").is_file():
-        from .export.model_dir import parse_cfg_args
-
-        args = parse_cfg_args(model_dir / "cfg_args")
+    elif files.cfg_args.is_file():
+        args = parse_cfg_args(files.cfg_args)
         scene_path = Path(args["source_path"])
         res = int(args.get("resolution", -1))
         scene_cfg = SceneConfig(data_factor=res if res in (2, 4, 8) else 1,
@@ -114,9 +107,9 @@ def read_model_info(model_dir: str | Path, iteration: int | None = None) -> Mode
                                     "dataset the model was trained on")
     if not scene_path.exists():
         raise InputError(scene_path, f"the dataset of model {model_dir} is missing")
+    antialiased = bool(files.train_options().get("antialiased", False))
     return ModelInfo(model_dir, scene_path, scene_cfg, iteration,
-                     model_dir / "point_cloud" / f"iteration_{iteration}" / "point_cloud.ply",
-                     device, antialiased)
+                     files.point_cloud(iteration), device, antialiased)
 
 
 def _read_ply_fn():
@@ -263,7 +256,7 @@ def run_eval(model_dir: str | Path, events: EventCallback | None = None, *,
     idx = list(scene.test_indices)
     if not idx:
         rep.warning("the dataset has no held-out views (test_every 0): nothing to evaluate")
-    out_dir = model_dir / "eval"
+    out_dir = ModelDir(model_dir).eval_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     rep.start_steps("views", len(idx))
@@ -308,7 +301,7 @@ def run_eval(model_dir: str | Path, events: EventCallback | None = None, *,
                     f"{r['cc_ssim']:.6f}"]
                    + ([f"{r['lpips']:.6f}"] if lp_model is not None else []))
     atomic_write_text(out_dir / "metrics.csv", buf.getvalue())
-    mpath = model_dir / "metrics.json"
+    mpath = ModelDir(model_dir).metrics
     metrics: dict[str, Any] = {}
     if mpath.is_file():
         try:

@@ -38,10 +38,11 @@ from typing import Any, Callable
 import numpy as np  # noqa: F401  (import-order guard: numpy before pycolmap, see NOTES.md)
 
 from .config import IngestConfig, SceneConfig, SfmConfig, TrainConfig
-from .errors import ConfigError, InputError, StopRequested
+from .errors import ConfigError, StopRequested
 from .events import EventCallback, StageReporter
+from .export.model_dir import ModelDir
 from .jobs.sink import JobSink, JobStopped
-from .presets import apply_preset, preview_data_factor
+from .presets import DEFAULT_PRESET, apply_preset, preview_data_factor
 from .util import atomic_write_text
 
 STAGES = ("ingest", "sfm", "train", "eval", "export")
@@ -108,39 +109,6 @@ def _export_writers() -> dict[str, Any]:
     return dict(SCENE_WRITERS)
 
 
-def classify_input(media: Path) -> tuple[str, Path | None]:
-    """``(kind, dataset)``: a posed dataset (``colmap`` | ``nerfstudio`` | ``blender``, and the
-    path to read) or media for ingest (``images`` | ``zip`` | ``video``, None).
-
-    A thin view of :func:`splatforge.jobs.inputs.classify_input` (the one classifier).
-
-    Raises:
-        InputError: the path does not exist, or is neither a dataset nor supported media.
-    """
-    from .ingest import detect_media_kind
-    from .jobs.inputs import dataset_format
-
-    media = Path(media)
-    if not media.exists():
-        raise InputError(media, "does not exist",
-                         "give a folder of photos, a .zip, a video, a COLMAP folder or a "
-                         "transforms.json dataset")
-    fmt = dataset_format(media)
-    if fmt is not None:
-        return fmt, media
-    return detect_media_kind(media), None
-
-
-def media_folder(media: Path) -> Path:
-    """``media``, or ``media/images`` when ``media`` is a folder without photos of its own
-    but with an ``images/`` folder (a sample or capture folder with a license beside it)."""
-    from .jobs.inputs import has_images
-
-    if media.is_dir() and (media / "images").is_dir() and not has_images(media):
-        return media / "images"
-    return media
-
-
 def _image_width(dataset: Path) -> int | None:
     """Width in pixels of the dataset's (first camera's) full-resolution images, or None."""
     from .scene import detect_format
@@ -172,14 +140,22 @@ def _sizes(paths: list[Path]) -> dict[str, int]:
 
 
 def _train_is_current(model_dir: Path, train: TrainConfig, scene: SceneConfig) -> bool:
-    """True when ``model_dir`` holds a finished run of ``train`` on ``scene`` options."""
-    ply = model_dir / "point_cloud" / f"iteration_{train.max_steps}" / "point_cloud.ply"
+    """True when ``model_dir`` holds a finished run of ``train`` on ``scene`` options: the
+    final PLY, ``metrics.json`` at that step and the INRIA companions (``cameras.json``,
+    ``cfg_args``, ``input.ply``), all written by the trainer.
+
+    Raises:
+        ConfigError: the finished model was trained with other (non-cosmetic) options.
+    """
+    files = ModelDir(model_dir)
+    metrics = files.read_metrics()
     try:
-        metrics = json.loads((model_dir / "metrics.json").read_text())
-        tc = json.loads((model_dir / "train_config.json").read_text())
+        tc = json.loads(files.train_config.read_text())
     except (OSError, ValueError):
         return False
-    if not ply.is_file() or metrics.get("step") != train.max_steps:
+    if (metrics is None or not files.point_cloud(train.max_steps).is_file()
+            or metrics.get("step") != train.max_steps
+            or not all(p.is_file() for p in files.inria_files)):
         return False
     old = {k: v for k, v in (tc.get("train") or {}).items() if k not in _TRAIN_COSMETIC}
     new = {k: v for k, v in train.model_dump(mode="json").items() if k not in _TRAIN_COSMETIC}
@@ -191,12 +167,9 @@ def _train_is_current(model_dir: Path, train: TrainConfig, scene: SceneConfig) -
 
 
 def _eval_is_current(model_dir: Path, step: int) -> bool:
-    try:
-        metrics = json.loads((model_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return False
-    ev = metrics.get("eval") or {}
-    return (model_dir / "eval" / "metrics.csv").is_file() and ev.get("iteration") == step
+    files = ModelDir(model_dir)
+    ev = (files.read_metrics() or {}).get("eval") or {}
+    return (files.eval_dir / "metrics.csv").is_file() and ev.get("iteration") == step
 
 
 def _source_splats(model_dir: Path, step: int, scene: Any) -> Any:
@@ -204,7 +177,7 @@ def _source_splats(model_dir: Path, step: int, scene: Any) -> Any:
     what ``read_ply`` returns, else numpy arrays from the checkpoint."""
     try:
         from .export import read_ply  # type: ignore[attr-defined]
-        return read_ply(model_dir / "point_cloud" / f"iteration_{step}" / "point_cloud.ply")
+        return read_ply(ModelDir(model_dir).point_cloud(step))
     except ImportError:
         pass
     from .splats import splats_to_source_frame
@@ -218,7 +191,8 @@ def resolve_configs(preset: str, ingest: IngestConfig | None = None,
                     sfm: SfmConfig | None = None, scene: SceneConfig | None = None,
                     train: TrainConfig | None = None
                     ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Apply ``preset`` to the fields left at their defaults (see :mod:`splatforge.presets`).
+    """Apply ``preset`` to the fields the user did not give (not in a config's
+    ``model_fields_set``; see :mod:`splatforge.presets`).
 
     Returns:
         ``(configs, deferred)``: stage -> config, and values resolved from the data later.
@@ -228,7 +202,7 @@ def resolve_configs(preset: str, ingest: IngestConfig | None = None,
     return apply_preset(preset, configs)
 
 
-def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "preview",
+def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = DEFAULT_PRESET,
                     ingest: IngestConfig | None = None, sfm: SfmConfig | None = None,
                     scene: SceneConfig | None = None, train: TrainConfig | None = None,
                     events: EventCallback | None = None, force: bool = False,
@@ -240,9 +214,10 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "pre
     Args:
         media: photos folder, .zip, video, COLMAP folder or transforms.json dataset.
         output: the output folder (created).
-        preset: ``preview`` | ``default`` | ``quality``; fills the config fields left at
-            their defaults.
-        ingest, sfm, scene, train: stage configs (None = defaults).
+        preset: ``preview`` | ``default`` | ``quality``; fills the config fields the user did
+            not give.
+        ingest, sfm, scene, train: stage configs (None = defaults); the fields in their
+            ``model_fields_set`` win over the preset.
         events: progress callback; every stage reports under its own name, the pipeline as
             ``reconstruct``.
         force: redo every stage.
@@ -264,29 +239,33 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "pre
         StopRequested: ``should_stop`` returned True between stages.
     """
     from .eval import run_eval
-    from .export.model_dir import write_model_dir_files
     from .scene import load_scene
     from .train import run_train
 
-    media = Path(media)
+    from .jobs.inputs import classify_input, has_images
+
+    given = Path(media)
     out = Path(output)
     rep = StageReporter("reconstruct", events)
     configs, deferred = resolve_configs(preset, ingest, sfm, scene, train)
-    kind, dataset = classify_input(media)
+    inp = classify_input(given, label=str(given))
+    kind, media = inp.kind, inp.path
+    dataset = media if inp.is_dataset else None
     if configs["sfm"].pose_prior is not None:  # known poses: SfM triangulates with them
         from .sfm import resolve_pose_prior
 
         configs["sfm"] = configs["sfm"].model_copy(
-            update={"pose_prior": resolve_pose_prior(configs["sfm"].pose_prior, media)})
-        if dataset is not None:
+            update={"pose_prior": resolve_pose_prior(configs["sfm"].pose_prior, given)})
+        if dataset is not None:  # the dataset's photos go through ingest and SfM
             from .ingest import detect_media_kind
 
-            kind, dataset = detect_media_kind(media), None
-    if dataset is None:
-        media = media_folder(media)
+            imgs = given / "images"
+            kind, dataset = detect_media_kind(given), None
+            media = imgs if imgs.is_dir() and not has_images(given) else given
     out.mkdir(parents=True, exist_ok=True)
     ws = out / "workspace"
     model_dir = out / "model"
+    files = ModelDir(model_dir)
     rep.started(f"{media} ({kind}) -> {out}, preset {preset}", input_kind=kind, preset=preset)
     res = ReconstructResult(output=out, model_dir=model_dir, dataset=ws, input_kind=kind,
                             preset=preset)
@@ -359,8 +338,7 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "pre
         res.num_images = res.num_registered = len(sc.images)
     if not upstream_ran and _train_is_current(model_dir, train_cfg, scene_cfg):
         mark("train", "skipped", t, f"{model_dir} holds step {train_cfg.max_steps}")
-        metrics = json.loads((model_dir / "metrics.json").read_text())
-        res.num_gaussians = metrics.get("num_gaussians")
+        res.num_gaussians = (files.read_metrics() or {}).get("num_gaussians")
         train_ran = False
     else:
         if upstream_ran and model_dir.exists() and not force:
@@ -377,7 +355,7 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "pre
     check_stop("eval")
     t = time.monotonic()
     if not upstream_ran and _eval_is_current(model_dir, res.step):
-        ev = json.loads((model_dir / "metrics.json").read_text())["eval"]
+        ev = (files.read_metrics() or {})["eval"]
         mark("eval", "skipped", t, f"{model_dir / 'eval'} is current")
     else:
         ev = run_eval(model_dir, events, iteration=res.step, lpips_weights=lpips_weights,
@@ -391,18 +369,13 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "pre
     t = time.monotonic()
     writers = _export_writers()
     targets = {ext: out / f"scene{ext}" for ext in writers}
-    model_files = [model_dir / n for n in ("cameras.json", "cfg_args", "input.ply",
-                                           "config.json")]
     if (not upstream_ran and all(p.is_file() for p in targets.values())
-            and all(p.is_file() for p in model_files)):
+            and files.config.is_file()):
         mark("export", "skipped", t, "every export file exists")
     else:
-        from .train.trainer import resolve_device
-
-        write_model_dir_files(model_dir, sc, source_path=res.dataset,
-                              sh_degree=train_cfg.sh_degree,
-                              data_factor=scene_cfg.data_factor,
-                              device=str(resolve_device(train_cfg.device)), config=res.config)
+        # cameras.json, cfg_args and input.ply are the trainer's (refined poses with
+        # pose_opt); export adds config.json and the web formats
+        files.write_config(res.config)
         if targets:
             splats = _source_splats(model_dir, res.step, sc)
             for ext, path in targets.items():
@@ -413,10 +386,8 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = "pre
                         "skipped")
         mark("export", "ran", t)
 
-    files = [model_dir / "point_cloud" / f"iteration_{res.step}" / "point_cloud.ply",
-             *model_files, model_dir / "metrics.json", model_dir / "eval" / "metrics.csv",
-             *targets.values()]
-    res.outputs = _sizes(files)
+    res.outputs = _sizes([files.point_cloud(res.step), *files.inria_files, files.config,
+                          files.metrics, files.eval_dir / "metrics.csv", *targets.values()])
     atomic_write_text(out / SUMMARY_NAME, json.dumps(res.to_json(), indent=2) + "\n")
     rep.finished(f"{res.num_gaussians} Gaussians"
                  + (f", held-out PSNR {res.psnr:.2f} dB" if res.psnr is not None else ""),
@@ -481,5 +452,5 @@ def format_summary(res: ReconstructResult) -> str:
         lines.append(f"  {p}  ({n / 1e6:.2f} MB)" if n >= 1e5 else f"  {p}  ({n} B)")
     lines.append(f"view: {view_command(res.model_dir)}  (in the browser; SuperSplat, "
                  "https://superspl.at/editor, also opens "
-                 f"{res.model_dir}/point_cloud/iteration_{res.step}/point_cloud.ply)")
+                 f"{ModelDir(res.model_dir).point_cloud(res.step)})")
     return "\n".join(lines)

@@ -1,11 +1,13 @@
 """Named bundles of stage settings for ``splatforge reconstruct --preset NAME``.
 
-A preset fills only the fields the user left at their model default: for every field of
-``IngestConfig``, ``SfmConfig``, ``SceneConfig`` and ``TrainConfig`` whose value equals the
-pydantic default, the preset's value (if it has one) is used; any field set to something else
-(on the command line, in JSON) wins. The one consequence: explicitly passing a field's default
-value (``--max-steps 30000`` with ``--preset preview``) cannot be told apart from not passing
-it, so the preset's value is used; pass ``--preset default`` to get the model defaults.
+A preset fills only the fields the user did not give: for every field of ``IngestConfig``,
+``SfmConfig``, ``SceneConfig`` and ``TrainConfig`` that is not in the model's
+``model_fields_set`` (the fields given on the command line, in the HTTP job body or in a job
+file), the preset's value (if it has one) is used. Any field the user gives wins, also when
+it equals the model default (``--preset preview --strategy mcmc`` trains with MCMC).
+
+Every front door (``splatforge reconstruct``, ``POST /scenes/{id}/jobs``, the AWS worker and
+job files) uses :data:`DEFAULT_PRESET` when no preset is named.
 
 Presets:
 
@@ -35,6 +37,9 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 PresetName = Literal["preview", "default", "quality"]
+
+#: The preset of every front door when none is named: the model defaults.
+DEFAULT_PRESET: PresetName = "default"
 
 #: stage -> field -> value. ``scene.data_factor`` of ``preview`` is "auto" (resolved from the
 #: image width by :func:`preview_data_factor`).
@@ -72,11 +77,12 @@ def preview_data_factor(width: int, target: int = PREVIEW_TARGET_WIDTH) -> int:
 
 def apply_preset(name: str, configs: dict[str, BaseModel]) -> tuple[dict[str, BaseModel],
                                                                    dict[str, Any]]:
-    """Fill the fields left at their defaults with preset ``name``'s values.
+    """Fill the fields the user did not give with preset ``name``'s values.
 
     Args:
         name: ``preview`` | ``default`` | ``quality``.
-        configs: stage name (``ingest``, ``sfm``, ``scene``, ``train``) -> config model.
+        configs: stage name (``ingest``, ``sfm``, ``scene``, ``train``) -> config model; its
+            ``model_fields_set`` are the fields the user gave (they are kept as they are).
 
     Returns:
         ``(new configs, deferred)``: copies with the preset applied, and values that need the
@@ -96,9 +102,8 @@ def apply_preset(name: str, configs: dict[str, BaseModel]) -> tuple[dict[str, Ba
         data = cfg.model_dump()
         upd = {}
         for field, value in values.items():
-            info = type(cfg).model_fields[field]
-            if data.get(field) != info.get_default(call_default_factory=True):
-                continue  # the user set it
+            if field in cfg.model_fields_set:
+                continue  # the user gave it
             if value == "auto":
                 deferred[f"{stage}.{field}"] = value
                 continue

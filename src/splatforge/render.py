@@ -260,6 +260,55 @@ def render_frames(params: dict[str, torch.Tensor], c2ws: np.ndarray, K: np.ndarr
         yield arr
 
 
+def render_video(output: str | Path, params: dict[str, torch.Tensor], c2ws: np.ndarray,
+                 Ks: np.ndarray, width: int, height: int, *, fps: float, sh_degree: int,
+                 background: tuple[float, float, float] | np.ndarray,
+                 antialiased: bool, device: torch.device, backend: str,
+                 reporter: StageReporter | None = None) -> Path:
+    """Render splats along a camera path into an H.264 video: the one renderer of
+    ``splatforge render`` (:func:`run_render`) and of the service's render jobs.
+
+    Args:
+        output: the video file (written atomically, see :func:`write_video`).
+        params: raw splats on ``device`` (see :func:`render_frames`), in the frame of
+            ``c2ws``.
+        c2ws: [F, 4, 4] camera-to-worlds (OpenCV axes), F >= 1.
+        Ks: [3, 3] intrinsics shared by every frame, or [F, 3, 3] one per frame (pixels,
+            for a ``width`` x ``height`` image).
+        width, height: frame size in pixels (even).
+        fps: frames per second (> 0).
+        sh_degree, background, device, backend: see :func:`render_frames`.
+        antialiased: gsplat's antialiased mode; pass what the model was trained with
+            (``TrainConfig.antialiased``, the ``quality`` preset), or it renders too sharp.
+        reporter: gets ``step(k)`` after frame k (1-based).
+
+    Returns:
+        ``output`` as a Path.
+
+    Raises:
+        ValueError: no frames, odd ``width``/``height``, or ``Ks`` of another length.
+    """
+    c2ws = np.asarray(c2ws, np.float64)
+    Ks = np.asarray(Ks, np.float64)
+    if len(c2ws) == 0:
+        raise ValueError("a video needs at least one camera")
+    if Ks.ndim == 3 and len(Ks) != len(c2ws):
+        raise ValueError(f"{len(Ks)} intrinsics for {len(c2ws)} cameras")
+    opts = dict(sh_degree=sh_degree, background=background, device=device, backend=backend,
+                antialiased=antialiased)
+    if Ks.ndim == 2 or np.allclose(Ks, Ks[:1]):
+        frames = render_frames(params, c2ws, Ks.reshape(-1, 3, 3)[0], width, height,
+                               reporter=reporter, **opts)
+    else:  # cameras with their own intrinsics: one K per frame
+        def per_camera():
+            for i in range(len(c2ws)):
+                yield from render_frames(params, c2ws[i:i + 1], Ks[i], width, height, **opts)
+                if reporter is not None:
+                    reporter.step(i + 1)
+        frames = per_camera()
+    return write_video(output, frames, width, height, fps)
+
+
 @torch.no_grad()
 def run_render(model_dir: str | Path, output: str | Path, path: str = "orbit", *,
                frames: int | None = None, seconds: float | None = None, fps: float = 30.0,
@@ -322,9 +371,9 @@ def run_render(model_dir: str | Path, output: str | Path, path: str = "orbit", *
         raise ConfigError(f"frames: must be >= 1, got {frames}")
     c2ws = camera_path(scene, path, frames)
     rep.start_steps("frames", frames)
-    write_video(output, render_frames(
-        params, c2ws, K, W, H, sh_degree=sh, background=scene.background, device=dev,
-        backend=backend, antialiased=info.antialiased, reporter=rep), W, H, fps)
+    render_video(output, params, c2ws, K, W, H, fps=fps, sh_degree=sh,
+                 background=scene.background, antialiased=info.antialiased, device=dev,
+                 backend=backend, reporter=rep)
     out = {"path": path, "frames": frames, "width": W, "height": H, "fps": fps,
            "seconds": round(time.monotonic() - t0, 3), "output": str(output)}
     rep.finished(f"{frames} frames {W}x{H} -> {output}", **out)

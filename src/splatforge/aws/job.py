@@ -180,7 +180,7 @@ class JobSpec(_Section):
         return normalize_prefix(self.s3.outputPrefix + self.uuid)
 
     def pipeline_spec(self) -> PipelineSpec:
-        """The splatforge stage configs of this job (preset ``default`` for the rest)."""
+        """The splatforge stage configs of this job (the default preset for the rest)."""
         from ..config import IngestConfig, SceneConfig, SfmConfig, TrainConfig
 
         vp = self.videoProcessing

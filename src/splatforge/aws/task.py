@@ -51,6 +51,7 @@ from pydantic_settings import SettingsConfigDict
 from ..errors import ConfigError, InputError, SplatforgeError
 from ..settings_env import EnvSettings
 from ..events import Event
+from ..presets import DEFAULT_PRESET
 from ..jobs.sink import JobStopped
 from ..storage import (InvalidKey, ObjectNotFound, S3Store, colmap_prefix, normalize_prefix,
                        outputs_prefix, validate_key)
@@ -455,7 +456,7 @@ class PipelineSpec:
     sfm: Any
     scene: Any
     train: Any
-    preset: str = "default"
+    preset: str = DEFAULT_PRESET
     train_enabled: bool = True
     sfm_enabled: bool = True
     include_spz: bool = True
@@ -604,7 +605,7 @@ def run_worker(*, scene_id: str, store: S3Store, input_prefix: str, input_key: s
 # -- the entry point ------------------------------------------------------------------------
 
 def settings_spec(s: TaskSettings) -> PipelineSpec:
-    """The pipeline configs of a task's environment (preset ``default``; ITERATIONS,
+    """The pipeline configs of a task's environment (the default preset; ITERATIONS,
     DENSIFY_UNTIL_ITER, DENSIFICATION_INTERVAL and DATA_FACTOR override it)."""
     from ..config import IngestConfig, SceneConfig, SfmConfig, TrainConfig
 

@@ -1,7 +1,20 @@
-"""The INRIA 3DGS model-directory files besides the splat PLYs.
+"""The INRIA 3DGS model folder: :class:`ModelDir` names every file in it, and the writers of
+the files besides the splat PLYs.
 
-INRIA's ``train.py`` / ``scene/__init__.py`` write, next to
-``point_cloud/iteration_N/point_cloud.ply`` (written by the trainer here)::
+Layout, and who writes each name (each file is written once per run, by its owner)::
+
+    <model_dir>/point_cloud/iteration_N/point_cloud.ply  splats, source frame   the trainer
+    <model_dir>/ckpts/step_N.pt                          checkpoints            the trainer
+    <model_dir>/train_log.jsonl, train_config.json       log, options           the trainer
+    <model_dir>/metrics.json                             train + eval metrics   the trainer,
+                                                                                eval merges
+    <model_dir>/cameras.json, cfg_args, input.ply        INRIA companions       the trainer
+                                                         (refined poses with pose_opt)
+    <model_dir>/sparse_refined/                          refined COLMAP model   the trainer
+    <model_dir>/eval/                                    held-out renders, CSV  eval
+    <model_dir>/config.json                              every stage's options  reconstruct
+
+INRIA's ``train.py`` / ``scene/__init__.py`` write, next to the PLYs::
 
     <model_dir>/cameras.json   every camera (``utils/camera_utils.py`` ``camera_to_JSON``)
     <model_dir>/cfg_args       str(Namespace(...)) of the model parameters (``train.py``
@@ -17,7 +30,9 @@ normalisation (``Scene.transform``, translation + uniform scale) is undone.
 from __future__ import annotations
 
 import json
+import re
 from argparse import Namespace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +43,154 @@ from ..util import atomic_path, atomic_write_text
 CAMERAS_NAME = "cameras.json"
 CFG_ARGS_NAME = "cfg_args"
 INPUT_PLY_NAME = "input.ply"
+CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.json"
+TRAIN_LOG_NAME = "train_log.jsonl"
+TRAIN_CONFIG_NAME = "train_config.json"
+CHECKPOINT_DIR = "ckpts"
+POINT_CLOUD_DIR = "point_cloud"
+EVAL_DIR = "eval"
+REFINED_SPARSE_DIR = "sparse_refined"
+#: The INRIA companions :meth:`ModelDir.write_inria_files` writes.
+INRIA_FILES = (CAMERAS_NAME, CFG_ARGS_NAME, INPUT_PLY_NAME)
+
+_ITERATION_DIR = re.compile(r"^iteration_(\d+)$")
+_CHECKPOINT = re.compile(r"^step_(\d+)\.pt$")
+
+
+def iteration_key(step: int) -> str:
+    """``point_cloud/iteration_<step>/point_cloud.ply``: the PLY of ``step`` relative to the
+    model folder (also its key in the artifact store)."""
+    return f"{POINT_CLOUD_DIR}/iteration_{int(step)}/point_cloud.ply"
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    """The INRIA model folder at ``root``: the one place that spells its file names (see the
+    module docstring for who writes which). Only paths; nothing is read or created until a
+    method says so.
+
+    Attributes:
+        root: the folder (it need not exist yet).
+    """
+
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    # -- names ----------------------------------------------------------------------------
+    def point_cloud(self, step: int) -> Path:
+        """``<root>/point_cloud/iteration_<step>/point_cloud.ply``."""
+        return self.root / iteration_key(step)
+
+    def checkpoint(self, step: int) -> Path:
+        """``<root>/ckpts/step_<step>.pt``."""
+        return self.checkpoints_dir / f"step_{int(step)}.pt"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / CHECKPOINT_DIR
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS_NAME
+
+    @property
+    def cameras(self) -> Path:
+        return self.root / CAMERAS_NAME
+
+    @property
+    def cfg_args(self) -> Path:
+        return self.root / CFG_ARGS_NAME
+
+    @property
+    def input_ply(self) -> Path:
+        return self.root / INPUT_PLY_NAME
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def train_log(self) -> Path:
+        return self.root / TRAIN_LOG_NAME
+
+    @property
+    def train_config(self) -> Path:
+        return self.root / TRAIN_CONFIG_NAME
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / EVAL_DIR
+
+    @property
+    def inria_files(self) -> list[Path]:
+        """``cameras.json``, ``cfg_args``, ``input.ply``."""
+        return [self.root / n for n in INRIA_FILES]
+
+    # -- what is there --------------------------------------------------------------------
+    def iterations(self) -> list[int]:
+        """Sorted steps N that have ``point_cloud/iteration_N/point_cloud.ply``."""
+        d = self.root / POINT_CLOUD_DIR
+        if not d.is_dir():
+            return []
+        out = []
+        for sub in d.iterdir():
+            m = _ITERATION_DIR.match(sub.name)
+            if m and (sub / "point_cloud.ply").is_file():
+                out.append(int(m.group(1)))
+        return sorted(out)
+
+    def latest_point_cloud(self) -> Path | None:
+        """The PLY of the highest iteration, or None."""
+        its = self.iterations()
+        return self.point_cloud(its[-1]) if its else None
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """``(step, path)`` of every ``ckpts/step_N.pt``, by step."""
+        d = self.checkpoints_dir
+        if not d.is_dir():
+            return []
+        out = []
+        for p in d.iterdir():
+            m = _CHECKPOINT.match(p.name)
+            if m and p.is_file():
+                out.append((int(m.group(1)), p))
+        return sorted(out)
+
+    def read_metrics(self) -> dict[str, Any] | None:
+        """``metrics.json`` as a dict, or None when it is missing or not JSON."""
+        try:
+            return json.loads(self.metrics.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def train_options(self) -> dict[str, Any]:
+        """The ``TrainConfig`` fields the model was trained with, as JSON: from
+        ``train_config.json`` (the trainer's), else ``config.json`` (``reconstruct``'s, also
+        published with the model); ``{}`` when neither is there or readable."""
+        for path in (self.train_config, self.config):
+            try:
+                train = json.loads(path.read_text()).get("train")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(train, dict):
+                return train
+        return {}
+
+    # -- writers (each called by the owner of its files) -----------------------------------
+    def write_inria_files(self, scene: Any, **kwargs: Any) -> dict[str, Path]:
+        """``cameras.json``, ``cfg_args``, ``input.ply``: see :func:`write_model_dir_files`
+        (same arguments). Written by the trainer, which holds the refined poses."""
+        return write_model_dir_files(self.root, scene, **kwargs)
+
+    def write_config(self, config: dict[str, Any]) -> Path:
+        """``config.json``: every stage's resolved options (``splatforge reconstruct``),
+        written atomically. Returns its path."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config, json.dumps(config, indent=2, default=str) + "\n")
+        return self.config
 
 
 def camera_entries(scene: Any) -> list[dict[str, Any]]:
@@ -150,10 +313,9 @@ def write_input_ply(path: str | Path, points: np.ndarray, rgb: np.ndarray) -> Pa
 
 def write_model_dir_files(model_dir: str | Path, scene: Any, *, source_path: str | Path,
                           sh_degree: int, data_factor: int = 1, images: str | None = None,
-                          device: str = "cuda", config: dict[str, Any] | None = None
-                          ) -> dict[str, Path]:
-    """Write ``cameras.json``, ``cfg_args``, ``input.ply`` (and ``config.json`` when
-    ``config`` is given) into ``model_dir``, all in the source frame.
+                          device: str = "cuda") -> dict[str, Path]:
+    """Write ``cameras.json``, ``cfg_args``, ``input.ply`` into ``model_dir``, all in the
+    source frame (each atomically).
 
     Args:
         scene: the :class:`~splatforge.scene.Scene` the model was trained on.
@@ -161,7 +323,6 @@ def write_model_dir_files(model_dir: str | Path, scene: Any, *, source_path: str
         sh_degree: the model's SH degree. data_factor: cfg_args ``resolution`` (-1 when 1).
         images: image folder name (default: the folder the scene read, else ``images``).
         device: the training device (cfg_args ``data_device``: ``cuda`` or ``cpu``).
-        config: the full pipeline configuration for ``config.json``.
 
     Returns:
         name -> path of each file written.
@@ -185,8 +346,4 @@ def write_model_dir_files(model_dir: str | Path, scene: Any, *, source_path: str
                                         if len(scene.points) else np.zeros((0, 3)),
                                         scene.points_rgb),
     }
-    if config is not None:
-        p = model_dir / "config.json"
-        atomic_write_text(p, json.dumps(config, indent=2, default=str) + "\n")
-        out["config.json"] = p
     return out

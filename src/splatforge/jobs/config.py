@@ -9,6 +9,7 @@ from typing import Any
 
 from ..config import IngestConfig, SceneConfig, SfmConfig, TrainConfig, parse_config
 from ..errors import ConfigError
+from ..presets import DEFAULT_PRESET
 
 #: Stage name -> config model of a job's config JSON.
 STAGE_MODELS = {"ingest": IngestConfig, "sfm": SfmConfig, "scene": SceneConfig,
@@ -38,7 +39,7 @@ def job_configs(config: dict[str, Any], train_gpus: int = 1) -> dict[str, Any]:
     Raises:
         ConfigError: an invalid value (the field named).
     """
-    out: dict[str, Any] = {"preset": config.get("preset") or "preview"}
+    out: dict[str, Any] = {"preset": config.get("preset") or DEFAULT_PRESET}
     for name, model in STAGE_MODELS.items():
         if config.get(name) is not None:
             out[name] = parse_stage_config(name, model, config[name])

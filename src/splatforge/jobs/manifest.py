@@ -29,6 +29,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ..export.model_dir import iteration_key
+
 #: Files of ``<out>/model`` published under the same relative name.
 MODEL_FILES = ("cameras.json", "cfg_args", "input.ply", "metrics.json", "config.json",
                "train_log.jsonl", "eval/metrics.csv")
@@ -45,11 +47,6 @@ ARTIFACT_NAMES = ("point_cloud/iteration_{N}/point_cloud.ply", MODEL_NAME, *MODE
                   *SCENE_FILES, RENDERS_PREFIX + "{view}.png")
 
 _ITERATION = re.compile(r"^point_cloud/iteration_(\d+)/point_cloud\.ply$")
-
-
-def iteration_key(step: int) -> str:
-    """``point_cloud/iteration_{step}/point_cloud.ply``."""
-    return f"point_cloud/iteration_{int(step)}/point_cloud.ply"
 
 
 def artifact_files(out: Path, step: int) -> dict[str, Path]:

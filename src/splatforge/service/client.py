@@ -479,7 +479,7 @@ class Submit(_Common):
     source_uri: str | None = None
     """Instead of uploading: a URI the server reads (s3://..., file://..., a path)."""
     preset: Literal["preview", "default", "quality"] | None = None
-    """Stage settings preset (the server's default: preview)."""
+    """Stage settings preset (default: the server's, ``splatforge.presets.DEFAULT_PRESET``)."""
     max_steps: int | None = None
     """Training steps (train.max_steps)."""
     data_factor: int | None = None

@@ -6,11 +6,11 @@
   reconstruction. A scene without a trained model -> 409; an unknown scene -> 404; a bad
   camera list -> 422 naming the camera and the problem.
 * The job (:func:`run_render_job`, called by the runner) reads only the scene's published
-  artifacts (``point_cloud.ply``, ``cameras.json``, ``metrics.json``, ``cfg_args``), so it runs
-  on any worker and any artifact store, renders the frames with
-  :func:`splatforge.render.render_frames` and writes the MP4 with
-  :func:`splatforge.render.write_video` (the ``splatforge render`` code), then publishes it as
-  the artifact ``videos/{job_id}.mp4``.
+  artifacts (``point_cloud.ply``, ``cameras.json``, ``metrics.json``, ``cfg_args``,
+  ``config.json``), so it runs on any worker and any artifact store, renders the MP4 with
+  :func:`splatforge.render.render_video` (the renderer of ``splatforge render``, in the mode
+  the model was trained with: antialiased or classic), then publishes it as the artifact
+  ``videos/{job_id}.mp4``.
 
 Frames are rendered in the source frame of the published files (PLY and ``cameras.json``:
 COLMAP's world, OpenCV camera axes). Camera paths: ``orbit`` (:func:`splatforge.render.orbit_path`
@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import select
 
 from .db import Job, session_scope
@@ -41,7 +41,12 @@ router = APIRouter(tags=["renders"])
 #: The job kind of a render job (``jobs.kind``).
 RENDER_KIND = "render"
 #: Artifacts a render job reads (``outputs/{scene_id}/<name>``); the first two are required.
-MODEL_ARTIFACTS = ("point_cloud.ply", "cameras.json", "metrics.json", "cfg_args")
+MODEL_ARTIFACTS = ("point_cloud.ply", "cameras.json", "metrics.json", "cfg_args",
+                   "config.json")
+#: Orbit videos without ``frames`` last this many seconds.
+ORBIT_SECONDS = 8.0
+#: The most frames one render job makes.
+MAX_FRAMES = 3000
 
 
 class PathCamera(BaseModel):
@@ -82,11 +87,14 @@ class RenderRequest(BaseModel):
     path: Literal["orbit", "train", "test"] | list[PathCamera] = Field(
         "orbit", description="orbit | train | test, or a list of cameras (one frame each).")
     frames: int | None = Field(
-        None, ge=1, le=3000, description="Frames (orbit default: 8 s at fps; train/test "
-                                          "default: frames_between per keyframe gap).")
+        None, ge=1, le=MAX_FRAMES, description="Frames (orbit default: 8 s at fps; "
+                                               "train/test default: frames_between per "
+                                               "keyframe gap).")
     frames_between: int = Field(8, ge=1, le=120,
                                 description="train/test: frames per pair of keyframes.")
-    fps: float = Field(30.0, gt=0, le=120, description="Frames per second.")
+    fps: float = Field(30.0, ge=0.01, le=120,
+                       description="Frames per second (0.01 to 120; H.264 stores the rate "
+                                   "as a fraction with a denominator of at most 1001).")
     width: int | None = Field(None, ge=16, le=3840,
                               description="Video width in pixels (default: as trained); "
                                           "the height keeps the aspect ratio.")
@@ -105,6 +113,28 @@ class RenderRequest(BaseModel):
                     raise ValueError(f"camera {i}: {cam.width}x{cam.height} differs from "
                                      f"camera 0's {w}x{h} (one video has one size)")
         return path
+
+    @model_validator(mode="after")
+    def _frame_count(self) -> "RenderRequest":
+        n = self.frame_count()
+        if n is not None and not 1 <= n <= MAX_FRAMES:
+            raise ValueError(f"frames: an orbit of {ORBIT_SECONDS:g} s at fps {self.fps:g} has "
+                             f"{n} frames; give fps or frames so that there are 1 to "
+                             f"{MAX_FRAMES}")
+        return self
+
+    def frame_count(self) -> int | None:
+        """Frames the video will have: ``frames``, the number of listed cameras, or an orbit
+        of :data:`ORBIT_SECONDS` at ``fps``; None for ``train`` / ``test`` without
+        ``frames`` (``frames_between`` per keyframe gap: known once the model's cameras
+        are)."""
+        if isinstance(self.path, list):
+            return len(self.path)
+        if self.frames is not None:
+            return self.frames
+        if self.path == "orbit":
+            return int(round(ORBIT_SECONDS * self.fps))
+        return None
 
 
 def _trained(settings: Any, store: Any, scene_id: str) -> Job | None:
@@ -134,14 +164,9 @@ def start_render(request: Request, scene_id: str,
     if _trained(settings, request.app.state.storage, scene_id) is None:
         raise HTTPException(409, f"scene {scene_id} has no trained model yet: run a job "
                                  "(POST /scenes/{id}/jobs) and wait for it to succeed")
-    frames = body.frames
-    if isinstance(body.path, list):
-        frames = len(body.path)
-    elif frames is None and body.path == "orbit":
-        frames = int(round(8.0 * body.fps))
     config = {"render": body.model_dump(mode="json", exclude_none=True)}
-    out = create_job(settings, request.app.state.executor, scene_id, config, frames,
-                     kind=RENDER_KIND)
+    out = create_job(settings, request.app.state.executor, scene_id, config,
+                     body.frame_count(), kind=RENDER_KIND)
     return JSONResponse({"job_id": out["id"], **out}, status_code=202,
                         headers={"Location": f"/jobs/{out['id']}"})
 
@@ -216,10 +241,9 @@ def plan_path(req: RenderRequest, cameras: list[dict[str, Any]], test: set[str],
             if not keys:
                 raise ConfigError(f"path: {req.path!r} but the model has no such cameras")
         key_c2ws = np.stack([c["c2w"] for c in keys])
-        frames = req.frames
+        frames = req.frame_count()
         if frames is None:
-            frames = (int(round(8.0 * req.fps)) if req.path == "orbit"
-                      else max(len(keys) - 1, 1) * req.frames_between + 1)
+            frames = max(len(keys) - 1, 1) * req.frames_between + 1
         if req.path == "orbit":
             c2ws = orbit_path(key_c2ws, frames, points)
         else:
@@ -247,9 +271,9 @@ def run_render_job(run: Any, info: dict[str, Any], work: Path) -> dict[str, Any]
 
     from ..errors import InputError
     from ..events import StageReporter
-    from ..export.model_dir import parse_cfg_args
+    from ..export.model_dir import ModelDir, parse_cfg_args
     from ..export.ply import read_ply, sh_degree_of
-    from ..render import render_frames, write_video
+    from ..render import render_video
     from ..train.trainer import resolve_backend, resolve_device
 
     req = RenderRequest.model_validate((info.get("config") or {}).get("render") or {})
@@ -266,13 +290,15 @@ def run_render_job(run: Any, info: dict[str, Any], work: Path) -> dict[str, Any]
             raise InputError(name, "the scene has no trained model (artifact missing)",
                              "run a reconstruction job first")
     splats = read_ply(model / "point_cloud.ply", run.on_event)
-    cameras = read_cameras_json(model / "cameras.json")
+    files = ModelDir(model)
+    cameras = read_cameras_json(files.cameras)
     white = False
-    if (model / "cfg_args").is_file():
-        white = bool(parse_cfg_args(model / "cfg_args").get("white_background", False))
+    if files.cfg_args.is_file():
+        white = bool(parse_cfg_args(files.cfg_args).get("white_background", False))
+    antialiased = bool(files.train_options().get("antialiased", False))
     run._stage_finish("fetch", f"{len(splats['means'])} Gaussians, {len(cameras)} cameras")
 
-    c2ws, Ks, W, H = plan_path(req, cameras, heldout_names(model / "metrics.json"),
+    c2ws, Ks, W, H = plan_path(req, cameras, heldout_names(files.metrics),
                                splats["means"])
     rep = StageReporter("render", run.on_event)
     label = "cameras" if isinstance(req.path, list) else req.path
@@ -283,19 +309,9 @@ def run_render_job(run: Any, info: dict[str, Any], work: Path) -> dict[str, Any]
               for k, v in splats.items()}
     rep.start_steps("frames", len(c2ws))
     video = work / f"{run.job_id}.mp4"
-    bg = (1.0, 1.0, 1.0) if white else (0.0, 0.0, 0.0)
-    sh = sh_degree_of(splats)
-    if np.allclose(Ks, Ks[:1]):
-        frames = render_frames(params, c2ws, Ks[0], W, H, sh_degree=sh, background=bg,
-                               device=dev, backend=backend, reporter=rep)
-    else:  # cameras with their own intrinsics: one K per frame
-        def per_camera():
-            for i in range(len(c2ws)):
-                yield from render_frames(params, c2ws[i:i + 1], Ks[i], W, H, sh_degree=sh,
-                                         background=bg, device=dev, backend=backend)
-                rep.step(i + 1)
-        frames = per_camera()
-    write_video(video, frames, W, H, req.fps)
+    render_video(video, params, c2ws, Ks, W, H, fps=req.fps, sh_degree=sh_degree_of(splats),
+                 background=(1.0, 1.0, 1.0) if white else (0.0, 0.0, 0.0),
+                 antialiased=antialiased, device=dev, backend=backend, reporter=rep)
     seconds = len(c2ws) / req.fps
     rep.finished(f"{len(c2ws)} frames {W}x{H}, {seconds:.1f} s of video")
 

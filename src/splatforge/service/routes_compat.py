@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from ..ingest import IMAGE_EXTENSIONS
 from ..jobs.manifest import MODEL_NAME, model_key
+from ..presets import DEFAULT_PRESET
 from .db import Job, Scene, job_to_json, session_scope
 from .routes_jobs import create_job
 from .routes_scenes import serve_object
@@ -65,7 +66,7 @@ def _model_and_images(store: Any, scene_id: str, source_uri: str | None,
 def train_gsplat(request: Request, scene_id: str,
                  data_factor: int = Query(1, description="Image downsampling: 1 | 2 | 4 | 8"),
                  max_steps: int = Query(30_000, ge=1, le=10_000_000)) -> JSONResponse:
-    """Train Gaussian splats on the scene's COLMAP model (preset ``default``)."""
+    """Train Gaussian splats on the scene's COLMAP model (the default preset)."""
     _check_id(scene_id)
     if data_factor not in (1, 2, 4, 8):
         raise HTTPException(422, [{"loc": ["query", "data_factor"], "type": "literal_error",
@@ -86,7 +87,7 @@ def train_gsplat(request: Request, scene_id: str,
         if scene is None:
             s.add(Scene(id=scene_id, name=f"{scene_id} (compat)", media_kind="colmap",
                         updated_at=time.time()))
-    config = {"preset": "default", "scene": {"data_factor": data_factor},
+    config = {"preset": DEFAULT_PRESET, "scene": {"data_factor": data_factor},
               "train": {"max_steps": max_steps}}
     out = create_job(settings, request.app.state.executor, scene_id, config, max_steps,
                      kind="train_gsplat")

@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from ..config import IngestConfig, SceneConfig, SfmConfig, TrainConfig
 from ..errors import ConfigError
-from ..presets import PresetName
+from ..presets import DEFAULT_PRESET, PresetName
 from .db import FINAL_STATUSES, Job, JobEvent, add_event, job_to_json, session_scope
 from .routes_scenes import get_scene_or_404
 from ..jobs.config import parse_stage_config
@@ -39,11 +39,12 @@ MAX_EVENT_ID = 2**63 - 1
 
 class JobRequest(BaseModel):
     """A pipeline configuration: the CLI's stage models (``splatforge.config``). Fields left
-    out take the preset's values, then the model defaults."""
+    out take the preset's values, then the model defaults; every field given wins, also
+    when it equals the model default."""
 
     model_config = ConfigDict(extra="forbid")
 
-    preset: PresetName = Field("preview", description="preview | default | quality")
+    preset: PresetName = Field(DEFAULT_PRESET, description="preview | default | quality")
     ingest: IngestConfig | None = None
     sfm: SfmConfig | None = None
     scene: SceneConfig | None = None

@@ -17,7 +17,6 @@ Python values, so they load with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import random
-import re
 from pathlib import Path
 from typing import Any
 
@@ -25,29 +24,20 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..export.model_dir import ModelDir
 from ..util import atomic_path
 
-CHECKPOINT_DIR = "ckpts"
 CHECKPOINT_VERSION = 1
-_NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
 def checkpoint_path(model_dir: str | Path, step: int) -> Path:
-    """``<model_dir>/ckpts/step_<step>.pt``."""
-    return Path(model_dir) / CHECKPOINT_DIR / f"step_{int(step)}.pt"
+    """``<model_dir>/ckpts/step_<step>.pt`` (:meth:`ModelDir.checkpoint`)."""
+    return ModelDir(model_dir).checkpoint(step)
 
 
 def list_checkpoints(model_dir: str | Path) -> list[tuple[int, Path]]:
     """(step, path) of every ``ckpts/step_N.pt`` in ``model_dir``, by step."""
-    d = Path(model_dir) / CHECKPOINT_DIR
-    if not d.is_dir():
-        return []
-    out = []
-    for p in d.iterdir():
-        m = _NAME.match(p.name)
-        if m and p.is_file():
-            out.append((int(m.group(1)), p))
-    return sorted(out)
+    return ModelDir(model_dir).checkpoints()
 
 
 def find_latest_checkpoint(model_dir: str | Path) -> Path | None:

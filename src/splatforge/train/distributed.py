@@ -47,6 +47,7 @@ import torch.distributed as dist
 from ..config import SceneConfig, TrainConfig
 from ..errors import ConfigError, SplatforgeError
 from ..events import EventCallback
+from ..export.model_dir import ModelDir
 from ..splats import PARAM_NAMES
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
 from .checkpoint import save_checkpoint as write_checkpoint
@@ -314,7 +315,7 @@ class DistributedTrainer(Trainer):
         from ..splats import splats_to_source_frame
 
         full = self.gather_full(dst=0)
-        path = self.model_dir / "point_cloud" / f"iteration_{self.step}" / "point_cloud.ply"
+        path = self.files.point_cloud(self.step)
         if self.rank == 0:
             write_ply(path, splats_to_source_frame(full["params"], self.scene))
         dist.barrier(group=self.group)
@@ -385,7 +386,7 @@ def _rank_main(rank: int, world: int, port: int, args: dict[str, Any], q: Any, s
                 _send(q, ("event", ev))
         else:
             scratch = Path(tempfile.mkdtemp(prefix=f"splatforge-rank{rank}-"))
-            final = model_dir / "point_cloud" / f"iteration_{cfg.max_steps}" / "point_cloud.ply"
+            final = ModelDir(model_dir).point_cloud(cfg.max_steps)
             if final.is_file():   # mirror rank 0's "PLY already written" test
                 (scratch / final.relative_to(model_dir)).parent.mkdir(parents=True)
                 (scratch / final.relative_to(model_dir)).touch()

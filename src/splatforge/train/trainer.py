@@ -17,13 +17,15 @@ as gsplat 1.5.3 ``examples/simple_trainer.py`` uses them:
   see ``step=k`` (refine when ``densify_from_iter < k < densify_until_iter`` and
   ``k % densification_interval == 0``, opacity reset when ``k % opacity_reset_interval == 0``).
 
-Model folder layout::
+Model folder files the trainer writes (names: :class:`splatforge.export.model_dir.ModelDir`)::
 
     <model_dir>/ckpts/step_N.pt                           checkpoints (save steps, Ctrl-C)
     <model_dir>/point_cloud/iteration_N/point_cloud.ply   splats in the source frame (INRIA)
     <model_dir>/train_log.jsonl                           one JSON object per logged step
     <model_dir>/train_config.json                         the configuration used
     <model_dir>/metrics.json                              held-out PSNR/SSIM at the end
+    <model_dir>/cameras.json, cfg_args, input.ply         INRIA companions (refined poses
+                                                          with pose_opt)
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import torch
 from ..config import SceneConfig, TrainConfig
 from ..errors import ConfigError, InputError
 from ..events import Event, EventCallback, StageReporter
+from ..export.model_dir import ModelDir
 from ..metrics import psnr as psnr_fn
 from ..splats import PARAM_NAMES, init_splats, splats_to_source_frame
 from ..util import atomic_write_text
@@ -70,9 +73,6 @@ from .selective_adam import SelectiveAdamStepper, visible_gaussians
 from .triton_loss import fused_photometric_loss, triton_loss_available
 
 STAGE = "train"
-LOG_NAME = "train_log.jsonl"
-METRICS_NAME = "metrics.json"
-CONFIG_NAME = "train_config.json"
 ADAM_EPS = 1e-15  # INRIA scene/gaussian_model.py training_setup
 
 #: Config fields that change the shape of the parameters or the optimiser: a checkpoint made
@@ -147,11 +147,11 @@ class TrainResult:
 
     @property
     def log_path(self) -> Path:
-        return self.model_dir / LOG_NAME
+        return ModelDir(self.model_dir).train_log
 
     @property
     def metrics_path(self) -> Path:
-        return self.model_dir / METRICS_NAME
+        return ModelDir(self.model_dir).metrics
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,6 +312,7 @@ class Trainer:
         self.should_stop = should_stop
         self.scene_config = scene_config or SceneConfig()
         self.model_dir = Path(model_dir)
+        self.files = ModelDir(self.model_dir)
         self.rep = StageReporter(STAGE, events)
         self._scene_arg = scene
         self.scene = None
@@ -337,7 +338,7 @@ class Trainer:
         if resume is True:
             latest = find_latest_checkpoint(self.model_dir)
             if latest is None:
-                self.rep.info(f"no checkpoint in {self.model_dir / 'ckpts'}; starting from "
+                self.rep.info(f"no checkpoint in {self.files.checkpoints_dir}; starting from "
                               "scratch")
             return latest
         path = Path(resume)
@@ -551,19 +552,19 @@ class Trainer:
         """Write ``point_cloud/iteration_<step>/point_cloud.ply`` in the source frame."""
         from ..export.ply import write_ply
 
-        path = (self.model_dir / "point_cloud" / f"iteration_{self.step}" / "point_cloud.ply")
+        path = self.files.point_cloud(self.step)
         write_ply(path, splats_to_source_frame(self.extras.export_params(self.params),
                                                self.scene))
         self.ply_paths[self.step] = path
         return path
 
     def _log(self, record: dict[str, Any]) -> None:
-        with open(self.model_dir / LOG_NAME, "a", encoding="utf-8") as f:
+        with open(self.files.train_log, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, allow_nan=False, default=_json_default) + "\n")
 
     def _truncate_log(self, step: int) -> None:
         """Keep only log records of steps <= ``step`` (a resumed run rewrites the rest)."""
-        path = self.model_dir / LOG_NAME
+        path = self.files.train_log
         if not path.is_file():
             return
         keep = []
@@ -711,8 +712,8 @@ class Trainer:
             rep.info(f"resuming from {ckpt_path} at step {self.start_step} of {cfg.max_steps}",
                      checkpoint=str(ckpt_path), step=self.start_step)
         else:
-            (self.model_dir / LOG_NAME).unlink(missing_ok=True)
-        atomic_write_text(self.model_dir / CONFIG_NAME, json.dumps({
+            self.files.train_log.unlink(missing_ok=True)
+        atomic_write_text(self.files.train_config, json.dumps({
             "train": cfg.model_dump(mode="json"),
             "scene": self.scene_config.model_dump(mode="json"),
             "scene_path": str(self.scene.root), "backend": self.backend,
@@ -740,19 +741,17 @@ class Trainer:
             self.images.close()
 
         if self.step == cfg.max_steps and self.step not in self.ply_paths:
-            ply = self.model_dir / "point_cloud" / f"iteration_{self.step}" / "point_cloud.ply"
-            if not ply.is_file():
+            if not self.files.point_cloud(self.step).is_file():
                 self.save_ply()
         speed = session_steps / session_time if session_time > 0 else 0.0
         metrics = self._final_metrics(speed)
-        # INRIA model-folder companions (cameras.json, cfg_args, input.ply), source frame
-        from ..export.model_dir import write_model_dir_files
-
-        write_model_dir_files(self.model_dir, self.extras.refined_scene(),
-                              source_path=self.scene.root,
-                              sh_degree=cfg.sh_degree,
-                              data_factor=self.scene_config.data_factor,
-                              device=str(self.device))
+        # INRIA model-folder companions, source frame; only the trainer writes them, since
+        # only it holds the refined poses (pose_opt)
+        self.files.write_inria_files(self.extras.refined_scene(),
+                                     source_path=self.scene.root,
+                                     sh_degree=cfg.sh_degree,
+                                     data_factor=self.scene_config.data_factor,
+                                     device=str(self.device))
         self.extras.write_outputs(self.model_dir)  # sparse_refined/ with pose_opt
         rep.finished(
             f"{self.step} steps, {metrics['num_gaussians']} Gaussians"
@@ -873,7 +872,7 @@ class Trainer:
         if ev["num_images"]:
             self._log({"step": self.step, "kind": "eval", "psnr": ev["psnr"], "ssim": ev["ssim"],
                        "num_images": ev["num_images"], "time": time.time()})
-        atomic_write_text(self.model_dir / METRICS_NAME,
+        atomic_write_text(self.files.metrics,
                           json.dumps(metrics, indent=2, default=_json_default) + "\n")
         return metrics
 

@@ -19,13 +19,13 @@ Accepted inputs (:func:`load_view_source`):
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
+from ..export.model_dir import ModelDir
 
 #: Zeroth-order SH basis constant ``1 / (2 sqrt(pi))`` (INRIA ``utils/sh_utils.py`` ``C0``).
 SH_C0 = 0.28209479177387814
@@ -88,16 +88,7 @@ class ViewSource:
 
 def latest_point_cloud(model_dir: Path) -> Path | None:
     """``<model_dir>/point_cloud/iteration_N/point_cloud.ply`` with the largest N, or None."""
-    best: tuple[int, Path] | None = None
-    root = Path(model_dir) / "point_cloud"
-    if not root.is_dir():
-        return None
-    for d in root.iterdir():
-        m = re.fullmatch(r"iteration_(\d+)", d.name)
-        ply = d / "point_cloud.ply"
-        if m and ply.is_file() and (best is None or int(m.group(1)) > best[0]):
-            best = (int(m.group(1)), ply)
-    return best[1] if best else None
+    return ModelDir(model_dir).latest_point_cloud()
 
 
 def read_cameras_json(path: Path) -> list[ViewCamera]:
@@ -149,10 +140,11 @@ def read_points_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _add_model_dir_extras(src: ViewSource, folder: Path) -> None:
-    if (folder / "cameras.json").is_file():
-        src.cameras = read_cameras_json(folder / "cameras.json")
-    if (folder / "input.ply").is_file():
-        src.points, src.points_rgb = read_points_ply(folder / "input.ply")
+    files = ModelDir(folder)
+    if files.cameras.is_file():
+        src.cameras = read_cameras_json(files.cameras)
+    if files.input_ply.is_file():
+        src.points, src.points_rgb = read_points_ply(files.input_ply)
 
 
 def scene_cameras(scene) -> list[ViewCamera]:
