@@ -68,6 +68,12 @@ def run_statue(args) -> list[dict]:
             overrides.update(sh_degree=1, log_every=5, device="cpu", backend="torch")
         if args.device == "cpu":
             overrides.update(device="cpu", backend="torch")
+        if args.recipe == "preview":  # the preview preset's training (short CPU runs)
+            from splatforge.presets import PRESETS
+
+            pv = dict(PRESETS["preview"]["train"])
+            pv["densify_until_iter"] = min(pv["densify_until_iter"], int(args.steps * 0.8))
+            overrides = {**pv, **overrides}
         cfg = TrainConfig(**overrides)
         grab = {}
 
@@ -171,6 +177,8 @@ def main(argv=None) -> int:
                     help="NeRF-W protocol: Adam steps fitting each held-out photo's "
                          "appearance on its left half")
     ap.add_argument("--device", default=None, help="train on this device (e.g. cpu)")
+    ap.add_argument("--recipe", choices=("default", "preview"), default="default",
+                    help="preview: the preview preset's training recipe (short CPU runs)")
     args = ap.parse_args(argv)
     if args.tiny:
         args.data_factor = 8

@@ -19,6 +19,11 @@ Usage (repository root)::
     .venv/bin/python benchmarks/sfm.py --baseline-src /tmp/base/src \\
         --cases statue_of_liberty beer_260
     .venv/bin/python benchmarks/sfm.py --cases sample --tiny      # seconds: proves it runs
+    .venv/bin/python benchmarks/sfm.py --cases sample --repeat 20  # registration over 20 runs
+
+``--repeat N`` runs each case N times with this checkout and prints, per run, the photos
+registered, and the largest rotation difference from the first run (degrees, relative
+rotations to the first image, so independent of the similarity gauge).
 
 ``--cache DIR`` keeps every run's JSON there and reuses it on the next call (same case, same
 source tree, same options), so a long comparison can be resumed.
@@ -230,6 +235,40 @@ def train_psnr(ws: Path, steps: int, out: Path) -> float | None:
     return res.metrics.get("psnr")
 
 
+def _relative_rotations(ws: Path) -> dict[str, np.ndarray]:
+    poses = _estimated_poses(ws)
+    if not poses:
+        return {}
+    ref = sorted(poses)[0]
+    return {n: poses[ref][0].T @ r for n, (r, _) in poses.items()}
+
+
+def repeat(case: str, n: int, threads: int, tmp: Path) -> list[dict]:
+    """``n`` runs of one case with this checkout: registered counts and pose spread."""
+    spec, opts, _ = CASES[case]
+    media = build_media(spec, tmp)
+    opts = dict(opts, num_threads=threads)
+    rows, first = [], None
+    for i in range(n):
+        ws = tmp / f"{case}_repeat"
+        shutil.rmtree(ws, ignore_errors=True)
+        r = run_one(ROOT / "src", media, ws, opts, None, f"{case}_repeat{i}")
+        rot = _relative_rotations(ws) if "error" not in r else {}
+        if first is None:
+            first = rot
+        common = set(rot) & set(first)
+        spread = max((np.degrees(np.arccos(np.clip((np.trace(first[k].T @ rot[k]) - 1) / 2,
+                                                     -1, 1))) for k in common), default=None)
+        row = {"case": case, "run": i + 1, "registered": r.get("registered"),
+               "images": r.get("images"), "method": r.get("method"),
+               "same_set_as_run_1": set(rot) == set(first),
+               "max_rot_diff_deg": None if spread is None else round(float(spread), 5),
+               "total_s": r.get("total_s")}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
@@ -242,11 +281,24 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, help="keep and reuse each run's JSON here")
     ap.add_argument("--work", type=Path, help="workspaces here (default: a temp folder)")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    ap.add_argument("--repeat", type=int, default=0,
+                    help="run each case this many times with this checkout (repeatability)")
     ap.add_argument("--only", choices=("before", "after"),
                     help="run one side only (with --cache: fill it ahead of the comparison)")
     args = ap.parse_args()
     if args.cache:
         args.cache.mkdir(parents=True, exist_ok=True)
+    if args.repeat:
+        with tempfile.TemporaryDirectory() as t:
+            rows = [r for c in args.cases for r in repeat(c, args.repeat, args.threads, Path(t))]
+        regs = [r["registered"] for r in rows]
+        print(f"\nSfM repeatability on {machine()}, threads {args.threads}: registered "
+              f"min {min(regs)}, max {max(regs)} over {len(rows)} runs; largest rotation "
+              f"difference {max((r['max_rot_diff_deg'] or 0) for r in rows):.5f} degrees; "
+              f"same set every run: {all(r['same_set_as_run_1'] for r in rows)}")
+        if args.json:
+            args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+        return
 
     sources = [("after", ROOT / "src")]
     if args.baseline_src:

@@ -410,6 +410,9 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
             rep.info(f"{len(pairs)} image pairs planned ({matching}; exhaustive would be "
                      f"{num_images * (num_images - 1) // 2})", planned_pairs=len(pairs))
             match_pairs(pycolmap, db_path, pairs, mopts, work, events, verify)
+            if ranked is not None:
+                _bridge_groups(pycolmap, config, db_path, ranked, {tuple(p) for p in pairs},
+                               mopts, verify, work, events, rep)
         with pycolmap.Database.open(db_path) as db:
             n_pairs = db.num_verified_image_pairs()
         rep.info(f"{n_pairs} verified image pairs", verified_pairs=n_pairs)
@@ -438,7 +441,8 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
             nonlocal ranked, graph
             if ranked is None:
                 _, ranked = _retrieve(pycolmap, config, db_path, events)
-            more = _rematch_plan(left, ranked, 3 * config.retrieval_neighbors)
+            more = _rematch_plan(left, ranked, 3 * config.retrieval_neighbors,
+                                 prefer=set(graph.largest))
             rematch_pairs(pycolmap, db_path, more, _matching_options(pycolmap, config, True),
                           verification_options(pycolmap, config), work, events)
             graph = ViewGraph.from_database(pycolmap, db_path)
@@ -686,14 +690,46 @@ def _retrieve(pycolmap: Any, config: SfmConfig, db_path: Path, events: EventCall
                            progress)
 
 
-def _rematch_plan(left: set[str], ranked: dict[str, list[str]], per_image: int
-                  ) -> list[tuple[str, str]]:
-    """Pairs of every left-over image with its ``per_image`` most similar images."""
+def _rematch_plan(left: set[str], ranked: dict[str, list[str]], per_image: int,
+                  prefer: set[str] | None = None) -> list[tuple[str, str]]:
+    """Pairs of every left-over image with its ``per_image`` most similar images, taken
+    from ``prefer`` (the main group) first when given."""
     pairs: set[tuple[str, str]] = set()
     for a in sorted(left):
-        for b in ranked.get(a, [])[:per_image]:
+        cands = ranked.get(a, [])
+        if prefer:
+            cands = [b for b in cands if b in prefer] + [b for b in cands if b not in prefer]
+        for b in cands[:per_image]:
             pairs.add((min(a, b), max(a, b)))
     return sorted(pairs)
+
+
+def _bridge_groups(pycolmap: Any, config: SfmConfig, db_path: Path,
+                   ranked: dict[str, list[str]], matched: set[tuple[str, str]], mopts: Any,
+                   verify: Any, work: Path, events: EventCallback | None,
+                   rep: StageReporter) -> None:
+    """Match every photo outside the largest group of the view graph with its most similar
+    photos inside it.
+
+    Retrieval alone can close a group on itself: near-identical photos (video frames in a
+    photo collection) rank each other first, so their k pairs never reach the rest
+    (statue_of_liberty, k = 15: 9 video frames formed their own group). One round of
+    cross-group pairs, ``retrieval_neighbors`` per photo, links such groups when they do
+    overlap the main one.
+    """
+    graph = ViewGraph.from_database(pycolmap, db_path)
+    if len(graph.components) < 2:
+        return
+    main = set(graph.largest)
+    outside = set(graph.names) - main
+    plan = [p for p in _rematch_plan(outside, ranked, config.retrieval_neighbors, prefer=main)
+            if p not in matched and (p[0] in main) != (p[1] in main)]
+    if not plan:
+        return
+    rep.info(f"{len(outside)} photos outside the main group of {len(main)}: matching them with "
+             f"their most similar photos in it ({len(plan)} pairs)")
+    match_pairs(pycolmap, db_path, plan, mopts, work, events, verify,
+                label="link separate groups")
 
 
 def _publish(workspace: Path, und: Path, work: Path) -> None:
