@@ -214,3 +214,25 @@ def test_llff_with_only_images_8_names_the_factor_to_use(llff_only_8, tmp_path):
                         "--data-factor", "8"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "images_8" in p.stdout
+
+
+def test_retrieval_plan_is_repeatable_and_linear_in_n(sample_runs):
+    import pycolmap
+
+    from splatforge.sfm.retrieval import retrieval_pairs
+    from splatforge.sfm.viewgraph import ViewGraph
+
+    ws, _ = sample_runs[0]
+    db = ws / "database.db"
+    a, ranked = retrieval_pairs(pycolmap, db, 6, seed=0)
+    b, _ = retrieval_pairs(pycolmap, db, 6, seed=0)
+    assert a == b
+    assert len(a) <= 84 * 6 < 84 * 83 // 2
+    assert {n for p in a for n in p} == set(ranked) and len(ranked) == 84
+    assert all(len(v) == 83 for v in ranked.values())
+    # the pairs retrieval ranks first are the pairs that verify: most of each photo's top 3
+    # neighbours share verified matches with it
+    graph = ViewGraph.from_database(pycolmap, db)
+    top = [(n, m) for n in ranked for m in ranked[n][:3]]
+    hits = sum(1 for n, m in top if m in graph.neighbors[n])
+    assert hits > 0.5 * len(top), hits
