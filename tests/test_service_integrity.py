@@ -451,7 +451,7 @@ def test_web_pages_run_no_stored_script_in_chromium(server, client, tmp_path):
     wait_job(client, job)
     with chromium(tmp_path) as d:
         d.get(server.url + "/")
-        d.execute_script("sessionStorage.setItem('splatforge-key', arguments[0])", KEY)
+        d.execute_script("sessionStorage.setItem('splatforge.api_key', arguments[0])", KEY)
         for path in (f"/ui/scenes/{sid}", f"/ui/jobs/{job}", "/"):
             d.get(server.url + path)
             time.sleep(2.0)

@@ -273,6 +273,22 @@ def init_db(settings: ServiceSettings) -> None:
         command.upgrade(cfg, "head")
 
 
+def client_text(settings: ServiceSettings, text: str | None) -> str | None:
+    """``text`` as a client may see it: every server folder (the data dir, the job work
+    dirs, the allowed roots, the interpreter) redacted by
+    :func:`splatforge.paths.redact_paths` (``/srv/data/logs/j.log`` becomes ``logs/j.log``).
+    Every message an executor writes into a job row or event goes through it, as the
+    runner's own messages do."""
+    import sys
+
+    from ..paths import redact_paths
+
+    if text is None:
+        return None
+    return redact_paths(str(text), [settings.data_dir, settings.work_dir,
+                                    *settings.allowed_roots, sys.prefix, sys.base_prefix])
+
+
 def add_event(session: Session, job_id: str, kind: str, message: str = "",
               stage: str | None = None, **fields: Any) -> JobEvent:
     """Append a :class:`JobEvent` (committed with the session).
