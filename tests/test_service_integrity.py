@@ -325,7 +325,10 @@ def test_startup_sweep_removes_dead_writers_temp_files(tmp_path):
     old_style = root / "outputs" / "s1" / f"{TMP_PREFIX}abc"
     old_style.parent.mkdir(parents=True)
     old_style.write_bytes(b"partial")
-    dead = store.temp_dir / f"{TMP_PREFIX}999999999-x"
+    import socket
+
+    store.temp_dir.mkdir()
+    dead = store.temp_dir / f"{TMP_PREFIX}999999999-00ff-{socket.gethostname()}"
     dead.write_bytes(b"partial")
     srv = Server(tmp_path / "svc", api_key=KEY).start()
     try:

@@ -48,9 +48,15 @@ log = logging.getLogger("splatforge.storage")
 
 T = TypeVar("T")
 
-#: Name prefix of the temporary files a local write or a download creates beside its target;
+#: Name prefix of the temporary files a local write or a download creates;
 #: :meth:`ArtifactStore.list` never reports them.
 TMP_PREFIX = ".splatforge-tmp-"
+#: The one folder (at a :class:`LocalStore`'s root) where its writes are staged: no key can
+#: name it, nothing lists it, and :meth:`LocalStore.sweep_temp` empties it of dead writers'
+#: files.
+TMP_DIR = ".splatforge-tmp"
+#: Seconds after which a temp file of another host (or an unparseable name) counts as dead.
+TMP_MAX_AGE_S = 24 * 3600.0
 
 #: Bytes per chunk yielded by :meth:`ArtifactStore.open_range`.
 CHUNK_SIZE = 1 << 20
@@ -364,8 +370,16 @@ class LocalStore(ArtifactStore):
     def url(self) -> str:
         return self.root.as_uri()
 
+    @property
+    def temp_dir(self) -> Path:
+        """``<root>/.splatforge-tmp``: where writes are staged before their rename."""
+        return self.root / TMP_DIR
+
     def _path(self, key: str) -> Path:
-        return self.root.joinpath(*validate_key(key).split("/"))
+        parts = validate_key(key).split("/")
+        if parts[0] == TMP_DIR or any(p.startswith(TMP_PREFIX) for p in parts):
+            raise InvalidKey(f"invalid key {key!r}: a reserved temporary name")
+        return self.root.joinpath(*parts)
 
     def _existing(self, key: str) -> Path:
         p = self._path(key)
@@ -376,10 +390,49 @@ class LocalStore(ArtifactStore):
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
 
+    def _temp_name(self) -> str:
+        """``.splatforge-tmp-<pid>-<random>-<host>``: who wrote it, for the sweep."""
+        import socket
+
+        return f"{TMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}-{socket.gethostname()}"
+
+    def sweep_temp(self, deep: bool = False) -> int:
+        """Remove temp files whose writer is gone: in :attr:`temp_dir`, those of a dead
+        process of this host, or older than :data:`TMP_MAX_AGE_S` (another host's); with
+        ``deep`` also every ``.splatforge-tmp-*`` file an older version left beside its
+        target anywhere under the root (a start-up sweep: it walks the whole store).
+        Returns how many were removed; never raises for a file that vanished meanwhile."""
+        import socket
+
+        host = socket.gethostname()
+        removed = 0
+        now = time.time()
+        if self.temp_dir.is_dir():
+            for p in self.temp_dir.iterdir():
+                rest = p.name[len(TMP_PREFIX):] if p.name.startswith(TMP_PREFIX) else ""
+                pid, _, tail = rest.partition("-")
+                owner = tail.partition("-")[2]
+                try:
+                    old = now - p.stat().st_mtime > TMP_MAX_AGE_S
+                except OSError:
+                    continue
+                ours = pid.isdigit() and owner == host
+                if (ours and not _pid_alive(int(pid))) or (not ours and old):
+                    removed += _unlink(p)
+        if deep:
+            for p in self.root.rglob(TMP_PREFIX + "*"):
+                if p.parent != self.temp_dir and p.is_file():
+                    removed += _unlink(p)
+        return removed
+
     def _write_atomic(self, key: str, write: Callable[[Any], None]) -> None:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=target.parent)
+        # staged in the store's temp folder (same file system: the rename is atomic), never
+        # beside the target, where a kill -9 would leave it under a servable key
+        self.temp_dir.mkdir(exist_ok=True)
+        tmp = self.temp_dir / self._temp_name()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             with os.fdopen(fd, "wb") as f:
                 write(f)
@@ -414,6 +467,8 @@ class LocalStore(ArtifactStore):
         out = []
         for p in base.rglob("*"):
             if p.name.startswith(TMP_PREFIX) or not p.is_file():
+                continue
+            if p.relative_to(self.root).parts[0] == TMP_DIR:
                 continue
             st = p.stat()
             out.append(ObjectInfo(p.relative_to(self.root).as_posix(), st.st_size,
@@ -456,6 +511,32 @@ class LocalStore(ArtifactStore):
             except OSError:
                 break
             d = d.parent
+
+
+def _pid_alive(pid: int) -> bool:
+    """True when process ``pid`` exists on this host (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _unlink(p: Path) -> int:
+    try:
+        p.unlink()
+        return 1
+    except FileNotFoundError:
+        return 0
+    except OSError as e:
+        log.warning("could not remove the temp file %s: %s", p, e)
+        return 0
 
 
 # -- S3 -------------------------------------------------------------------------------------
