@@ -28,6 +28,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
 )
@@ -69,6 +70,26 @@ class Scene(Base):
     media_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     #: s3://bucket/prefix or a local path under an allowed root (fetched by the runner).
     source_uri: Mapped[str | None] = mapped_column(Text)
+
+
+class MediaObject(Base):
+    """One stored media file of a scene, ``media/{scene_id}/{name}``: a name is reserved
+    here (unique per scene) before its file is written, so no upload ever overwrites
+    another's file, and the scene's counts grow by exactly what was stored."""
+
+    __tablename__ = "media_objects"
+    __table_args__ = (UniqueConstraint("scene_id", "name", name="uq_media_objects_scene_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scene_id: Mapped[str] = mapped_column(ForeignKey("scenes.id", ondelete="CASCADE"),
+                                          index=True)
+    #: the stored name, relative to media/{scene_id}/ (``images_4/IMG_3496.jpg``).
+    name: Mapped[str] = mapped_column(String(1024))
+    #: what the client called it (``IMG+é3496.jpg``; ``data.zip:images/a b.jpg``).
+    original: Mapped[str] = mapped_column(Text)
+    #: bytes.
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
 
 
 class Job(Base):
