@@ -255,7 +255,7 @@ def announce_job_end(settings: ServiceSettings, job_id: str) -> None:
             artifacts = [o.key[len(prefix):] for o in get_store(settings).list(prefix)]
         notify_job_end(url, job_notice(job_id, status, metrics=metrics, artifacts=artifacts,
                                        error=error, scene_id=scene_id),
-                       settings.notify_secret)
+                       settings.notify_secret, allowed_hosts=settings.notify_hosts)
     except Exception as e:  # noqa: BLE001  (a notification never fails a job)
         log.warning("could not notify the end of job %s: %s", job_id, e)
 
