@@ -427,13 +427,31 @@ def test_link_local_server_notify_url_stops_the_server(tmp_path):
 XSS = '<img src=x onerror="window.__xss=1">"\'><script>window.__xss=2</script>'
 
 
-def test_web_pages_hold_no_stored_data(server, client):
+def _xss_scene(client) -> tuple[str, str]:
+    """A scene named with markup whose job failed with markup in its message (an
+    images.txt naming a missing image whose name is markup); returns (scene, job)."""
+    photo = next((PLUSH_DOG / "images_4").iterdir()).read_bytes()
+    lines = ["1 1 0 0 0 0 0 0 1 a.jpg", "", f"2 1 0 0 0 0 0 0 1 {XSS}.jpg", ""]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("sparse/0/cameras.txt", "1 PINHOLE 375 250 300 300 187.5 125\n")
+        zf.writestr("sparse/0/images.txt", "\n".join(lines) + "\n")
+        zf.writestr("sparse/0/points3D.txt", "1 0 0 5 128 128 128 0.5\n")
+        zf.writestr("images/a.jpg", photo)
     sid = new_scene(client, name=XSS)
-    r = client.post(f"/scenes/{sid}/media", files={"files": (
-        XSS + ".mp4", b"not a video", "video/mp4")})
+    r = client.post(f"/scenes/{sid}/media", files={"files": (XSS + ".zip", buf.getvalue(),
+                                                             "application/zip")})
     assert r.status_code == 200, r.text
     job = client.post(f"/scenes/{sid}/jobs", json=TINY_JOB).json()["job_id"]
-    wait_job(client, job)
+    got = wait_job(client, job)
+    assert got["status"] == "failed" and "onerror" in got["error"]["message"], got
+    assert client.get(f"/scenes/{sid}").json()["name"] == XSS
+    return sid, job
+
+
+def test_web_pages_hold_no_stored_data(server, client):
+    """The pages are templates without data: nothing stored is rendered into their HTML."""
+    sid, job = _xss_scene(client)
     with httpx.Client(base_url=server.url, timeout=30) as browser:
         for path in ("/", f"/ui/scenes/{sid}", f"/ui/jobs/{job}"):
             r = browser.get(path)
@@ -442,23 +460,27 @@ def test_web_pages_hold_no_stored_data(server, client):
 
 
 def test_web_pages_run_no_stored_script_in_chromium(server, client, tmp_path):
+    """In chromium, signed in: the scene name and the job's error are shown as text, and
+    no script of theirs runs."""
     import shutil as _sh
 
     if not (_sh.which("chromium") and _sh.which("chromedriver")):
         pytest.skip("chromium and chromium-driver are not installed")
     from test_web_browser import chromium, wait_for
 
-    sid = new_scene(client, name=XSS)
-    client.post(f"/scenes/{sid}/media", files={"files": (XSS + ".mp4", b"x", "video/mp4")})
-    job = client.post(f"/scenes/{sid}/jobs", json=TINY_JOB).json()["job_id"]
-    wait_job(client, job)
+    sid, job = _xss_scene(client)
     with chromium(tmp_path) as d:
         d.get(server.url + "/")
         d.execute_script("sessionStorage.setItem('splatforge.api_key', arguments[0])", KEY)
-        for path in (f"/ui/scenes/{sid}", f"/ui/jobs/{job}", "/"):
+        shown = {f"/ui/scenes/{sid}": "#scene-name", f"/ui/jobs/{job}": "#job-error"}
+        for path, css in shown.items():
             d.get(server.url + path)
-            time.sleep(2.0)
+            text = wait_for(lambda: d.execute_script(
+                "const e = document.querySelector(arguments[0]);"
+                "return e && e.textContent.includes('onerror') && e.textContent", css),
+                what=f"{css} on {path}")
+            assert "<img src=x" in text, text
             assert d.execute_script("return window.__xss === undefined"), path
             assert not d.execute_script(
-                "return [...document.querySelectorAll('img,script')].some("
-                "e => (e.getAttribute('onerror') || e.textContent || '').includes('__xss'))"), path
+                "return [...document.querySelectorAll('[onerror]')].length"
+                " + [...document.scripts].filter(s => s.text.includes('__xss')).length"), path
