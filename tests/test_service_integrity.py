@@ -338,6 +338,133 @@ def test_startup_sweep_removes_dead_writers_temp_files(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# S3 artifact store and the Celery executor: the same probes
+# --------------------------------------------------------------------------------------------
+
+S3_BUCKET = "splatforge-integrity"
+S3_CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1"}
+
+_S3_PUT = """
+import sys
+from boto3.s3.transfer import TransferConfig
+from splatforge.storage import S3Store
+store = S3Store(sys.argv[1], "svc", endpoint_url=sys.argv[2])
+store.client.upload_file(sys.argv[4], store.bucket, store._k(sys.argv[3]),
+                         Config=TransferConfig(multipart_chunksize=5 << 20, max_concurrency=1))
+"""
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    srv.start()
+    host, port = srv.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        srv.stop()
+
+
+def test_s3_store_and_celery_under_concurrency_and_kill(tmp_path, moto_endpoint,
+                                                        monkeypatch):
+    """With S3 artifacts (moto), PostgreSQL and a Celery worker (real Redis): 40 concurrent
+    uploads to one scene (half of one name) are all stored and counted; a worker's pool
+    process killed (-9) mid-training leaves a job without server paths; a publish killed
+    (-9) mid-multipart leaves no object, nothing listed or downloadable, and the store's
+    sweep aborts the dead upload."""
+    import boto3
+    import redis
+
+    from test_service_celery import REDIS_DB, REDIS_HOST, REDIS_PORT, Worker
+
+    for k, v in S3_CREDS.items():
+        monkeypatch.setenv(k, v)
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket=S3_BUCKET)
+    queue = f"splatforge-test-{os.urandom(4).hex()}"
+    r = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
+    r.ping()
+    with postgres_database() as db_url:
+        srv = Server(tmp_path / "svc", db_url, api_key=KEY, storage=f"s3://{S3_BUCKET}/svc",
+                     extra_env={**S3_CREDS, "SPLATFORGE_S3_ENDPOINT_URL": moto_endpoint,
+                                "SPLATFORGE_EXECUTOR": "celery",
+                                "SPLATFORGE_BROKER_URL":
+                                    f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}",
+                                "SPLATFORGE_CELERY_QUEUE": queue}).start()
+        worker = None
+        try:
+            # -- concurrent uploads ------------------------------------------------------
+            photo = next((PLUSH_DOG / "images_4").iterdir()).read_bytes()
+            with srv.client() as c:
+                sid = new_scene(c)
+            codes: list[int] = []
+
+            def one(k: int) -> None:
+                name = f"p{k:02d}.jpg" if k % 2 else "same name.jpg"
+                with httpx.Client(base_url=srv.url, headers=srv.headers, timeout=120) as c:
+                    codes.append(c.post(f"/scenes/{sid}/media", files={"files": (
+                        name, photo + bytes([k]), "image/jpeg")}).status_code)
+
+            threads = [threading.Thread(target=one, args=(k,)) for k in range(40)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert codes == [200] * 40, codes
+            objs = s3.list_objects_v2(Bucket=S3_BUCKET, Prefix=f"svc/media/{sid}/")["Contents"]
+            assert len(objs) == 40
+            with srv.client() as c:
+                scene = c.get(f"/scenes/{sid}").json()
+            assert scene["media_files"] == 40
+            assert scene["media_bytes"] == sum(o["Size"] for o in objs)
+            # -- a Celery pool process killed mid-training -------------------------------
+            worker = Worker("wi", srv.env, srv.data_dir)
+            worker.wait_ready()
+            with srv.client() as c:
+                jsid = new_scene(c)
+                c.post(f"/scenes/{jsid}/media", data={"source_uri": str(PLUSH_DOG)})
+                job = c.post(f"/scenes/{jsid}/jobs", json=LONG_JOB).json()["job_id"]
+                j = wait_job(c, job, until=("running",), cond=training, timeout=300)
+                os.kill(j["pid"], signal.SIGKILL)
+                j = wait_job(c, job, timeout=120)
+                assert j["status"] == "failed" and "signal 9" in j["error"]["message"], j
+                for text in (json.dumps(j), c.get(f"/jobs/{job}/log").text):
+                    _no_server_paths(srv, text)
+            # -- a publish killed mid-multipart ------------------------------------------
+            big = tmp_path / "big.ply"
+            with open(big, "wb") as f:
+                f.write(b"ply\n" + os.urandom(1 << 20) * 60)
+            key = f"outputs/{sid}/point_cloud.ply"
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+            proc = subprocess.Popen([sys.executable, "-c", _S3_PUT, S3_BUCKET, moto_endpoint,
+                                     key, str(big)], env=env)
+            deadline = time.monotonic() + 120
+            while not s3.list_multipart_uploads(Bucket=S3_BUCKET).get("Uploads"):
+                assert proc.poll() is None and time.monotonic() < deadline, "no multipart"
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            assert "Contents" not in s3.list_objects_v2(Bucket=S3_BUCKET,
+                                                        Prefix=f"svc/outputs/{sid}/")
+            with srv.client() as c:
+                assert c.get(f"/scenes/{sid}/artifacts").json()["artifacts"] == []
+                assert c.get(f"/scenes/{sid}/artifacts/point_cloud.ply").status_code == 404
+            from splatforge.storage import S3Store
+
+            store = S3Store(S3_BUCKET, "svc", endpoint_url=moto_endpoint)
+            assert store.sweep_temp(older_than_s=0) >= 1
+            assert not s3.list_multipart_uploads(Bucket=S3_BUCKET).get("Uploads")
+        finally:
+            if worker is not None:
+                worker.stop()
+            srv.stop()
+            r.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+
+
+# --------------------------------------------------------------------------------------------
 # item 10: a killed worker's message
 # --------------------------------------------------------------------------------------------
 

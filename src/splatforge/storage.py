@@ -17,6 +17,9 @@ Guarantees:
       ``PutObject`` or a multipart upload, both of which create the object only once the
       whole body has arrived (an aborted multipart upload leaves no object). Downloads are
       written to a temporary file and renamed the same way.
+    * What a writer killed mid-write leaves (a local temp file in ``<root>/.splatforge-tmp``,
+      an unfinished S3 multipart upload) is never under a servable key, and
+      ``sweep_temp()`` removes it: each publish and each server start call it.
     * Transient failures are retried twice over: botocore's ``standard`` retry mode retries
       each HTTP request (throttling, 5xx, connection errors), and every whole-file upload or
       download is wrapped in a bounded retry with exponential backoff for what botocore does
@@ -396,9 +399,9 @@ class LocalStore(ArtifactStore):
 
         return f"{TMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}-{socket.gethostname()}"
 
-    def sweep_temp(self, deep: bool = False) -> int:
+    def sweep_temp(self, deep: bool = False, older_than_s: float = TMP_MAX_AGE_S) -> int:
         """Remove temp files whose writer is gone: in :attr:`temp_dir`, those of a dead
-        process of this host, or older than :data:`TMP_MAX_AGE_S` (another host's); with
+        process of this host, or older than ``older_than_s`` seconds (another host's); with
         ``deep`` also every ``.splatforge-tmp-*`` file an older version left beside its
         target anywhere under the root (a start-up sweep: it walks the whole store).
         Returns how many were removed; never raises for a file that vanished meanwhile."""
@@ -413,7 +416,7 @@ class LocalStore(ArtifactStore):
                 pid, _, tail = rest.partition("-")
                 owner = tail.partition("-")[2]
                 try:
-                    old = now - p.stat().st_mtime > TMP_MAX_AGE_S
+                    old = now - p.stat().st_mtime > older_than_s
                 except OSError:
                     continue
                 ours = pid.isdigit() and owner == host
@@ -645,6 +648,36 @@ class S3Store(ArtifactStore):
         # CompleteMultipartUpload (s3transfer aborts it on failure): complete or absent.
         self._retry("upload", key, lambda: self.client.upload_file(
             str(path), self.bucket, k, Config=cfg))
+
+    def sweep_temp(self, deep: bool = False, older_than_s: float = TMP_MAX_AGE_S) -> int:
+        """Abort the multipart uploads under this store's prefix started more than
+        ``older_than_s`` seconds ago: what a writer killed mid-upload leaves (never an object,
+        but billed storage). An S3 upload's writer cannot be asked whether it lives, so
+        only age counts (a bucket lifecycle rule ``AbortIncompleteMultipartUpload`` does the
+        same). ``deep`` changes nothing here. Returns how many were aborted; a store
+        that cannot list them (no permission) is left as it is."""
+        import datetime as _dt
+
+        cutoff = time.time() - older_than_s
+        aborted = 0
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix}
+        try:
+            while True:
+                page = self.client.list_multipart_uploads(**kwargs)
+                for up in page.get("Uploads", []):
+                    started = up.get("Initiated")
+                    if isinstance(started, _dt.datetime) and started.timestamp() > cutoff:
+                        continue
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"],
+                                                       UploadId=up["UploadId"])
+                    aborted += 1
+                if not page.get("IsTruncated"):
+                    return aborted
+                kwargs.update(KeyMarker=page.get("NextKeyMarker"),
+                              UploadIdMarker=page.get("NextUploadIdMarker"))
+        except Exception as e:  # noqa: BLE001  (a sweep never fails a publish or a start)
+            log.warning("could not sweep the multipart uploads of %s: %s", self.url, e)
+            return aborted
 
     def put_bytes(self, key: str, data: bytes) -> None:
         k = self._k(key)

@@ -2,8 +2,9 @@
 
 Each object is complete or absent (the local store stages each file in its temp folder and
 renames it, S3 creates an object by a single PUT or a multipart completion). A publish first
-sweeps the temp files of writers that died (``kill -9`` mid-publish): they were never under a
-servable key, and now they do not pile up either. When an upload fails for good, the objects this call
+sweeps what writers that died (``kill -9`` mid-publish) left: local temp files of dead
+processes, S3 multipart uploads older than a day (``store.sweep_temp()``). They were never
+under a servable key; now they do not pile up either. When an upload fails for good, the objects this call
 already wrote are deleted again, so the prefix never mixes this run's outputs with an earlier
 run's; when every upload succeeded, keys under the prefix that the manifest does not name
 (stale artifacts of an earlier run) are deleted.
