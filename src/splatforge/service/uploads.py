@@ -70,12 +70,15 @@ def disambiguate(name: str, taken: set[str] | frozenset[str]) -> str:
         k += 1
 
 
-def stored_names(names: list[str], taken: set[str] | frozenset[str] = frozenset()
-                 ) -> list[str]:
+def stored_names(names: list[str], taken: set[str] | frozenset[str] = frozenset(), *,
+                 keep_folders: bool = False) -> list[str]:
     """The one naming rule of every upload: each client name (a file name, or a zip
     member's relative path) becomes a safe, distinct stored name.
 
-    Every ``/``-separated component is sanitised by :func:`sanitize_name`; a result that
+    A file name is reduced to its last component and sanitised by :func:`sanitize_name`
+    (``../../x.jpg`` -> ``x.jpg``); with ``keep_folders`` (zip members, already checked for
+    ``..`` and absolute paths by :func:`check_zip`) every ``/``-separated component is
+    sanitised and the folders are kept. A result that
     another name of ``names`` (earlier in the list) or of ``taken`` (already stored) has
     is disambiguated by :func:`disambiguate` (``a b.jpg``, ``a_b.jpg`` and ``a+b.jpg``
     become ``a_b-2.jpg``, ``a_b.jpg``, ``a_b-3.jpg``): two files never get one name, so
@@ -90,6 +93,9 @@ def stored_names(names: list[str], taken: set[str] | frozenset[str] = frozenset(
     """
     safe = []
     for name in names:
+        if not keep_folders:
+            safe.append(sanitize_name(name))
+            continue
         parts = [sanitize_name(p) for p in name.split("/") if p not in ("", ".")]
         if not parts:
             raise UploadRejected(f"file name {name!r} has no usable characters")
@@ -197,7 +203,7 @@ def check_zip(fileobj: BinaryIO, label: str, max_bytes: int) -> ZipPlan:
     strip = (len(tops) == 1 and all(len(parts) > 1 for _, parts in kept)
              and not _is_dataset_folder(next(iter(tops))))
     originals = ["/".join(parts[1:] if strip else parts) for _, parts in kept]
-    names = stored_names(originals)  # the one naming rule: sanitised, distinct
+    names = stored_names(originals, keep_folders=True)  # the one rule: sanitised, distinct
     members = [(info, rel) for (info, _), rel in zip(kept, names)]
     return ZipPlan(members, total, originals)
 
