@@ -129,6 +129,42 @@ def test_zip_members_colliding_after_sanitising_are_all_kept(server, client):
     assert stored["d.zip:images/a+b.jpg"].startswith("images/"), stored
 
 
+def test_dataset_references_follow_disambiguated_names(server, client):
+    """Two images of one dataset whose names collide after sanitising: each line of
+    images.txt names the stored file that holds that image's bytes. Uploading the dataset
+    again into the same scene is a 409 that stores nothing."""
+    photo = next((PLUSH_DOG / "images_4").iterdir()).read_bytes()
+    bodies = {"a b.jpg": photo + b"1", "a_b.jpg": photo + b"2", "a+b.jpg": photo + b"3"}
+    lines = []
+    for i, n in enumerate(bodies, 1):
+        lines += [f"{i} 1 0 0 0 0 0 0 1 {n}", ""]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("sparse/0/cameras.txt", "1 PINHOLE 375 250 300 300 187.5 125\n")
+        zf.writestr("sparse/0/images.txt", "\n".join(lines) + "\n")
+        zf.writestr("sparse/0/points3D.txt", "")
+        for n, b in bodies.items():
+            zf.writestr(f"images/{n}", b)
+    sid = new_scene(client)
+    r = client.post(f"/scenes/{sid}/media", files={"files": ("d.zip", buf.getvalue(),
+                                                             "application/zip")})
+    assert r.status_code == 200, r.text
+    files = _stored_files(server, sid)
+    text = files["sparse/0/images.txt"].decode().splitlines()
+    named = [ln.split(None, 9)[9] for ln in text if ln and not ln.startswith("#")]
+    assert [files["images/" + n] for n in named] == list(bodies.values()), named
+    before = client.get(f"/scenes/{sid}").json()
+    r = client.post(f"/scenes/{sid}/media", files={"files": ("d.zip", buf.getvalue(),
+                                                             "application/zip")})
+    assert r.status_code == 409, r.text
+    assert "new scene" in r.json()["detail"]
+    _no_server_paths(server, r.text)
+    assert _stored_files(server, sid) == files
+    after = client.get(f"/scenes/{sid}").json()
+    assert (after["media_files"], after["media_bytes"]) == (before["media_files"],
+                                                            before["media_bytes"])
+
+
 # --------------------------------------------------------------------------------------------
 # item 7: a dataset's own references follow the stored names
 # --------------------------------------------------------------------------------------------
