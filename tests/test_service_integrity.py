@@ -144,6 +144,7 @@ def test_dataset_references_follow_disambiguated_names(server, client):
         zf.writestr("sparse/0/points3D.txt", "")
         for n, b in bodies.items():
             zf.writestr(f"images/{n}", b)
+        zf.writestr("images_4/a b.jpg", bodies["a b.jpg"])  # one photo, two resolutions
     sid = new_scene(client)
     r = client.post(f"/scenes/{sid}/media", files={"files": ("d.zip", buf.getvalue(),
                                                              "application/zip")})
@@ -152,6 +153,8 @@ def test_dataset_references_follow_disambiguated_names(server, client):
     text = files["sparse/0/images.txt"].decode().splitlines()
     named = [ln.split(None, 9)[9] for ln in text if ln and not ln.startswith("#")]
     assert [files["images/" + n] for n in named] == list(bodies.values()), named
+    # the photo keeps one stored name in every resolution's folder
+    assert files["images_4/" + named[0]] == bodies["a b.jpg"], sorted(files)
     before = client.get(f"/scenes/{sid}").json()
     r = client.post(f"/scenes/{sid}/media", files={"files": ("d.zip", buf.getvalue(),
                                                              "application/zip")})

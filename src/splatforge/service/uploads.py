@@ -203,9 +203,40 @@ def check_zip(fileobj: BinaryIO, label: str, max_bytes: int) -> ZipPlan:
     strip = (len(tops) == 1 and all(len(parts) > 1 for _, parts in kept)
              and not _is_dataset_folder(next(iter(tops))))
     originals = ["/".join(parts[1:] if strip else parts) for _, parts in kept]
-    names = stored_names(originals, keep_folders=True)  # the one rule: sanitised, distinct
+    names = stored_names(_image_folders_alike(originals), keep_folders=True)
     members = [(info, rel) for (info, _), rel in zip(kept, names)]
     return ZipPlan(members, total, originals)
+
+
+def _image_folders_alike(paths: list[str]) -> list[str]:
+    """``paths`` with the names inside a dataset's image folders (``images/``,
+    ``images_4/`` ... of one parent) given by :func:`stored_names` over the union of their
+    names, so one photo gets one stored name in every resolution's folder (and a model's
+    image name maps to one file name). Other paths are returned as they are."""
+    groups: dict[str, set[str]] = {}
+    where: list[tuple[str, str, str] | None] = []
+    for path in paths:
+        parts = path.split("/")
+        k = next((i for i, p in enumerate(parts[:-1]) if p.lower().startswith("images")),
+                 None)
+        if k is None:
+            where.append(None)
+            continue
+        parent, rest = "/".join(parts[:k]), "/".join(parts[k + 1:])
+        groups.setdefault(parent, set()).add(rest)
+        where.append((parent, parts[k], rest))
+    mapped = {}
+    for parent, rests in groups.items():
+        order = sorted(rests)
+        mapped[parent] = dict(zip(order, stored_names(order, keep_folders=True)))
+    out = []
+    for path, w in zip(paths, where):
+        if w is None:
+            out.append(path)
+        else:
+            parent, folder, rest = w
+            out.append("/".join(x for x in (parent, folder, mapped[parent][rest]) if x))
+    return out
 
 
 def _is_dataset_folder(name: str) -> bool:
@@ -257,13 +288,17 @@ def _dataset_root(model_dir: str) -> str:
 
 def _image_name_map(root: str, renames: dict[str, str]) -> dict[str, str]:
     """COLMAP image name -> stored name, from the renamed members of the dataset's image
-    folders (``<root>/images*/<name>``); ``images/`` first when folders disagree."""
+    folders (``<root>/images*/<name>``, or photos in ``<root>`` itself); ``images/`` first
+    when folders disagree."""
     pre = f"{root}/" if root else ""
     found: list[tuple[bool, str, str]] = []
     for orig, new in renames.items():
         if not orig.startswith(pre) or not new.startswith(pre):
             continue
         o_parts, n_parts = orig[len(pre):].split("/"), new[len(pre):].split("/")
+        if len(o_parts) == 1 and len(n_parts) == 1:  # photos beside sparse/
+            found.append((True, o_parts[0], n_parts[0]))
+            continue
         if len(o_parts) < 2 or not o_parts[0].lower().startswith("images"):
             continue
         found.append((o_parts[0] != "images", "/".join(o_parts[1:]), "/".join(n_parts[1:])))
