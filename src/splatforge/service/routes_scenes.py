@@ -164,7 +164,7 @@ def upload_media(request: Request, scene_id: str,
         stage = Path(tempfile.mkdtemp(prefix="upload-", dir=tmp_root))
         try:
             items = _stage(plans, stage)
-            stored = _store_media(settings, store, scene_id, items, kinds, checked_uri)
+            stored = _store_media(settings, store, scene_id, items, kinds)
         except (UploadRejected, InputError) as e:
             raise HTTPException(400, str(e)) from None
         finally:
@@ -213,8 +213,8 @@ def _stage(plans: list[tuple[UploadFile, str, str, Any]], stage: Path
 
 
 def _store_media(settings: Any, store: Any, scene_id: str,
-                 items: list[tuple[str, str, Path, bool]], kinds: set[str],
-                 checked_uri: str | None) -> list[dict[str, Any]]:
+                 items: list[tuple[str, str, Path, bool]], kinds: set[str]
+                 ) -> list[dict[str, Any]]:
     """Reserve a stored name per staged file (a unique row of ``media_objects``; a name
     taken meanwhile by a concurrent upload is disambiguated again), write the files, then
     add them to the scene's counts in one ``UPDATE ... SET n = n + k``.
