@@ -63,9 +63,9 @@ def test_migrations_and_models(settings):
     db.init_db(settings)  # idempotent
     eng = db.get_engine(settings)
     names = set(inspect(eng).get_table_names())
-    assert {"scenes", "jobs", "job_events", "alembic_version"} <= names
+    assert {"scenes", "jobs", "job_events", "media_objects", "alembic_version"} <= names
     with eng.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
         if settings.database.startswith("sqlite"):
             assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
     with db.session_scope(settings) as s:

@@ -17,6 +17,9 @@ Guarantees:
       ``PutObject`` or a multipart upload, both of which create the object only once the
       whole body has arrived (an aborted multipart upload leaves no object). Downloads are
       written to a temporary file and renamed the same way.
+    * What a writer killed mid-write leaves (a local temp file in ``<root>/.splatforge-tmp``,
+      an unfinished S3 multipart upload) is never under a servable key, and
+      ``sweep_temp()`` removes it: each publish and each server start call it.
     * Transient failures are retried twice over: botocore's ``standard`` retry mode retries
       each HTTP request (throttling, 5xx, connection errors), and every whole-file upload or
       download is wrapped in a bounded retry with exponential backoff for what botocore does
@@ -48,9 +51,15 @@ log = logging.getLogger("splatforge.storage")
 
 T = TypeVar("T")
 
-#: Name prefix of the temporary files a local write or a download creates beside its target;
+#: Name prefix of the temporary files a local write or a download creates;
 #: :meth:`ArtifactStore.list` never reports them.
 TMP_PREFIX = ".splatforge-tmp-"
+#: The one folder (at a :class:`LocalStore`'s root) where its writes are staged: no key can
+#: name it, nothing lists it, and :meth:`LocalStore.sweep_temp` empties it of dead writers'
+#: files.
+TMP_DIR = ".splatforge-tmp"
+#: Seconds after which a temp file of another host (or an unparseable name) counts as dead.
+TMP_MAX_AGE_S = 24 * 3600.0
 
 #: Bytes per chunk yielded by :meth:`ArtifactStore.open_range`.
 CHUNK_SIZE = 1 << 20
@@ -364,8 +373,16 @@ class LocalStore(ArtifactStore):
     def url(self) -> str:
         return self.root.as_uri()
 
+    @property
+    def temp_dir(self) -> Path:
+        """``<root>/.splatforge-tmp``: where writes are staged before their rename."""
+        return self.root / TMP_DIR
+
     def _path(self, key: str) -> Path:
-        return self.root.joinpath(*validate_key(key).split("/"))
+        parts = validate_key(key).split("/")
+        if parts[0] == TMP_DIR or any(p.startswith(TMP_PREFIX) for p in parts):
+            raise InvalidKey(f"invalid key {key!r}: a reserved temporary name")
+        return self.root.joinpath(*parts)
 
     def _existing(self, key: str) -> Path:
         p = self._path(key)
@@ -376,10 +393,49 @@ class LocalStore(ArtifactStore):
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
 
+    def _temp_name(self) -> str:
+        """``.splatforge-tmp-<pid>-<random>-<host>``: who wrote it, for the sweep."""
+        import socket
+
+        return f"{TMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}-{socket.gethostname()}"
+
+    def sweep_temp(self, deep: bool = False, older_than_s: float = TMP_MAX_AGE_S) -> int:
+        """Remove temp files whose writer is gone: in :attr:`temp_dir`, those of a dead
+        process of this host, or older than ``older_than_s`` seconds (another host's); with
+        ``deep`` also every ``.splatforge-tmp-*`` file an older version left beside its
+        target anywhere under the root (a start-up sweep: it walks the whole store).
+        Returns how many were removed; never raises for a file that vanished meanwhile."""
+        import socket
+
+        host = socket.gethostname()
+        removed = 0
+        now = time.time()
+        if self.temp_dir.is_dir():
+            for p in self.temp_dir.iterdir():
+                rest = p.name[len(TMP_PREFIX):] if p.name.startswith(TMP_PREFIX) else ""
+                pid, _, tail = rest.partition("-")
+                owner = tail.partition("-")[2]
+                try:
+                    old = now - p.stat().st_mtime > older_than_s
+                except OSError:
+                    continue
+                ours = pid.isdigit() and owner == host
+                if (ours and not _pid_alive(int(pid))) or (not ours and old):
+                    removed += _unlink(p)
+        if deep:
+            for p in self.root.rglob(TMP_PREFIX + "*"):
+                if p.parent != self.temp_dir and p.is_file():
+                    removed += _unlink(p)
+        return removed
+
     def _write_atomic(self, key: str, write: Callable[[Any], None]) -> None:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=target.parent)
+        # staged in the store's temp folder (same file system: the rename is atomic), never
+        # beside the target, where a kill -9 would leave it under a servable key
+        self.temp_dir.mkdir(exist_ok=True)
+        tmp = self.temp_dir / self._temp_name()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             with os.fdopen(fd, "wb") as f:
                 write(f)
@@ -414,6 +470,8 @@ class LocalStore(ArtifactStore):
         out = []
         for p in base.rglob("*"):
             if p.name.startswith(TMP_PREFIX) or not p.is_file():
+                continue
+            if p.relative_to(self.root).parts[0] == TMP_DIR:
                 continue
             st = p.stat()
             out.append(ObjectInfo(p.relative_to(self.root).as_posix(), st.st_size,
@@ -456,6 +514,32 @@ class LocalStore(ArtifactStore):
             except OSError:
                 break
             d = d.parent
+
+
+def _pid_alive(pid: int) -> bool:
+    """True when process ``pid`` exists on this host (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _unlink(p: Path) -> int:
+    try:
+        p.unlink()
+        return 1
+    except FileNotFoundError:
+        return 0
+    except OSError as e:
+        log.warning("could not remove the temp file %s: %s", p, e)
+        return 0
 
 
 # -- S3 -------------------------------------------------------------------------------------
@@ -564,6 +648,36 @@ class S3Store(ArtifactStore):
         # CompleteMultipartUpload (s3transfer aborts it on failure): complete or absent.
         self._retry("upload", key, lambda: self.client.upload_file(
             str(path), self.bucket, k, Config=cfg))
+
+    def sweep_temp(self, deep: bool = False, older_than_s: float = TMP_MAX_AGE_S) -> int:
+        """Abort the multipart uploads under this store's prefix started more than
+        ``older_than_s`` seconds ago: what a writer killed mid-upload leaves (never an object,
+        but billed storage). An S3 upload's writer cannot be asked whether it lives, so
+        only age counts (a bucket lifecycle rule ``AbortIncompleteMultipartUpload`` does the
+        same). ``deep`` changes nothing here. Returns how many were aborted; a store
+        that cannot list them (no permission) is left as it is."""
+        import datetime as _dt
+
+        cutoff = time.time() - older_than_s
+        aborted = 0
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix}
+        try:
+            while True:
+                page = self.client.list_multipart_uploads(**kwargs)
+                for up in page.get("Uploads", []):
+                    started = up.get("Initiated")
+                    if isinstance(started, _dt.datetime) and started.timestamp() > cutoff:
+                        continue
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"],
+                                                       UploadId=up["UploadId"])
+                    aborted += 1
+                if not page.get("IsTruncated"):
+                    return aborted
+                kwargs.update(KeyMarker=page.get("NextKeyMarker"),
+                              UploadIdMarker=page.get("NextUploadIdMarker"))
+        except Exception as e:  # noqa: BLE001  (a sweep never fails a publish or a start)
+            log.warning("could not sweep the multipart uploads of %s: %s", self.url, e)
+            return aborted
 
     def put_bytes(self, key: str, data: bytes) -> None:
         k = self._k(key)

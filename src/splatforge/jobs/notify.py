@@ -88,11 +88,130 @@ def _body(notice: dict[str, Any]) -> bytes:
     return json.dumps(_finite(notice), sort_keys=True, allow_nan=False).encode()
 
 
+#: Seconds a host name may take to resolve when a URL is checked (then it is checked again
+#: when the notification is sent).
+RESOLVE_TIMEOUT_S = 3.0
+
+
+class NotifyURLRefused(ValueError):
+    """A notification URL whose host is not allowed (the message says why)."""
+
+
+def _link_local(ip: str) -> bool:
+    import ipaddress
+
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return bool(addr.is_link_local or (mapped is not None and mapped.is_link_local))
+
+
+def _resolve(host: str, timeout_s: float) -> list[str] | None:
+    """The addresses ``host`` resolves to; None when it does not resolve in time."""
+    import socket
+
+    out: list[list[str]] = []
+
+    def run() -> None:
+        try:
+            out.append([ai[4][0] for ai in socket.getaddrinfo(host, None)])
+        except (OSError, UnicodeError):
+            out.append([])
+
+    t = threading.Thread(target=run, daemon=True, name="notify-resolve")
+    t.start()
+    t.join(timeout_s)
+    return out[0] if out else None
+
+
+def host_allowed(host: str, allowed: "tuple[str, ...] | list[str]") -> bool:
+    """True when ``host`` matches an entry of ``allowed``: a host name (case-insensitive),
+    ``.example.com`` (that domain and every name under it), an IP address or a network
+    (``10.0.0.0/8``)."""
+    import ipaddress
+
+    host = host.lower().strip("[]")
+    for entry in allowed:
+        e = entry.strip().lower()
+        if not e:
+            continue
+        if e.startswith("."):
+            if host == e[1:] or host.endswith(e):
+                return True
+            continue
+        try:
+            if ipaddress.ip_address(host) in ipaddress.ip_network(e.strip("[]"), strict=False):
+                return True
+            continue
+        except ValueError:
+            pass
+        if host == e:
+            return True
+    return False
+
+
+def check_notify_url(url: str, allowed_hosts: "tuple[str, ...] | list[str]" = (), *,
+                     resolve_timeout_s: float = RESOLVE_TIMEOUT_S) -> None:
+    """Refuse a notification URL a key holder must not point the service at.
+
+    * With ``allowed_hosts`` (``SPLATFORGE_NOTIFY_HOSTS``), the URL's host must match one
+      entry (:func:`host_allowed`).
+    * A link-local host (169.254.0.0/16, fe80::/10: cloud metadata services), as a literal
+      or as a name that resolves to one, is refused unless ``allowed_hosts`` names it.
+
+    A name that does not resolve within ``resolve_timeout_s`` passes here; it is checked
+    again when the notification is sent (:func:`post_notice`).
+
+    Raises:
+        NotifyURLRefused: naming the host and the rule.
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        host = (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        raise NotifyURLRefused("notify_url is not a valid URL") from None
+    if not host:
+        raise NotifyURLRefused("notify_url has no host")
+    listed = bool(allowed_hosts) and host_allowed(host, allowed_hosts)
+    if allowed_hosts and not listed:
+        raise NotifyURLRefused(f"notify_url host {host!r} is not in SPLATFORGE_NOTIFY_HOSTS "
+                               f"({', '.join(allowed_hosts)})")
+    if listed:
+        return
+    addrs = [host] if _is_ip(host) else (_resolve(host, resolve_timeout_s) or [])
+    bad = [a for a in addrs if _link_local(a)]
+    if bad:
+        shown = host if bad[0] == host else f"{host} ({bad[0]})"
+        raise NotifyURLRefused(f"notify_url host {shown} is a link-local address (cloud "
+                               "metadata services live there); list it in "
+                               "SPLATFORGE_NOTIFY_HOSTS to allow it")
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+        return True
+    except ValueError:
+        return False
+
+
 def post_notice(url: str, notice: dict[str, Any], secret: str | None = None, *,
                 attempts: int = DEFAULT_ATTEMPTS, backoff_s: float = DEFAULT_BACKOFF_S,
-                timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+                timeout_s: float = DEFAULT_TIMEOUT_S,
+                allowed_hosts: "tuple[str, ...] | list[str]" = ()) -> bool:
     """POST ``notice`` to ``url`` now, in this thread, with retries; True when delivered
-    (a 2xx answer). Never raises."""
+    (a 2xx answer). A URL :func:`check_notify_url` refuses (checked again here: a name may
+    resolve differently now) is not contacted. Never raises."""
+    try:
+        check_notify_url(url, allowed_hosts, resolve_timeout_s=timeout_s)
+    except NotifyURLRefused as e:
+        log.warning("notification of job %s not sent: %s", notice.get("id"), e)
+        return False
     body = _body(notice)
     headers = {"Content-Type": "application/json", "User-Agent": "splatforge-notify"}
     sig = sign(body, secret)

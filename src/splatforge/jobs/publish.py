@@ -1,7 +1,10 @@
 """The one ``publish``: a manifest of local files into an artifact-store prefix.
 
-Each object is complete or absent (the stores write a temporary object and rename, or S3's
-single PUT / multipart completion). When an upload fails for good, the objects this call
+Each object is complete or absent (the local store stages each file in its temp folder and
+renames it, S3 creates an object by a single PUT or a multipart completion). A publish first
+sweeps what writers that died (``kill -9`` mid-publish) left: local temp files of dead
+processes, S3 multipart uploads older than a day (``store.sweep_temp()``). They were never
+under a servable key; now they do not pile up either. When an upload fails for good, the objects this call
 already wrote are deleted again, so the prefix never mixes this run's outputs with an earlier
 run's; when every upload succeeded, keys under the prefix that the manifest does not name
 (stale artifacts of an earlier run) are deleted.
@@ -43,6 +46,12 @@ def publish(store: Any, prefix: str, files: Mapping[str, Path], *,
     """
     prefix = normalize_prefix(prefix)
     pairs = [(validate_key(prefix + name), Path(path)) for name, path in files.items()]
+    sweep = getattr(store, "sweep_temp", None)
+    if sweep is not None:  # temp files of earlier writers killed mid-publish
+        try:
+            sweep()
+        except OSError as e:
+            log.warning("could not sweep the store's temp files: %s", e)
     done: list[str] = []
     lock = threading.Lock()
 

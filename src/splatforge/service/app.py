@@ -143,7 +143,8 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
             False serves the API only (jobs stay queued).
 
     Startup runs the Alembic migrations (:func:`splatforge.service.db.init_db`), opens the
-    artifact store and starts the executor (``recover()``); shutdown stops it.
+    artifact store (sweeping temp files dead writers left, :meth:`LocalStore.sweep_temp`)
+    and starts the executor (``recover()``); shutdown stops it.
     """
     from .executors import make_executor
     from .render_jobs import router as render_router
@@ -159,6 +160,9 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         init_db(settings)
         app.state.storage = get_store(settings)
+        sweep = getattr(app.state.storage, "sweep_temp", None)
+        if sweep is not None:  # temp files of writers killed before this start
+            sweep(deep=True)
         app.state.executor = None
         if start_executor:
             app.state.executor = make_executor(settings)

@@ -162,6 +162,7 @@ def _finish(settings: Any, job_id: str, status: str, message: str | None,
     from . import db
 
     now = time.time()
+    message = db.client_text(settings, message)  # no server path reaches a client
     with db.session_scope(settings) as s:
         job = s.get(db.Job, job_id)
         if job is None:

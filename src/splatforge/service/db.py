@@ -28,6 +28,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
 )
@@ -69,6 +70,26 @@ class Scene(Base):
     media_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     #: s3://bucket/prefix or a local path under an allowed root (fetched by the runner).
     source_uri: Mapped[str | None] = mapped_column(Text)
+
+
+class MediaObject(Base):
+    """One stored media file of a scene, ``media/{scene_id}/{name}``: a name is reserved
+    here (unique per scene) before its file is written, so no upload ever overwrites
+    another's file, and the scene's counts grow by exactly what was stored."""
+
+    __tablename__ = "media_objects"
+    __table_args__ = (UniqueConstraint("scene_id", "name", name="uq_media_objects_scene_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scene_id: Mapped[str] = mapped_column(ForeignKey("scenes.id", ondelete="CASCADE"),
+                                          index=True)
+    #: the stored name, relative to media/{scene_id}/ (``images_4/IMG_3496.jpg``).
+    name: Mapped[str] = mapped_column(String(1024))
+    #: what the client called it (``IMG+é3496.jpg``; ``data.zip:images/a b.jpg``).
+    original: Mapped[str] = mapped_column(Text)
+    #: bytes.
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
 
 
 class Job(Base):
@@ -234,7 +255,7 @@ def announce_job_end(settings: ServiceSettings, job_id: str) -> None:
             artifacts = [o.key[len(prefix):] for o in get_store(settings).list(prefix)]
         notify_job_end(url, job_notice(job_id, status, metrics=metrics, artifacts=artifacts,
                                        error=error, scene_id=scene_id),
-                       settings.notify_secret)
+                       settings.notify_secret, allowed_hosts=settings.notify_hosts)
     except Exception as e:  # noqa: BLE001  (a notification never fails a job)
         log.warning("could not notify the end of job %s: %s", job_id, e)
 
@@ -271,6 +292,22 @@ def init_db(settings: ServiceSettings) -> None:
     with eng.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+def client_text(settings: ServiceSettings, text: str | None) -> str | None:
+    """``text`` as a client may see it: every server folder (the data dir, the job work
+    dirs, the allowed roots, the interpreter) redacted by
+    :func:`splatforge.paths.redact_paths` (``/srv/data/logs/j.log`` becomes ``logs/j.log``).
+    Every message an executor writes into a job row or event goes through it, as the
+    runner's own messages do."""
+    import sys
+
+    from ..paths import redact_paths
+
+    if text is None:
+        return None
+    return redact_paths(str(text), [settings.data_dir, settings.work_dir,
+                                    *settings.allowed_roots, sys.prefix, sys.base_prefix])
 
 
 def add_event(session: Session, job_id: str, kind: str, message: str = "",

@@ -27,7 +27,7 @@ from typing import Protocol
 
 from sqlalchemy import select
 
-from .db import FINAL_STATUSES, Job, add_event, session_scope
+from .db import FINAL_STATUSES, Job, add_event, client_text, session_scope
 from .settings import ServiceSettings, cuda_device_ids
 
 #: Seconds a worker has to stop by itself after a cancel before it is terminated.
@@ -292,7 +292,10 @@ class LocalExecutor:
                     reason += " before starting the job"
                 job.status, job.finished_at, job.updated_at = "failed", now, now
                 job.error_stage = job.stage or "worker"
-                job.error_message = reason + f" (log: {self.log_dir / (w.job_id + '.log')})"
+                # the operator's pointer to the worker log, relative to the data dir: a
+                # client never sees a server path
+                job.error_message = client_text(
+                    self.settings, reason + f" (log: {self.log_dir / (w.job_id + '.log')})")
                 add_event(s, job.id, "status", f"failed: {reason}", stage=job.stage,
                           data={"status": "failed", "error": reason,
                                 "returncode": returncode})
@@ -362,7 +365,8 @@ class LocalExecutor:
             if job is not None:
                 now = time.time()
                 job.status, job.finished_at, job.updated_at = "failed", now, now
-                job.error_stage, job.error_message = "worker", f"could not start a worker: {e}"
-                add_event(s, job_id, "status", f"failed: could not start a worker: {e}",
+                why = client_text(self.settings, f"could not start a worker: {e}")
+                job.error_stage, job.error_message = "worker", why
+                add_event(s, job_id, "status", f"failed: {why}",
                           stage="worker", data={"status": "failed",
                                                 "error": "could not start a worker"})

@@ -75,8 +75,9 @@ def check_job_request(body: JobRequest, settings: Any) -> tuple[dict[str, Any], 
     """The job's config JSON and its resolved ``max_steps``.
 
     Raises:
-        HTTPException: 422 for options a client may not set (server paths) or a combination
-            that only fails once the preset is applied.
+        HTTPException: 422 for options a client may not set (server paths, a ``notify_url``
+            host refused by :func:`splatforge.jobs.notify.check_notify_url`) or a
+            combination that only fails once the preset is applied.
     """
     from ..pipeline import resolve_configs
     from .store import check_allowed_path
@@ -93,6 +94,13 @@ def check_job_request(body: JobRequest, settings: Any) -> tuple[dict[str, Any], 
                                      body.train)
     except ConfigError as e:
         raise _unprocessable(["train"], str(e)) from None
+    if body.notify_url is not None:
+        from ..jobs.notify import NotifyURLRefused, check_notify_url
+
+        try:
+            check_notify_url(body.notify_url, settings.notify_hosts)
+        except NotifyURLRefused as e:
+            raise _unprocessable(["notify_url"], str(e)) from None
     config = body.model_dump(mode="json", exclude_unset=True, exclude_none=True)
     config["preset"] = body.preset
     return config, configs["train"].max_steps

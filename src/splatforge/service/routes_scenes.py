@@ -23,7 +23,8 @@ from sqlalchemy import select
 from ..errors import InputError
 from .db import Job, Scene, job_to_json, session_scope
 from .store import SCENE_ID_RE, media_prefix, outputs_prefix
-from .uploads import UploadRejected, check_zip, extract_zip, media_type, sanitize_name
+from .uploads import (DATASET_MARKERS, UploadRejected, check_zip, disambiguate, extract_zip,
+                      media_type, rewrite_references, stored_names)
 
 router = APIRouter(tags=["scenes"])
 
@@ -121,7 +122,15 @@ def upload_media(request: Request, scene_id: str,
     """Add media to a scene. Everything is checked first (types, names, every zip entry); a
     rejected request (400) stores nothing. A zip holding a COLMAP model or a
     transforms.json is extracted (a posed dataset: ingest and SfM are skipped); a zip of
-    photos and a video are stored as they are."""
+    photos and a video are stored as they are.
+
+    Names follow one rule (:func:`.uploads.stored_names`): sanitised to ``[A-Za-z0-9._-]``,
+    and a name another file of the request or of the scene already has is disambiguated
+    (``a_b-2.jpg``), never overwritten; a dataset's ``images.txt`` / ``images.bin`` /
+    ``transforms.json`` are rewritten to the stored names. The answer's ``stored`` lists
+    ``{"name", "stored_as", "bytes"}`` per file (zip members as ``zip:member``). A dataset
+    file the scene already holds is a 409 (nothing stored). ``media_files`` /
+    ``media_bytes`` grow atomically by what was stored."""
     settings = request.app.state.settings
     store = request.app.state.storage
     with session_scope(settings) as s:
@@ -134,8 +143,8 @@ def upload_media(request: Request, scene_id: str,
     plans: list[tuple[UploadFile, str, str, Any]] = []
     kinds = set()
     try:
-        for f in files:
-            name = sanitize_name(f.filename or "")
+        wanted = stored_names([f.filename or "" for f in files])  # the one naming rule
+        for f, name in zip(files, wanted):
             kind = media_type(name)
             plan = None
             if kind == "zip":
@@ -147,49 +156,152 @@ def upload_media(request: Request, scene_id: str,
         raise HTTPException(400, str(e)) from None
     if "video" in kinds and len(files) > 1:
         raise HTTPException(400, "a video is uploaded on its own (one file per request)")
-    # -- write ------------------------------------------------------------------------------
-    keys: list[str] = []
+    # -- stage, reserve the names, store ----------------------------------------------------
+    stored: list[dict[str, Any]] = []
     if plans:
         tmp_root = settings.data_dir / "tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix="upload-", dir=tmp_root))
         try:
-            for f, name, kind, plan in plans:
-                f.file.seek(0)
-                if kind == "zip" and plan.is_dataset:
-                    extract_zip(f.file, plan, stage, name)
-                else:  # images, a video, a zip of photos: stored as they are
-                    with open(stage / name, "wb") as out:
-                        shutil.copyfileobj(f.file, out, 1 << 20)
-            keys = store.upload_dir(stage, media_prefix(scene_id))
+            items = _stage(plans, stage)
+            stored = _store_media(settings, store, scene_id, items, kinds)
         except (UploadRejected, InputError) as e:
             raise HTTPException(400, str(e)) from None
         finally:
             shutil.rmtree(stage, ignore_errors=True)
-    stored = store.list(media_prefix(scene_id)) if plans else []
     with session_scope(settings) as s:
         scene = get_scene_or_404(s, scene_id)
         if checked_uri:
             scene.source_uri = checked_uri
-        if plans:
-            scene.media_files = len(stored)
-            scene.media_bytes = sum(o.size for o in stored)
-            names = [o.key for o in stored]
-            if any("/sparse/" in k or k.endswith(("cameras.bin", "cameras.txt",
-                                                  "transforms.json")) for k in names):
-                scene.media_kind = "dataset"
-            elif "video" in kinds:
-                scene.media_kind = "video"
-            elif "zip" in kinds and len(names) == 1:
-                scene.media_kind = "zip"
-            else:
-                scene.media_kind = "images"
-        elif checked_uri:
-            scene.media_kind = "source_uri"
-        scene.updated_at = time.time()
-        prefix = media_prefix(scene_id)
-        return {"scene_id": scene_id, "files": [k[len(prefix):] for k in keys],
-                **scene_to_json(scene)}
+            if not plans:
+                scene.media_kind = "source_uri"
+            scene.updated_at = time.time()
+        return {"scene_id": scene_id, "files": [d["stored_as"] for d in stored],
+                "stored": stored, **scene_to_json(scene)}
+
+
+#: Tries to reserve an upload's names when concurrent uploads keep taking them.
+RESERVE_ATTEMPTS = 200
+
+
+def _stage(plans: list[tuple[UploadFile, str, str, Any]], stage: Path
+           ) -> list[tuple[str, str, Path, bool]]:
+    """Write the checked uploads into ``stage``: plain files as they are, dataset zips
+    extracted with their references rewritten to the stored names
+    (:func:`.uploads.rewrite_references`). Returns ``(client name, wanted stored name,
+    staged file, fixed)`` per file; ``fixed`` names (a dataset's members) cannot be
+    disambiguated against the scene's stored files.
+
+    Raises:
+        UploadRejected: a corrupt zip member.
+    """
+    items: list[tuple[str, str, Path, bool]] = []
+    for k, (f, name, kind, plan) in enumerate(plans):
+        f.file.seek(0)
+        if kind == "zip" and plan.is_dataset:
+            dest = stage / f"zip{k}"
+            extract_zip(f.file, plan, dest, name)
+            rewrite_references(dest, plan.renames)
+            for orig, (_, rel) in zip(plan.originals, plan.members):
+                items.append((f"{f.filename}:{orig}", rel, dest / rel, True))
+        else:  # images, a video, a zip of photos: stored as they are
+            out = stage / f"file{k}"
+            with open(out, "wb") as dst:
+                shutil.copyfileobj(f.file, dst, 1 << 20)
+            items.append((f.filename or name, name, out, False))
+    return items
+
+
+def _store_media(settings: Any, store: Any, scene_id: str,
+                 items: list[tuple[str, str, Path, bool]], kinds: set[str]
+                 ) -> list[dict[str, Any]]:
+    """Reserve a stored name per staged file (a unique row of ``media_objects``; a name
+    taken meanwhile by a concurrent upload is disambiguated again), write the files, then
+    add them to the scene's counts in one ``UPDATE ... SET n = n + k``.
+
+    Returns:
+        ``[{"name": client name, "stored_as": stored name, "bytes": size}]``.
+
+    Raises:
+        HTTPException: 409 when a dataset file would replace a file the scene already
+            holds; 503 when the names could not be reserved (endless contention).
+    """
+    from sqlalchemy import update
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    from ..storage import parallel_map
+    from .db import MediaObject
+
+    prefix = media_prefix(scene_id)
+    legacy = {o.key[len(prefix):] for o in store.list(prefix)}  # stored before the rows
+    sizes = [p.stat().st_size for _, _, p, _ in items]
+    names: list[str] = []
+    rows: list[int] = []
+    for attempt in range(RESERVE_ATTEMPTS):
+        try:
+            with session_scope(settings) as s:
+                get_scene_or_404(s, scene_id)
+                taken = set(s.execute(select(MediaObject.name)
+                                      .where(MediaObject.scene_id == scene_id)).scalars())
+                taken |= legacy
+                fixed = [want for _, want, _, is_fixed in items if is_fixed]
+                clash = sorted(set(fixed) & taken)
+                if clash:
+                    raise HTTPException(409, f"the scene already holds {clash[0]!r}"
+                                             f"{f' (and {len(clash) - 1} more)' if len(clash) > 1 else ''}"
+                                             ": a dataset is uploaded into a new scene")
+                taken |= set(fixed)
+                names = []
+                for _, want, _, is_fixed in items:
+                    name = want if is_fixed else disambiguate(want, taken)
+                    taken.add(name)
+                    names.append(name)
+                objs = [MediaObject(scene_id=scene_id, name=n, original=orig[:2000], size=z)
+                        for n, (orig, _, _, _), z in zip(names, items, sizes)]
+                s.add_all(objs)
+                s.flush()
+                rows = [o.id for o in objs]
+            break
+        except (IntegrityError, OperationalError):
+            time.sleep(0.005 * (1 + attempt % 10))  # a concurrent upload took a name
+    else:
+        raise HTTPException(503, "could not reserve the upload's file names (too many "
+                                 "concurrent uploads to this scene); try again")
+    written: list[str] = []
+    try:
+        def put(k: int) -> None:
+            store.put_file(prefix + names[k], items[k][2])
+            written.append(prefix + names[k])
+
+        parallel_map(put, list(range(len(items))), store.workers)
+    except BaseException:
+        for key in written:
+            try:
+                store.delete(key)
+            except Exception:  # noqa: BLE001
+                pass
+        with session_scope(settings) as s:
+            s.execute(MediaObject.__table__.delete().where(MediaObject.id.in_(rows)))
+        raise
+    dataset = any(is_fixed for *_, is_fixed in items) or any(
+        n.rsplit("/", 1)[-1] in DATASET_MARKERS for n in names)
+    with session_scope(settings) as s:
+        scene = s.get(Scene, scene_id, with_for_update=True)
+        before = scene.media_files or 0
+        if dataset or scene.media_kind == "dataset":
+            kind = "dataset"
+        elif "video" in kinds:
+            kind = "video"
+        elif kinds == {"zip"} and before == 0 and len(names) == 1:
+            kind = "zip"
+        else:
+            kind = "images"
+        s.execute(update(Scene).where(Scene.id == scene_id).values(
+            media_files=Scene.media_files + len(names),
+            media_bytes=Scene.media_bytes + sum(sizes),
+            media_kind=kind, updated_at=time.time()))
+    return [{"name": orig, "stored_as": n, "bytes": z}
+            for (orig, _, _, _), n, z in zip(items, names, sizes)]
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,6 +28,10 @@ variable                        meaning (default)
 ``SPLATFORGE_NOTIFY_URL``       POST every job's final status here (none; a job's own
                                 ``notify_url`` wins), see :mod:`splatforge.jobs.notify`
 ``SPLATFORGE_NOTIFY_SECRET``    HMAC-SHA256 key of the notifications' signature header
+``SPLATFORGE_NOTIFY_HOSTS``     comma-separated hosts notifications may go to (names,
+                                ``.domain`` suffixes, IPs, networks); none = any host but
+                                link-local ones (169.254.0.0/16, fe80::/10), which are
+                                refused unless listed
 ``SPLATFORGE_VIEWER_IDLE_SECONDS`` stop a viewer unused this long (600)
 ``SPLATFORGE_VIEWER_MAX_SPLATS`` display budget of one viewer's model
 ==============================  ===========================================================
@@ -41,7 +45,7 @@ from typing import Literal
 
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from ..settings_env import EnvSettings
@@ -62,6 +66,7 @@ ENV_VARS: dict[str, str] = {
     "SPLATFORGE_TRAIN_GPUS": "train_gpus",
     "SPLATFORGE_NOTIFY_URL": "notify_url",
     "SPLATFORGE_NOTIFY_SECRET": "notify_secret",
+    "SPLATFORGE_NOTIFY_HOSTS": "notify_hosts",
     "SPLATFORGE_VIEWER_IDLE_SECONDS": "viewer_idle_seconds",
     "SPLATFORGE_VIEWER_MAX_SPLATS": "viewer_max_splats",
 }
@@ -106,6 +111,9 @@ class ServiceSettings(EnvSettings):
         description="POST each job's final status here (a job's notify_url wins).")
     notify_secret: str | None = Field(
         None, description="HMAC-SHA256 key of the notification signature header.")
+    notify_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Hosts notifications may go to (comma-separated: names, .domain "
+                        "suffixes, IPs, networks); empty: any host but link-local ones.")
     viewer_idle_seconds: float = Field(600.0, gt=0,
                                        description="Stop a viewer unused this long, s.")
     viewer_max_splats: int | None = Field(None, ge=1,
@@ -154,6 +162,24 @@ class ServiceSettings(EnvSettings):
             return tuple(Path(p) for p in v.split(os.pathsep) if p)
         return v
 
+    @field_validator("notify_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return tuple(h.strip() for h in v.split(",") if h.strip())
+        return v
+
+    @model_validator(mode="after")
+    def _notify_url_host(self) -> "ServiceSettings":
+        from ..jobs.notify import NotifyURLRefused, check_notify_url
+
+        if self.notify_url:
+            try:
+                check_notify_url(self.notify_url, self.notify_hosts)
+            except NotifyURLRefused as e:
+                raise ValueError(f"SPLATFORGE_NOTIFY_URL: {e}") from None
+        return self
+
     # -- environment ------------------------------------------------------------------------
     def to_env(self) -> dict[str, str]:
         """The environment variables that reproduce these settings in another process."""
@@ -162,7 +188,9 @@ class ServiceSettings(EnvSettings):
             value = getattr(self, field)
             if value is None or value == ():
                 continue
-            if field == "allowed_roots":
+            if field == "notify_hosts":
+                out[var] = ",".join(value)
+            elif field == "allowed_roots":
                 out[var] = os.pathsep.join(str(Path(p).resolve()) for p in value)
             elif field == "data_dir":
                 out[var] = str(Path(value).resolve())

@@ -6,7 +6,9 @@ A viewer (viser) listens on 127.0.0.1 only; browsers reach it through the servic
   ``/scenes/{id}/viewer/?token=T``, where ``T`` = ``<expiry>.<HMAC-SHA256(secret,
   "{id}:{expiry}")>`` (the secret is the API key, else a random per-process key);
 * ``GET /scenes/{id}/viewer/...`` checks the token (the link's, or the cookie the first page
-  sets, path ``/scenes/{id}/viewer``) and forwards the request to the scene's viewer;
+  sets, path ``/scenes/{id}/viewer``) and forwards the request to the scene's viewer; a
+  ``token`` in the query must itself be valid (401 otherwise, whatever the cookie holds, and
+  the cookie is left as it was): only a valid link sets the cookie;
 * ``WS /scenes/{id}/viewer`` (the address viser's page connects back to) checks the cookie
   and relays every message both ways.
 
@@ -82,9 +84,12 @@ def viewer_http(scene_id: str, path: str, request: Request) -> Response:
     """Forward one GET to the scene's viewer when the token (link or cookie) is valid."""
     secret = viewer_secret(request.app)
     link = request.query_params.get("token")
-    if not (check_token(secret, scene_id, link)
-            or check_token(secret, scene_id, request.cookies.get(COOKIE))):
-        raise HTTPException(401, "missing or expired viewer link: open "
+    # a token in the query is checked on its own: a bad one is refused even beside a good
+    # cookie (and never replaces it); only a request without one falls back to the cookie
+    ok = (check_token(secret, scene_id, link) if link is not None
+          else check_token(secret, scene_id, request.cookies.get(COOKIE)))
+    if not ok:
+        raise HTTPException(401, "missing, wrong or expired viewer link: open "
                                  f"/scenes/{scene_id}/view (with the API key) again")
     port = _viewer_port(request.app, scene_id)
     try:
@@ -107,7 +112,8 @@ async def viewer_ws(websocket: WebSocket, scene_id: str) -> None:
     from websockets.exceptions import ConnectionClosed
 
     secret = viewer_secret(websocket.app)
-    token = websocket.cookies.get(COOKIE) or websocket.query_params.get("token")
+    query = websocket.query_params.get("token")
+    token = query if query is not None else websocket.cookies.get(COOKIE)
     if not check_token(secret, scene_id, token):
         await websocket.close(code=1008)
         return
