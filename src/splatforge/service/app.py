@@ -47,6 +47,17 @@ async def _send_json(send: Any, status: int, body: dict[str, Any],
 MAX_JSON_BYTES = 1 << 20
 
 
+def body_limit(content_type: str, max_upload_bytes: int) -> tuple[int, str]:
+    """The largest body, bytes, a request of ``content_type`` may send, and how a 413 names
+    it: ``multipart/form-data`` (uploads, any case) may send ``max_upload_bytes``; every
+    other body (``application/json`` in any case, any ``+json`` type, ``text/plain``, no
+    content type at all) at most :data:`MAX_JSON_BYTES`, since no route takes more."""
+    if content_type.split(";")[0].strip().lower() == "multipart/form-data":
+        return max_upload_bytes, "upload body (SPLATFORGE_MAX_UPLOAD_MB)"
+    return min(MAX_JSON_BYTES, max_upload_bytes), "request body (not an upload: " \
+        "uploads are multipart/form-data)"
+
+
 class GuardMiddleware:
     """API-key check and request-size limit (see the module docstring)."""
 
@@ -83,17 +94,11 @@ class GuardMiddleware:
                                  [(b"www-authenticate", b"Bearer")])
                 return
         length = headers.get("content-length")
-        limit = self.max_bytes
-        if headers.get("content-type", "").split(";")[0].strip() == "application/json":
-            limit = min(limit, MAX_JSON_BYTES)
+        limit, what = body_limit(headers.get("content-type", ""), self.max_bytes)
         if length is not None and length.isdigit() and int(length) > limit:
-            if limit < self.max_bytes:
-                await _send_json(send, 413, {"detail": f"JSON body of {length} bytes exceeds "
-                                             f"the limit of {limit} bytes"})
-                return
-            await _send_json(send, 413, {"detail": f"request body of {length} bytes exceeds "
-                                         f"the limit of {self.max_bytes} bytes "
-                                         "(SPLATFORGE_MAX_UPLOAD_MB)"})
+            await _send_json(send, 413, {"detail": f"{what} of {length} bytes exceeds the "
+                                         f"limit of {limit} bytes"},
+                             [(b"connection", b"close")])
             return
         seen = 0
         started = False
@@ -112,8 +117,7 @@ class GuardMiddleware:
                     if not started:
                         started = True
                         await _send_json(send, 413, {
-                            "detail": "request body exceeds the limit of "
-                                      f"{limit} bytes (SPLATFORGE_MAX_UPLOAD_MB)"},
+                            "detail": f"{what} exceeds the limit of {limit} bytes"},
                             [(b"connection", b"close")])
                     return {"type": "http.disconnect"}
             return msg

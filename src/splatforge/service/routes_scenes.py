@@ -23,7 +23,15 @@ from sqlalchemy import select
 from ..errors import InputError
 from .db import Job, Scene, job_to_json, session_scope
 from .store import SCENE_ID_RE, media_prefix, outputs_prefix
-from .uploads import UploadRejected, check_zip, extract_zip, media_type, sanitize_name
+from .uploads import (
+    ByteBudget,
+    UploadRejected,
+    UploadTooLarge,
+    check_zip,
+    extract_zip,
+    media_type,
+    sanitize_name,
+)
 
 router = APIRouter(tags=["scenes"])
 
@@ -121,7 +129,12 @@ def upload_media(request: Request, scene_id: str,
     """Add media to a scene. Everything is checked first (types, names, every zip entry); a
     rejected request (400) stores nothing. A zip holding a COLMAP model or a
     transforms.json is extracted (a posed dataset: ingest and SfM are skipped); a zip of
-    photos and a video are stored as they are."""
+    photos and a video are stored as they are.
+
+    Budgets (413, nothing stored): the files and zip members of one request hold at most
+    ``SPLATFORGE_MAX_UNCOMPRESSED_MB`` uncompressed, one zip member at most
+    ``SPLATFORGE_MAX_MEMBER_MB``; checked from the zips' declared sizes first and again
+    while extracting."""
     settings = request.app.state.settings
     store = request.app.state.storage
     with session_scope(settings) as s:
@@ -133,6 +146,7 @@ def upload_media(request: Request, scene_id: str,
     # -- check everything -------------------------------------------------------------------
     plans: list[tuple[UploadFile, str, str, Any]] = []
     kinds = set()
+    budget = ByteBudget(settings.max_uncompressed_bytes, settings.max_member_bytes)
     try:
         for f in files:
             name = sanitize_name(f.filename or "")
@@ -140,9 +154,15 @@ def upload_media(request: Request, scene_id: str,
             plan = None
             if kind == "zip":
                 f.file.seek(0)
-                plan = check_zip(f.file, name, 4 * settings.max_upload_bytes)
+                plan = check_zip(f.file, name, budget)
+                if not plan.is_dataset:  # stored as it is: the zip itself lands on disk
+                    budget.charge(_file_size(f), name)
+            else:
+                budget.charge(_file_size(f), name)
             plans.append((f, name, kind, plan))
             kinds.add(kind)
+    except UploadTooLarge as e:
+        raise HTTPException(413, str(e)) from None
     except UploadRejected as e:
         raise HTTPException(400, str(e)) from None
     if "video" in kinds and len(files) > 1:
@@ -157,11 +177,13 @@ def upload_media(request: Request, scene_id: str,
             for f, name, kind, plan in plans:
                 f.file.seek(0)
                 if kind == "zip" and plan.is_dataset:
-                    extract_zip(f.file, plan, stage, name)
+                    extract_zip(f.file, plan, stage, name, settings.max_member_bytes)
                 else:  # images, a video, a zip of photos: stored as they are
                     with open(stage / name, "wb") as out:
                         shutil.copyfileobj(f.file, out, 1 << 20)
             keys = store.upload_dir(stage, media_prefix(scene_id))
+        except UploadTooLarge as e:
+            raise HTTPException(413, str(e)) from None
         except (UploadRejected, InputError) as e:
             raise HTTPException(400, str(e)) from None
         finally:
@@ -190,6 +212,14 @@ def upload_media(request: Request, scene_id: str,
         prefix = media_prefix(scene_id)
         return {"scene_id": scene_id, "files": [k[len(prefix):] for k in keys],
                 **scene_to_json(scene)}
+
+
+def _file_size(f: UploadFile) -> int:
+    """Bytes of an uploaded file (its spooled copy), without reading it."""
+    f.file.seek(0, 2)
+    n = f.file.tell()
+    f.file.seek(0)
+    return n
 
 
 # --------------------------------------------------------------------------------------------
