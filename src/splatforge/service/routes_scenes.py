@@ -286,9 +286,56 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     return start, end
 
 
+class ArtifactFileResponse(FileResponse):
+    """Starlette's ``FileResponse`` (HEAD, ``Range: bytes=...``, ``If-Range``, ``ETag`` and
+    ``Last-Modified``) that ignores a ``Range`` header of another unit (``items=0-10``) and
+    sends the whole file, as RFC 9110 section 14.2 asks, instead of a 400."""
+
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        units, eq, _ = http_range.partition("=")
+        if not eq or units.strip().lower() != "bytes":
+            return []  # an empty list: the whole file, 200
+        return super()._parse_range_header(http_range, file_size)
+
+
+def is_not_modified(response_headers: Any, request_headers: Any) -> bool:
+    """True when the request's ``If-None-Match`` (any listed tag, weak or strong, or ``*``)
+    or, without it, its ``If-Modified-Since`` matches the response's ``ETag`` /
+    ``Last-Modified`` (RFC 9110 section 13.1.2-3; Starlette's ``StaticFiles`` rule)."""
+    from email.utils import parsedate_to_datetime
+
+    if_none_match = request_headers.get("if-none-match")
+    if if_none_match:
+        if if_none_match.strip() == "*":
+            return True
+        etag = response_headers.get("etag")
+        return etag is not None and etag in [
+            t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    since, modified = request_headers.get("if-modified-since"), \
+        response_headers.get("last-modified")
+    if not since or not modified:
+        return False
+    try:
+        return parsedate_to_datetime(since) >= parsedate_to_datetime(modified)
+    except (TypeError, ValueError):
+        return False  # an unparsable date is ignored
+
+
 def serve_object(request: Request, store: Any, key: str, filename: str) -> Response:
-    """Stream object ``key`` with ``Range`` support: a local store through ``FileResponse``,
-    S3 through ranged reads (206 with ``Content-Range``)."""
+    """Stream object ``key`` for GET or HEAD: a local store through Starlette's
+    ``FileResponse`` (``Range``, ``If-Range``, ``ETag``, ``Last-Modified``, and 304 for a
+    matching ``If-None-Match`` / ``If-Modified-Since``), S3 through ranged reads (206 with
+    ``Content-Range``). A ``Range`` of an unknown unit is ignored (200).
+
+    Raises:
+        HTTPException: 400 for an invalid key, 404 when the object does not exist, 416 for
+            an unsatisfiable byte range.
+    """
+    import os
+
+    from starlette.staticfiles import NotModifiedResponse
+
     from ..storage import InvalidKey
 
     try:
@@ -300,12 +347,22 @@ def serve_object(request: Request, store: Any, key: str, filename: str) -> Respo
     ctype = CONTENT_TYPES.get(Path(filename).suffix.lower(), "application/octet-stream")
     local = store.local_path(key)
     if local is not None:
-        return FileResponse(local, media_type=ctype, filename=filename,
-                            content_disposition_type="attachment")
+        try:
+            st = os.stat(local)
+        except FileNotFoundError:
+            raise HTTPException(404, f"{filename}: no such artifact") from None
+        resp = ArtifactFileResponse(local, media_type=ctype, filename=filename,
+                                    stat_result=st, content_disposition_type="attachment")
+        if is_not_modified(resp.headers, request.headers):
+            return NotModifiedResponse(resp.headers)
+        return resp
     size = store.size(key)
     headers = {"Accept-Ranges": "bytes",
                "Content-Disposition": f'attachment; filename="{filename}"'}
     rng = parse_range(request.headers.get("range", ""), size) if size else None
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(size)
+        return Response(status_code=200, media_type=ctype, headers=headers)
     if rng is None:
         headers["Content-Length"] = str(size)
         return StreamingResponse(store.open_range(key, 0, None) if size else iter([b""]),
@@ -317,9 +374,10 @@ def serve_object(request: Request, store: Any, key: str, filename: str) -> Respo
                              media_type=ctype, headers=headers)
 
 
-@router.get("/scenes/{scene_id}/artifacts/{name:path}")
+@router.api_route("/scenes/{scene_id}/artifacts/{name:path}", methods=["GET", "HEAD"])
 def get_artifact(request: Request, scene_id: str, name: str) -> Response:
-    """Download one artifact (large files streamed; ``Range: bytes=a-b`` gives 206)."""
+    """Download one artifact (large files streamed; ``Range: bytes=a-b`` gives 206; HEAD
+    and conditional GETs (304) as :func:`serve_object` says)."""
     check_artifact_name(name)
     if not SCENE_ID_RE.match(scene_id):
         raise HTTPException(400, f"invalid scene id {scene_id!r}")
