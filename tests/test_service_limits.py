@@ -34,6 +34,7 @@ from service_helpers import (
     Server,
     new_scene,
     scene_with_source,
+    training,
     wait_job,
 )
 
@@ -305,3 +306,72 @@ def test_downloads_head_conditional_and_unknown_range_unit(server, client):
     compat = f"/scene/{sid}/gsplat/model"
     assert client.head(compat).status_code == 200
     assert client.get(compat, headers={"If-None-Match": etag}).status_code == 304
+
+
+# --------------------------------------------------------------------------------------------
+# item 5: open event streams are capped, and do not starve other requests
+# --------------------------------------------------------------------------------------------
+
+def _open_stream(server: Server, job_id: str) -> tuple[socket.socket, int, dict[str, str]]:
+    sock = _raw_request(server, f"GET /jobs/{job_id}/events HTTP/1.1\r\n"
+                                "Accept: text/event-stream")
+    status, headers = _read_head(sock)
+    return sock, status, headers
+
+
+@pytest.mark.timeout(300)
+def test_event_streams_are_capped_and_healthz_answers(server, client):
+    """200 open SSE streams on one job (the per-job cap): /healthz and GET /jobs/{id} still
+    answer, the 201st stream is a 429 with Retry-After; streams of another job count against
+    the key's cap (210); closed streams free their slots."""
+    # a job that stays running: its worker is stopped (SIGSTOP) once it trains; with one
+    # job slot, a second job stays queued. Nothing writes to the database while it is
+    # stopped (the worker might hold SQLite's write lock)
+    running = client.post(f"/scenes/{scene_with_source(client)}/jobs", json=LONG_JOB).json()
+    queued = client.post(f"/scenes/{scene_with_source(client)}/jobs",
+                         json=LONG_JOB).json()["job_id"]
+    job = wait_job(client, running["job_id"], until=("running",), cond=training)
+    os.kill(job["pid"], signal.SIGSTOP)
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(STREAMS_PER_JOB):
+            sock, status, _ = _open_stream(server, job["id"])
+            socks.append(sock)
+            assert status == 200, (len(socks), status)
+        assert httpx.get(server.url + "/healthz", timeout=60).status_code == 200
+        r = client.get(f"/jobs/{job['id']}")
+        assert r.status_code == 200 and r.json()["status"] == "running"
+        sock, status, headers = _open_stream(server, job["id"])
+        sock.close()
+        assert status == 429, status
+        assert int(headers["retry-after"]) > 0
+        r = client.get(f"/jobs/{job['id']}/events")
+        assert r.status_code == 429 and "SPLATFORGE_MAX_STREAMS_PER_JOB" in r.json()["detail"]
+        # the key's cap counts every job's streams
+        for _ in range(STREAMS_PER_KEY - STREAMS_PER_JOB):
+            sock, status, _ = _open_stream(server, queued)
+            socks.append(sock)
+            assert status == 200, (len(socks), status)
+        r = client.get(f"/jobs/{queued}/events")
+        assert r.status_code == 429 and "SPLATFORGE_MAX_STREAMS_PER_KEY" in r.json()["detail"]
+        assert r.headers["retry-after"]
+        assert httpx.get(server.url + "/healthz", timeout=60).status_code == 200
+        # closing streams frees their slots (the server sees the disconnect)
+        for s in socks:
+            s.close()
+        socks.clear()
+        deadline = time.monotonic() + 60
+        while True:
+            sock, status, _ = _open_stream(server, job["id"])
+            sock.close()
+            if status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert status == 200
+    finally:
+        for s in socks:
+            s.close()
+        os.kill(job["pid"], signal.SIGKILL)
+    assert client.post(f"/jobs/{queued}/cancel").status_code == 202
+    assert wait_job(client, job["id"])["status"] == "failed"
+    assert wait_job(client, queued)["status"] == "cancelled"
