@@ -375,3 +375,45 @@ def test_event_streams_are_capped_and_healthz_answers(server, client):
     assert client.post(f"/jobs/{queued}/cancel").status_code == 202
     assert wait_job(client, job["id"])["status"] == "failed"
     assert wait_job(client, queued)["status"] == "cancelled"
+
+
+# --------------------------------------------------------------------------------------------
+# item 14: SIGTERM while a client stalls mid-upload
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.timeout(300)
+def test_sigterm_during_a_stalled_upload(tmp_path):
+    """The server stops at SIGTERM while a client has sent half an upload and stalls: no 500,
+    no traceback (CancelledError) in its log, and the partial upload is gone."""
+    srv = Server(tmp_path / "data", max_jobs=1, api_key=KEY).start()
+    try:
+        with srv.client() as c:
+            sid = new_scene(c)
+        img = next((PLUSH_DOG / "images_4").iterdir()).read_bytes()
+        part = (b"--b0undary\r\nContent-Disposition: form-data; name=\"files\"; "
+                b"filename=\"a.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n")
+        length = len(part) + (8 << 20)
+        sock = _raw_request(srv, f"POST /scenes/{sid}/media HTTP/1.1\r\nContent-Type: "
+                                 f"multipart/form-data; boundary=b0undary\r\n"
+                                 f"Content-Length: {length}")
+        with sock:
+            sock.sendall(part + img + os.urandom((2 << 20) - len(img)))  # then it stalls
+            time.sleep(1.0)  # the server is reading the body
+            srv.stop(signal.SIGTERM)
+            answer = b""
+            try:
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            except OSError:
+                pass
+        assert not answer.startswith(b"HTTP/1.1 500"), answer[:300]
+        if answer:
+            assert answer.startswith(b"HTTP/1.1 503"), answer[:300]
+        log = srv.log()
+        assert "Traceback" not in log and "CancelledError" not in log, log[-3000:]
+        leftovers = [p for p in (srv.data_dir / "tmp").rglob("*")] \
+            if (srv.data_dir / "tmp").exists() else []
+        assert leftovers == []
+        assert not (srv.data_dir / "artifacts" / "media" / sid).exists()
+    finally:
+        srv.stop(signal.SIGKILL)

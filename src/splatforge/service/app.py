@@ -10,11 +10,15 @@ Two pure-ASGI middlewares run before any route: the bearer API key (when
 (:func:`.routes_web.is_web_page`) needs ``Authorization: Bearer <key>``; 401 otherwise; the
 viewer proxy's paths carry their own signed token, see :mod:`.viewer_proxy`) and the
 request-size limit (``Content-Length`` above the limit, or a
-streamed body that grows past it, is answered 413 before the body is read or stored).
+streamed body that grows past it, is answered 413 before the body is read or stored:
+``multipart/form-data`` uploads may send ``SPLATFORGE_MAX_UPLOAD_MB``, any other body 1 MiB,
+whatever its content type says). The same middleware drains requests at shutdown
+(:class:`Drain`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import secrets
@@ -58,13 +62,40 @@ def body_limit(content_type: str, max_upload_bytes: int) -> tuple[int, str]:
         "uploads are multipart/form-data)"
 
 
-class GuardMiddleware:
-    """API-key check and request-size limit (see the module docstring)."""
+class Drain:
+    """Set when the server starts its graceful shutdown (``splatforge serve`` sets it on
+    SIGTERM / SIGINT, before uvicorn waits for open requests): a request still waiting for
+    its body is then answered 503 and sees a disconnect, an open event stream ends, so
+    nothing is cancelled mid-request when the graceful timeout runs out."""
 
-    def __init__(self, app: Any, api_key: str | None, max_bytes: int):
+    def __init__(self) -> None:
+        self.draining = False
+        self._future: asyncio.Future[None] | None = None
+
+    def waiter(self) -> asyncio.Future[None]:
+        """A future of the running loop, done once draining."""
+        if self._future is None or self._future.get_loop() is not asyncio.get_running_loop():
+            self._future = asyncio.get_running_loop().create_future()
+            if self.draining:
+                self._future.set_result(None)
+        return self._future
+
+    def set(self) -> None:
+        """Start draining (idempotent)."""
+        self.draining = True
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+
+class GuardMiddleware:
+    """API-key check, request-size limit and shutdown drain (see the module docstring)."""
+
+    def __init__(self, app: Any, api_key: str | None, max_bytes: int,
+                 drain: Drain | None = None):
         self.app = app
         self.api_key = api_key
         self.max_bytes = max_bytes
+        self.drain = drain or Drain()
 
     def _authorized(self, headers: dict[str, str]) -> bool:
         """``Authorization: Bearer <key>`` with the right key (constant-time compare)."""
@@ -104,11 +135,30 @@ class GuardMiddleware:
         started = False
         rejected = False
 
+        async def drained() -> dict[str, Any]:
+            # the server is stopping while this request waits for its client: answer 503
+            # (when nothing was answered yet) and let the app see a disconnect
+            nonlocal started, rejected
+            if not started:
+                started = rejected = True
+                await _send_json(send, 503, {"detail": "the server is shutting down; "
+                                             "retry the request"},
+                                 [(b"connection", b"close"), (b"retry-after", b"5")])
+            return {"type": "http.disconnect"}
+
         async def counting_receive() -> dict[str, Any]:
             nonlocal seen, started, rejected
             if rejected:
                 return {"type": "http.disconnect"}
-            msg = await receive()
+            if self.drain.draining:
+                return await drained()
+            pending = asyncio.ensure_future(receive())
+            stop = self.drain.waiter()
+            await asyncio.wait((pending, stop), return_when=asyncio.FIRST_COMPLETED)
+            if not pending.done():
+                pending.cancel()
+                return await drained()
+            msg = pending.result()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > limit:
@@ -188,8 +238,9 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
 
     install_error_handlers(app, [settings.data_dir, settings.work_dir,
                                  *settings.allowed_roots])
+    app.state.drain = Drain()
     app.add_middleware(GuardMiddleware, api_key=settings.api_key,
-                       max_bytes=settings.max_upload_bytes)
+                       max_bytes=settings.max_upload_bytes, drain=app.state.drain)
 
     @app.get("/healthz", tags=["service"])
     def healthz() -> dict[str, Any]:
