@@ -417,3 +417,109 @@ def test_sigterm_during_a_stalled_upload(tmp_path):
         assert not (srv.data_dir / "artifacts" / "media" / sid).exists()
     finally:
         srv.stop(signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------------------------
+# soak: everything at once on a 2-worker server
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.timeout(600)
+def test_soak_everything_at_once(tmp_path):
+    """Uploads (good, over budget, over the body limit), tiny jobs followed to the end over
+    SSE, long jobs cancelled while training, event streams dropped early and downloads
+    (HEAD, ranges, conditional), all at once on a server with 2 job workers. Afterwards: no
+    5xx, no traceback in the server log, every scene's media counts equal to its files on
+    disk, and the server's memory back within 10 % of where it was after a warm-up round."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service_helpers import TINY_JOB, read_sse
+
+    srv = Server(tmp_path / "data", max_jobs=2, api_key=KEY, max_upload_mb=UPLOAD_MB,
+                 extra_env={"SPLATFORGE_MAX_MEMBER_MB": str(MEMBER_MB)}).start()
+    statuses: list[tuple[str, int]] = []
+    images = sorted((PLUSH_DOG / "images_4").iterdir())[:3]
+    dataset = _zip({"images/a.jpg": images[0].read_bytes()}, True)
+    bomb = _zip({"images/bomb.jpg": (MEMBER_MB + 1) << 20}, False)
+
+    def call(c: httpx.Client, method: str, url: str, **kw) -> httpx.Response:
+        r = c.request(method, url, **kw)
+        statuses.append((f"{method} {url}", r.status_code))
+        return r
+
+    def uploads(rounds: int) -> None:
+        with srv.client() as c:
+            for _ in range(rounds):
+                sid = new_scene(c)
+                call(c, "POST", f"/scenes/{sid}/media", files=[
+                    ("files", (p.name, p.read_bytes(), "image/jpeg")) for p in images])
+                call(c, "POST", f"/scenes/{sid}/media",
+                     files={"files": ("d.zip", dataset, "application/zip")})
+                assert call(c, "POST", f"/scenes/{sid}/media", files={
+                    "files": ("b.zip", bomb, "application/zip")}).status_code == 413
+                assert call(c, "POST", f"/scenes/{sid}/jobs", content=b"x" * (2 << 20),
+                            headers={"Content-Type": "text/plain"}).status_code == 413
+
+    def tiny_job() -> None:
+        with srv.client() as c:
+            sid = scene_with_source(c)
+            jid = call(c, "POST", f"/scenes/{sid}/jobs", json=TINY_JOB).json()["job_id"]
+            events = read_sse(c, f"/jobs/{jid}/events")
+            assert events and wait_job(c, jid)["status"] == "succeeded"
+            names = [a["name"] for a in call(c, "GET", f"/scenes/{sid}/artifacts")
+                     .json()["artifacts"]]
+            url = f"/scenes/{sid}/artifacts/{names[0]}"
+            etag = call(c, "HEAD", url).headers["etag"]
+            assert call(c, "GET", url, headers={"Range": "bytes=0-99"}).status_code == 206
+            assert call(c, "GET", url, headers={"If-None-Match": etag}).status_code == 304
+            for name in names:
+                call(c, "GET", f"/scenes/{sid}/artifacts/{name}")
+
+    def cancelled_job() -> None:
+        with srv.client() as c:
+            sid = scene_with_source(c)
+            jid = call(c, "POST", f"/scenes/{sid}/jobs", json=LONG_JOB).json()["job_id"]
+            wait_job(c, jid, until=("running",), cond=training, timeout=300)
+            call(c, "POST", f"/jobs/{jid}/cancel")
+            read_sse(c, f"/jobs/{jid}/events")
+            assert wait_job(c, jid)["status"] == "cancelled"
+
+    def dropped_streams(rounds: int) -> None:
+        with srv.client() as c:
+            for _ in range(rounds):
+                for job in call(c, "GET", "/jobs").json()[:5]:
+                    with c.stream("GET", f"/jobs/{job['id']}/events") as r:
+                        statuses.append(("GET events", r.status_code))
+                        next(r.iter_lines(), None)  # read a little, then hang up
+                assert call(c, "GET", "/healthz").status_code == 200
+                time.sleep(0.5)
+
+    try:
+        tiny_job(); uploads(1)  # noqa: E702  warm-up: every route once
+        time.sleep(1.0)
+        rss0 = _rss(srv.proc.pid)
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(cancelled_job), pool.submit(tiny_job),
+                       pool.submit(uploads, 6), pool.submit(uploads, 6),
+                       pool.submit(dropped_streams, 20), pool.submit(tiny_job)]
+            for f in futures:
+                f.result()
+        with srv.client() as c:
+            assert all(j["status"] in ("succeeded", "cancelled")
+                       for j in call(c, "GET", "/jobs").json())
+            scenes = call(c, "GET", "/scenes", params={"limit": 1000}).json()
+        bad = [s for s in statuses if s[1] >= 500]
+        assert not bad, bad
+        log = srv.log()
+        assert "Traceback" not in log and "Exception" not in log, log[-3000:]
+        media = srv.data_dir / "artifacts" / "media"
+        for scene in scenes:
+            files = [p for p in (media / scene["id"]).rglob("*") if p.is_file()] \
+                if (media / scene["id"]).exists() else []
+            assert scene["media_files"] == len(files), scene
+            assert scene["media_bytes"] == sum(p.stat().st_size for p in files), scene
+        time.sleep(2.0)
+        rss1 = _rss(srv.proc.pid)
+        print(f"soak: {len(statuses)} requests, server RSS {rss0 >> 20} -> {rss1 >> 20} MiB")
+        assert rss1 <= 1.10 * rss0, (rss0, rss1)
+    finally:
+        srv.stop()
