@@ -202,6 +202,7 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
     from .executors import make_executor
     from .render_jobs import router as render_router
     from .routes_compat import router as compat_router
+    from .routes_jobs import _streams as streams
     from .routes_jobs import router as jobs_router
     from .routes_scenes import router as scenes_router
     from .store import get_store
@@ -257,6 +258,7 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
             return JSONResponse(body, status_code=503)  # type: ignore[return-value]
         return body
 
+    streams(app)  # the event-stream caps and poller hub, made once here (not in a thread race)
     app.include_router(scenes_router)
     app.include_router(jobs_router)
     app.include_router(compat_router)
