@@ -383,12 +383,17 @@ def test_event_streams_are_capped_and_healthz_answers(server, client):
 
 @pytest.mark.timeout(300)
 def test_sigterm_during_a_stalled_upload(tmp_path):
-    """The server stops at SIGTERM while a client has sent half an upload and stalls: no 500,
-    no traceback (CancelledError) in its log, and the partial upload is gone."""
+    """The server stops at SIGTERM while a client has sent half an upload and stalls and
+    another follows a running job's events: no 500, no traceback (CancelledError) in its log,
+    nothing left for the graceful timeout to cancel, the event stream ends, and the partial
+    upload is gone."""
     srv = Server(tmp_path / "data", max_jobs=1, api_key=KEY).start()
     try:
         with srv.client() as c:
             sid = new_scene(c)
+            jid = c.post(f"/scenes/{scene_with_source(c)}/jobs", json=LONG_JOB).json()["id"]
+        events, status, _ = _open_stream(srv, jid)
+        assert status == 200
         img = next((PLUSH_DOG / "images_4").iterdir()).read_bytes()
         part = (b"--b0undary\r\nContent-Disposition: form-data; name=\"files\"; "
                 b"filename=\"a.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n")
@@ -400,6 +405,9 @@ def test_sigterm_during_a_stalled_upload(tmp_path):
             sock.sendall(part + img + os.urandom((2 << 20) - len(img)))  # then it stalls
             time.sleep(1.0)  # the server is reading the body
             srv.stop(signal.SIGTERM)
+            with events:
+                while events.recv(65536):  # the stream ends (EOF), it is not cut by a timeout
+                    pass
             answer = b""
             try:
                 while chunk := sock.recv(65536):
@@ -411,6 +419,7 @@ def test_sigterm_during_a_stalled_upload(tmp_path):
             assert answer.startswith(b"HTTP/1.1 503"), answer[:300]
         log = srv.log()
         assert "Traceback" not in log and "CancelledError" not in log, log[-3000:]
+        assert "graceful shutdown exceeded" not in log, log[-3000:]
         leftovers = [p for p in (srv.data_dir / "tmp").rglob("*")] \
             if (srv.data_dir / "tmp").exists() else []
         assert leftovers == []

@@ -134,6 +134,11 @@ class GuardMiddleware:
         seen = 0
         started = False
         rejected = False
+        body_done = False
+        # at shutdown, a request still waiting for its body is cut short; once the body is
+        # in, only an event stream (which never ends by itself) is; a download keeps the
+        # graceful timeout to finish
+        drainable = path.endswith("/events")
 
         async def drained() -> dict[str, Any]:
             # the server is stopping while this request waits for its client: answer 503
@@ -147,9 +152,11 @@ class GuardMiddleware:
             return {"type": "http.disconnect"}
 
         async def counting_receive() -> dict[str, Any]:
-            nonlocal seen, started, rejected
+            nonlocal seen, started, rejected, body_done
             if rejected:
                 return {"type": "http.disconnect"}
+            if body_done and not drainable:
+                return await receive()
             if self.drain.draining:
                 return await drained()
             pending = asyncio.ensure_future(receive())
@@ -160,6 +167,7 @@ class GuardMiddleware:
                 return await drained()
             msg = pending.result()
             if msg["type"] == "http.request":
+                body_done = not msg.get("more_body", False)
                 seen += len(msg.get("body", b""))
                 if seen > limit:
                     # answer 413 now and make the app stop reading (it sees a disconnect)
