@@ -503,7 +503,8 @@ def test_soak_everything_at_once(tmp_path):
                 time.sleep(0.5)
 
     try:
-        tiny_job(); uploads(1)  # noqa: E702  warm-up: every route once
+        tiny_job()  # warm-up: every route once
+        uploads(1)
         time.sleep(1.0)
         rss0 = _rss(srv.proc.pid)
         with ThreadPoolExecutor(6) as pool:

@@ -6,7 +6,6 @@ Every check runs before the first byte is stored, so a rejected request writes n
 from __future__ import annotations
 
 import re
-import shutil
 import stat
 import unicodedata
 import zipfile
