@@ -1,19 +1,22 @@
 """Image folders and zips of images: list, verify, orient, name and write.
 
 Sources are listed by :func:`list_folder` or :func:`list_zip` as :class:`ImageSource` items
-(a name plus a way to read the bytes); :func:`ingest_image_sources` then decodes each one to
+(a name plus a way to open a stream of its bytes); :func:`ingest_image_sources` then
+streams each one to disk (never holding a file or zip member whole in memory), decodes it to
 check it, applies its EXIF orientation, writes it under a normalised name and (optionally)
 scores its sharpness and drops the blurriest.
 """
 
 from __future__ import annotations
 
-import io
 import re
 import zipfile
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from PIL import ExifTags, Image, ImageOps
 
@@ -41,7 +44,9 @@ class ImageSource:
             folder, the member path (``sub/IMG_1.JPG``) for a zip.
         base_name: the file's own name, without any folder (used for the output name).
         size: size in bytes (uncompressed for zip members).
-        read: returns the file's bytes (may raise ``OSError``, ``zipfile.BadZipFile``, ...).
+        open: returns a binary stream of the file's bytes, read in blocks (may raise
+            ``OSError``, ``zipfile.BadZipFile``, ...; a zip member's stream stops at its
+            declared size and checks its CRC).
         origin: the file itself (folders) or the zip (zips): what errors name.
         member: the member path inside the zip, ``None`` for folder files.
         parents: the member's folder names inside the zip (used to prefix duplicate names).
@@ -50,7 +55,7 @@ class ImageSource:
     name: str
     base_name: str
     size: int
-    read: Callable[[], bytes]
+    open: Callable[[], BinaryIO]
     origin: Path
     member: str | None = None
     parents: tuple[str, ...] = ()
@@ -113,7 +118,7 @@ def list_folder(folder: Path, reporter: StageReporter) -> list[ImageSource]:
         else:
             sources.append(ImageSource(
                 name=p.name, base_name=p.name, size=p.stat().st_size,
-                read=p.read_bytes, origin=p))
+                open=(lambda p=p: open(p, "rb")), origin=p))
     if others:
         reporter.info(f"ignoring {len(others)} non-image or hidden file(s) in {folder}: "
                       f"{_summarise(others)}", ignored=others)
@@ -154,7 +159,7 @@ def list_zip(archive: zipfile.ZipFile, zip_path: Path, reporter: StageReporter) 
             continue
         sources.append(ImageSource(
             name=name, base_name=base, size=info.file_size,
-            read=(lambda i=info: archive.read(i)), origin=zip_path, member=name,
+            open=(lambda i=info: archive.open(i)), origin=zip_path, member=name,
             parents=tuple(folders)))
     if others:
         reporter.info(f"ignoring {len(others)} non-image member(s) of {zip_path}: "
@@ -261,27 +266,33 @@ def ingest_image_sources(
     for k, src in enumerate(sources, start=1):
         reason = None
         img = None
-        data = b""
+        # the bytes are streamed to a hidden file next to the output (1 MiB blocks), then
+        # decoded from there: a large file or zip member is never held in memory whole
+        spool = out_dir / f".ingest-{k}.part"
         if src.size == 0:
             reason = "empty file (0 bytes)"
         else:
             try:
-                data = src.read()
+                with src.open() as fin, open(spool, "wb") as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
             except (OSError, zipfile.BadZipFile, RuntimeError, NotImplementedError,
                     EOFError, ValueError) as exc:
                 # RuntimeError: encrypted member; NotImplementedError: compression method.
                 reason = f"cannot be read: {exc}"
             else:
-                if not data:
+                if spool.stat().st_size == 0:
                     reason = "empty file (0 bytes)"
                 else:
                     try:
-                        img = Image.open(io.BytesIO(data))
+                        img = Image.open(spool)
                         img.load()
                     except Exception as exc:  # noqa: BLE001  Pillow raises many types
+                        if img is not None:
+                            img.close()
                         img = None
                         reason = f"not a readable image ({type(exc).__name__}: {exc})"
         if reason is not None:
+            spool.unlink(missing_ok=True)
             if config.strict:
                 raise _fail(src, reason)
             reporter.warning(f"skipping {src.name}: {reason}", file=src.name, reason=reason)
@@ -299,14 +310,16 @@ def ingest_image_sources(
             oriented = ImageOps.exif_transpose(img)
             _save_reencoded(oriented, target, ext)
             out.reoriented.append(name)
+            spool.unlink()
         elif img.format in ("JPEG", "MPO", "PNG"):
             oriented = img
-            target.write_bytes(data)
+            os.replace(spool, target)  # the bytes unchanged (lossless)
         else:
             oriented = img
             reporter.info(f"{src.name}: {img.format} content re-encoded as PNG ({name})",
                           file=src.name)
             _save_reencoded(img, target, ext)
+            spool.unlink()
         if want_sharpness:
             scores[name] = image_sharpness(oriented)
         out.images.append(name)

@@ -10,11 +10,15 @@ Two pure-ASGI middlewares run before any route: the bearer API key (when
 (:func:`.routes_web.is_web_page`) needs ``Authorization: Bearer <key>``; 401 otherwise; the
 viewer proxy's paths carry their own signed token, see :mod:`.viewer_proxy`) and the
 request-size limit (``Content-Length`` above the limit, or a
-streamed body that grows past it, is answered 413 before the body is read or stored).
+streamed body that grows past it, is answered 413 before the body is read or stored:
+``multipart/form-data`` uploads may send ``SPLATFORGE_MAX_UPLOAD_MB``, any other body 1 MiB,
+whatever its content type says). The same middleware drains requests at shutdown
+(:class:`Drain`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import secrets
@@ -47,13 +51,51 @@ async def _send_json(send: Any, status: int, body: dict[str, Any],
 MAX_JSON_BYTES = 1 << 20
 
 
-class GuardMiddleware:
-    """API-key check and request-size limit (see the module docstring)."""
+def body_limit(content_type: str, max_upload_bytes: int) -> tuple[int, str]:
+    """The largest body, bytes, a request of ``content_type`` may send, and how a 413 names
+    it: ``multipart/form-data`` (uploads, any case) may send ``max_upload_bytes``; every
+    other body (``application/json`` in any case, any ``+json`` type, ``text/plain``, no
+    content type at all) at most :data:`MAX_JSON_BYTES`, since no route takes more."""
+    if content_type.split(";")[0].strip().lower() == "multipart/form-data":
+        return max_upload_bytes, "upload body (SPLATFORGE_MAX_UPLOAD_MB)"
+    return min(MAX_JSON_BYTES, max_upload_bytes), "request body (not an upload: " \
+        "uploads are multipart/form-data)"
 
-    def __init__(self, app: Any, api_key: str | None, max_bytes: int):
+
+class Drain:
+    """Set when the server starts its graceful shutdown (``splatforge serve`` sets it on
+    SIGTERM / SIGINT, before uvicorn waits for open requests): a request still waiting for
+    its body is then answered 503 and sees a disconnect, an open event stream ends, so
+    nothing is cancelled mid-request when the graceful timeout runs out."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self._future: asyncio.Future[None] | None = None
+
+    def waiter(self) -> asyncio.Future[None]:
+        """A future of the running loop, done once draining."""
+        if self._future is None or self._future.get_loop() is not asyncio.get_running_loop():
+            self._future = asyncio.get_running_loop().create_future()
+            if self.draining:
+                self._future.set_result(None)
+        return self._future
+
+    def set(self) -> None:
+        """Start draining (idempotent)."""
+        self.draining = True
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+
+class GuardMiddleware:
+    """API-key check, request-size limit and shutdown drain (see the module docstring)."""
+
+    def __init__(self, app: Any, api_key: str | None, max_bytes: int,
+                 drain: Drain | None = None):
         self.app = app
         self.api_key = api_key
         self.max_bytes = max_bytes
+        self.drain = drain or Drain()
 
     def _authorized(self, headers: dict[str, str]) -> bool:
         """``Authorization: Bearer <key>`` with the right key (constant-time compare)."""
@@ -83,28 +125,49 @@ class GuardMiddleware:
                                  [(b"www-authenticate", b"Bearer")])
                 return
         length = headers.get("content-length")
-        limit = self.max_bytes
-        if headers.get("content-type", "").split(";")[0].strip() == "application/json":
-            limit = min(limit, MAX_JSON_BYTES)
+        limit, what = body_limit(headers.get("content-type", ""), self.max_bytes)
         if length is not None and length.isdigit() and int(length) > limit:
-            if limit < self.max_bytes:
-                await _send_json(send, 413, {"detail": f"JSON body of {length} bytes exceeds "
-                                             f"the limit of {limit} bytes"})
-                return
-            await _send_json(send, 413, {"detail": f"request body of {length} bytes exceeds "
-                                         f"the limit of {self.max_bytes} bytes "
-                                         "(SPLATFORGE_MAX_UPLOAD_MB)"})
+            await _send_json(send, 413, {"detail": f"{what} of {length} bytes exceeds the "
+                                         f"limit of {limit} bytes"},
+                             [(b"connection", b"close")])
             return
         seen = 0
         started = False
         rejected = False
+        body_done = False
+        # at shutdown, a request still waiting for its body is cut short; once the body is
+        # in, only an event stream (which never ends by itself) is; a download keeps the
+        # graceful timeout to finish
+        drainable = path.endswith("/events")
+
+        async def drained() -> dict[str, Any]:
+            # the server is stopping while this request waits for its client: answer 503
+            # (when nothing was answered yet) and let the app see a disconnect
+            nonlocal started, rejected
+            if not started:
+                started = rejected = True
+                await _send_json(send, 503, {"detail": "the server is shutting down; "
+                                             "retry the request"},
+                                 [(b"connection", b"close"), (b"retry-after", b"5")])
+            return {"type": "http.disconnect"}
 
         async def counting_receive() -> dict[str, Any]:
-            nonlocal seen, started, rejected
+            nonlocal seen, started, rejected, body_done
             if rejected:
                 return {"type": "http.disconnect"}
-            msg = await receive()
+            if body_done and not drainable:
+                return await receive()
+            if self.drain.draining:
+                return await drained()
+            pending = asyncio.ensure_future(receive())
+            stop = self.drain.waiter()
+            await asyncio.wait((pending, stop), return_when=asyncio.FIRST_COMPLETED)
+            if not pending.done():
+                pending.cancel()
+                return await drained()
+            msg = pending.result()
             if msg["type"] == "http.request":
+                body_done = not msg.get("more_body", False)
                 seen += len(msg.get("body", b""))
                 if seen > limit:
                     # answer 413 now and make the app stop reading (it sees a disconnect)
@@ -112,8 +175,7 @@ class GuardMiddleware:
                     if not started:
                         started = True
                         await _send_json(send, 413, {
-                            "detail": "request body exceeds the limit of "
-                                      f"{limit} bytes (SPLATFORGE_MAX_UPLOAD_MB)"},
+                            "detail": f"{what} exceeds the limit of {limit} bytes"},
                             [(b"connection", b"close")])
                     return {"type": "http.disconnect"}
             return msg
@@ -149,6 +211,7 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
     from .executors import make_executor
     from .render_jobs import router as render_router
     from .routes_compat import router as compat_router
+    from .routes_jobs import _streams as streams
     from .routes_jobs import router as jobs_router
     from .routes_scenes import router as scenes_router
     from .store import get_store
@@ -188,8 +251,9 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
 
     install_error_handlers(app, [settings.data_dir, settings.work_dir,
                                  *settings.allowed_roots])
+    app.state.drain = Drain()
     app.add_middleware(GuardMiddleware, api_key=settings.api_key,
-                       max_bytes=settings.max_upload_bytes)
+                       max_bytes=settings.max_upload_bytes, drain=app.state.drain)
 
     @app.get("/healthz", tags=["service"])
     def healthz() -> dict[str, Any]:
@@ -206,6 +270,7 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
             return JSONResponse(body, status_code=503)  # type: ignore[return-value]
         return body
 
+    streams(app)  # the event-stream caps and poller hub, made once here (not in a thread race)
     app.include_router(scenes_router)
     app.include_router(jobs_router)
     app.include_router(compat_router)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ..errors import ConfigError
 
@@ -53,8 +53,17 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = Non
           f"{settings.database.split('@')[-1]}, storage {settings.storage_url}, executor "
           f"{settings.executor}" + (", API key required" if settings.api_key else ""),
           flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level,
-                timeout_graceful_shutdown=5)
+    drain = app.state.drain
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server that drains the app (:class:`.app.Drain`) as shutdown starts."""
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            drain.set()
+            await super().shutdown(sockets=sockets)
+
+    DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                  timeout_graceful_shutdown=5)).run()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,7 +121,7 @@ def train_gsplat_status(request: Request, scene_id: str) -> dict[str, Any]:
             "error": (j["error"] or {}).get("message") or j["status"]}
 
 
-@router.get("/scene/{scene_id}/gsplat/model")
+@router.api_route("/scene/{scene_id}/gsplat/model", methods=["GET", "HEAD"])
 def gsplat_model(request: Request, scene_id: str) -> Response:
     """The trained PLY, as ``{id}_gaussian_splatting.ply``."""
     _check_id(scene_id)

@@ -4,7 +4,8 @@
   config -> 422 naming the field; a scene without media -> 400; an unknown scene -> 404.
 * ``GET /jobs/{id}``: status, stage, progress, ETA, metrics, error, timestamps.
 * ``GET /jobs/{id}/events``: Server-Sent Events, one ``data:`` JSON per event row, read from
-  the database (so it works for any worker on any machine), ending when the job ends.
+  the database (so it works for any worker on any machine), ending when the job ends;
+  capped per job and per API key (429), see :mod:`.streams`.
 * ``GET /jobs/{id}/log``: the events as text.
 * ``POST /jobs/{id}/cancel``.
 """
@@ -13,19 +14,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from ..config import IngestConfig, SceneConfig, SfmConfig, TrainConfig
 from ..errors import ConfigError
 from ..presets import DEFAULT_PRESET, PresetName
 from .db import FINAL_STATUSES, Job, JobEvent, add_event, job_to_json, session_scope
 from .routes_scenes import get_scene_or_404
+from .streams import RETRY_AFTER_S, EventHub, StreamLimit, StreamSlots, key_id
 from ..jobs.config import parse_stage_config
 
 router = APIRouter(tags=["jobs"])
@@ -191,13 +193,64 @@ def _sse(ev: JobEvent) -> str:
     return f"id: {ev.id}\nevent: {ev.kind}\ndata: {json.dumps(ev.to_json())}\n\n"
 
 
+def _fetch_events(settings: Any) -> Any:
+    """The :class:`.streams.EventHub` fetch function over the job database."""
+
+    def fetch(job_id: str, after: int | None, limit: int) -> tuple[str | None, list]:
+        with session_scope(settings) as s:
+            # status first: once it reads final, the final event is already committed
+            # (they are written in one transaction), so the rows read next include it
+            status = s.execute(select(Job.status).where(Job.id == job_id)).scalar()
+            if after is None:
+                top = s.execute(select(func.max(JobEvent.id))
+                                .where(JobEvent.job_id == job_id)).scalar()
+                return status, [(top or 0, None)]
+            rows = s.execute(select(JobEvent).where(JobEvent.job_id == job_id,
+                                                    JobEvent.id > after)
+                             .order_by(JobEvent.id).limit(limit)).scalars().all()
+            return status, [(ev.id, _sse(ev)) for ev in rows]
+
+    return fetch
+
+
+def _streams(app: Any) -> tuple[StreamSlots, EventHub]:
+    """The app's stream caps and event hub (made on first use)."""
+    state = app.state
+    if getattr(state, "event_hub", None) is None:
+        settings = state.settings
+        state.stream_slots = StreamSlots(settings.max_streams_per_job,
+                                         settings.max_streams_per_key)
+        state.event_hub = EventHub(_fetch_events(settings), tuple(FINAL_STATUSES),
+                                   SSE_POLL_S)
+    return state.stream_slots, state.event_hub
+
+
+class _SlotResponse(StreamingResponse):
+    """A streaming response that gives its stream slot back when it ends, however."""
+
+    def __init__(self, *args: Any, release: Any, **kw: Any):
+        super().__init__(*args, **kw)
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
 @router.get("/jobs/{job_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}})
+            responses={200: {"content": {"text/event-stream": {}}},
+                       429: {"description": "too many open event streams (Retry-After)"}})
 def job_events(request: Request, job_id: str,
-               after: int = Query(0, ge=0, le=MAX_EVENT_ID)) -> StreamingResponse:
+               after: int = Query(0, ge=0, le=MAX_EVENT_ID)) -> Response:
     """Server-Sent Events: every event row of the job from ``after`` (or ``Last-Event-ID``)
     on, as they are written; the stream ends with an ``end`` event once the job is finished
-    (succeeded, failed or cancelled)."""
+    (succeeded, failed or cancelled).
+
+    At most ``SPLATFORGE_MAX_STREAMS_PER_JOB`` streams of one job and
+    ``SPLATFORGE_MAX_STREAMS_PER_KEY`` of one API key are open at once; past either, 429
+    with ``Retry-After`` (seconds). Streams share one database poller per job."""
     settings = request.app.state.settings
     with session_scope(settings) as s:
         get_job_or_404(s, job_id)
@@ -208,36 +261,25 @@ def job_events(request: Request, job_id: str,
             raise HTTPException(400, f"Last-Event-ID must be an event id from 0 to "
                                      f"{MAX_EVENT_ID} (got {last[:40]!r})")
         start = int(last)
+    slots, hub = _streams(request.app)
+    try:
+        release = slots.acquire(job_id, key_id(request.headers.get("authorization")))
+    except StreamLimit as e:
+        return JSONResponse({"detail": str(e)}, status_code=429,
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
 
-    def stream() -> Iterator[str]:
-        last_id = start
-        last_sent = time.monotonic()
+    async def stream() -> AsyncIterator[str]:
         yield "retry: 1000\n\n"
-        while True:
-            with session_scope(settings) as s:
-                # status first: once it reads final, the final event is already committed
-                # (they are written in one transaction), so the rows read next include it
-                status = s.execute(select(Job.status).where(Job.id == job_id)).scalar()
-                rows = s.execute(select(JobEvent).where(JobEvent.job_id == job_id,
-                                                        JobEvent.id > last_id)
-                                 .order_by(JobEvent.id).limit(500)).scalars().all()
-            for ev in rows:
-                last_id = ev.id
-                yield _sse(ev)
-            if rows:
-                last_sent = time.monotonic()
-                continue
-            if status is None or status in FINAL_STATUSES:
-                yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
-                return
-            if time.monotonic() - last_sent > SSE_KEEPALIVE_S:
-                last_sent = time.monotonic()
+        async for kind, payload in hub.follow(job_id, start, SSE_KEEPALIVE_S):
+            if kind == "row":
+                yield payload
+            elif kind == "keepalive":
                 yield ": keep-alive\n\n"
-            time.sleep(SSE_POLL_S)
+            else:
+                yield f"event: end\ndata: {json.dumps({'status': payload})}\n\n"
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache",
-                                      "X-Accel-Buffering": "no"})
+    return _SlotResponse(stream(), media_type="text/event-stream", release=release,
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def format_log_line(ev: JobEvent) -> str:

@@ -23,8 +23,8 @@ from sqlalchemy import select
 from ..errors import InputError
 from .db import Job, Scene, job_to_json, session_scope
 from .store import SCENE_ID_RE, media_prefix, outputs_prefix
-from .uploads import (DATASET_MARKERS, UploadRejected, check_zip, disambiguate, extract_zip,
-                      media_type, rewrite_references, stored_names)
+from .uploads import (DATASET_MARKERS, ByteBudget, UploadRejected, UploadTooLarge, check_zip,
+                      disambiguate, extract_zip, media_type, rewrite_references, stored_names)
 
 router = APIRouter(tags=["scenes"])
 
@@ -130,7 +130,12 @@ def upload_media(request: Request, scene_id: str,
     ``transforms.json`` are rewritten to the stored names. The answer's ``stored`` lists
     ``{"name", "stored_as", "bytes"}`` per file (zip members as ``zip:member``). A dataset
     file the scene already holds is a 409 (nothing stored). ``media_files`` /
-    ``media_bytes`` grow atomically by what was stored."""
+    ``media_bytes`` grow atomically by what was stored..
+
+    Budgets (413, nothing stored): the files and zip members of one request hold at most
+    ``SPLATFORGE_MAX_UNCOMPRESSED_MB`` uncompressed, one zip member at most
+    ``SPLATFORGE_MAX_MEMBER_MB``; checked from the zips' declared sizes first and again
+    while extracting."""
     settings = request.app.state.settings
     store = request.app.state.storage
     with session_scope(settings) as s:
@@ -142,6 +147,7 @@ def upload_media(request: Request, scene_id: str,
     # -- check everything -------------------------------------------------------------------
     plans: list[tuple[UploadFile, str, str, Any]] = []
     kinds = set()
+    budget = ByteBudget(settings.max_uncompressed_bytes, settings.max_member_bytes)
     try:
         wanted = stored_names([f.filename or "" for f in files])  # the one naming rule
         for f, name in zip(files, wanted):
@@ -149,9 +155,15 @@ def upload_media(request: Request, scene_id: str,
             plan = None
             if kind == "zip":
                 f.file.seek(0)
-                plan = check_zip(f.file, name, 4 * settings.max_upload_bytes)
+                plan = check_zip(f.file, name, budget)
+                if not plan.is_dataset:  # stored as it is: the zip itself lands on disk
+                    budget.charge(_file_size(f), name)
+            else:
+                budget.charge(_file_size(f), name)
             plans.append((f, name, kind, plan))
             kinds.add(kind)
+    except UploadTooLarge as e:
+        raise HTTPException(413, str(e)) from None
     except UploadRejected as e:
         raise HTTPException(400, str(e)) from None
     if "video" in kinds and len(files) > 1:
@@ -163,8 +175,10 @@ def upload_media(request: Request, scene_id: str,
         tmp_root.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix="upload-", dir=tmp_root))
         try:
-            items = _stage(plans, stage)
+            items = _stage(plans, stage, settings.max_member_bytes)
             stored = _store_media(settings, store, scene_id, items, kinds)
+        except UploadTooLarge as e:
+            raise HTTPException(413, str(e)) from None
         except (UploadRejected, InputError) as e:
             raise HTTPException(400, str(e)) from None
         finally:
@@ -184,8 +198,8 @@ def upload_media(request: Request, scene_id: str,
 RESERVE_ATTEMPTS = 200
 
 
-def _stage(plans: list[tuple[UploadFile, str, str, Any]], stage: Path
-           ) -> list[tuple[str, str, Path, bool]]:
+def _stage(plans: list[tuple[UploadFile, str, str, Any]], stage: Path,
+           per_member: int | None = None) -> list[tuple[str, str, Path, bool]]:
     """Write the checked uploads into ``stage``: plain files as they are, dataset zips
     extracted with their references rewritten to the stored names
     (:func:`.uploads.rewrite_references`). Returns ``(client name, wanted stored name,
@@ -194,13 +208,14 @@ def _stage(plans: list[tuple[UploadFile, str, str, Any]], stage: Path
 
     Raises:
         UploadRejected: a corrupt zip member.
+        UploadTooLarge: a zip member inflating past ``per_member`` bytes.
     """
     items: list[tuple[str, str, Path, bool]] = []
     for k, (f, name, kind, plan) in enumerate(plans):
         f.file.seek(0)
         if kind == "zip" and plan.is_dataset:
             dest = stage / f"zip{k}"
-            extract_zip(f.file, plan, dest, name)
+            extract_zip(f.file, plan, dest, name, per_member)
             rewrite_references(dest, plan.renames)
             for orig, (_, rel) in zip(plan.originals, plan.members):
                 items.append((f"{f.filename}:{orig}", rel, dest / rel, True))
@@ -304,6 +319,14 @@ def _store_media(settings: Any, store: Any, scene_id: str,
             for (orig, _, _, _), n, z in zip(items, names, sizes)]
 
 
+def _file_size(f: UploadFile) -> int:
+    """Bytes of an uploaded file (its spooled copy), without reading it."""
+    f.file.seek(0, 2)
+    n = f.file.tell()
+    f.file.seek(0)
+    return n
+
+
 # --------------------------------------------------------------------------------------------
 # artifacts
 # --------------------------------------------------------------------------------------------
@@ -368,9 +391,56 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     return start, end
 
 
+class ArtifactFileResponse(FileResponse):
+    """Starlette's ``FileResponse`` (HEAD, ``Range: bytes=...``, ``If-Range``, ``ETag`` and
+    ``Last-Modified``) that ignores a ``Range`` header of another unit (``items=0-10``) and
+    sends the whole file, as RFC 9110 section 14.2 asks, instead of a 400."""
+
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        units, eq, _ = http_range.partition("=")
+        if not eq or units.strip().lower() != "bytes":
+            return []  # an empty list: the whole file, 200
+        return super()._parse_range_header(http_range, file_size)
+
+
+def is_not_modified(response_headers: Any, request_headers: Any) -> bool:
+    """True when the request's ``If-None-Match`` (any listed tag, weak or strong, or ``*``)
+    or, without it, its ``If-Modified-Since`` matches the response's ``ETag`` /
+    ``Last-Modified`` (RFC 9110 section 13.1.2-3; Starlette's ``StaticFiles`` rule)."""
+    from email.utils import parsedate_to_datetime
+
+    if_none_match = request_headers.get("if-none-match")
+    if if_none_match:
+        if if_none_match.strip() == "*":
+            return True
+        etag = response_headers.get("etag")
+        return etag is not None and etag in [
+            t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    since, modified = request_headers.get("if-modified-since"), \
+        response_headers.get("last-modified")
+    if not since or not modified:
+        return False
+    try:
+        return parsedate_to_datetime(since) >= parsedate_to_datetime(modified)
+    except (TypeError, ValueError):
+        return False  # an unparsable date is ignored
+
+
 def serve_object(request: Request, store: Any, key: str, filename: str) -> Response:
-    """Stream object ``key`` with ``Range`` support: a local store through ``FileResponse``,
-    S3 through ranged reads (206 with ``Content-Range``)."""
+    """Stream object ``key`` for GET or HEAD: a local store through Starlette's
+    ``FileResponse`` (``Range``, ``If-Range``, ``ETag``, ``Last-Modified``, and 304 for a
+    matching ``If-None-Match`` / ``If-Modified-Since``), S3 through ranged reads (206 with
+    ``Content-Range``). A ``Range`` of an unknown unit is ignored (200).
+
+    Raises:
+        HTTPException: 400 for an invalid key, 404 when the object does not exist, 416 for
+            an unsatisfiable byte range.
+    """
+    import os
+
+    from starlette.staticfiles import NotModifiedResponse
+
     from ..storage import InvalidKey
 
     try:
@@ -382,12 +452,22 @@ def serve_object(request: Request, store: Any, key: str, filename: str) -> Respo
     ctype = CONTENT_TYPES.get(Path(filename).suffix.lower(), "application/octet-stream")
     local = store.local_path(key)
     if local is not None:
-        return FileResponse(local, media_type=ctype, filename=filename,
-                            content_disposition_type="attachment")
+        try:
+            st = os.stat(local)
+        except FileNotFoundError:
+            raise HTTPException(404, f"{filename}: no such artifact") from None
+        resp = ArtifactFileResponse(local, media_type=ctype, filename=filename,
+                                    stat_result=st, content_disposition_type="attachment")
+        if is_not_modified(resp.headers, request.headers):
+            return NotModifiedResponse(resp.headers)
+        return resp
     size = store.size(key)
     headers = {"Accept-Ranges": "bytes",
                "Content-Disposition": f'attachment; filename="{filename}"'}
     rng = parse_range(request.headers.get("range", ""), size) if size else None
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(size)
+        return Response(status_code=200, media_type=ctype, headers=headers)
     if rng is None:
         headers["Content-Length"] = str(size)
         return StreamingResponse(store.open_range(key, 0, None) if size else iter([b""]),
@@ -399,9 +479,10 @@ def serve_object(request: Request, store: Any, key: str, filename: str) -> Respo
                              media_type=ctype, headers=headers)
 
 
-@router.get("/scenes/{scene_id}/artifacts/{name:path}")
+@router.api_route("/scenes/{scene_id}/artifacts/{name:path}", methods=["GET", "HEAD"])
 def get_artifact(request: Request, scene_id: str, name: str) -> Response:
-    """Download one artifact (large files streamed; ``Range: bytes=a-b`` gives 206)."""
+    """Download one artifact (large files streamed; ``Range: bytes=a-b`` gives 206; HEAD
+    and conditional GETs (304) as :func:`serve_object` says)."""
     check_artifact_name(name)
     if not SCENE_ID_RE.match(scene_id):
         raise HTTPException(400, f"invalid scene id {scene_id!r}")

@@ -19,7 +19,14 @@ variable                        meaning (default)
 ``SPLATFORGE_API_KEY``          bearer key every route but ``/healthz`` requires (none)
 ``SPLATFORGE_EXECUTOR``         ``local`` (worker processes on this machine) or ``celery``
 ``SPLATFORGE_BROKER_URL``       Celery broker (``redis://...`` or ``amqp://...``)
-``SPLATFORGE_MAX_UPLOAD_MB``    largest request body accepted, MiB (2048)
+``SPLATFORGE_MAX_UPLOAD_MB``    largest upload (multipart) body, MiB (2048); any other
+                                body may be 1 MiB at most
+``SPLATFORGE_MAX_UNCOMPRESSED_MB`` uncompressed bytes one upload may hold, all its files
+                                and zip members together, MiB (4096)
+``SPLATFORGE_MAX_MEMBER_MB``    uncompressed size of one file inside an uploaded zip, MiB
+                                (512)
+``SPLATFORGE_MAX_STREAMS_PER_JOB`` open event streams (SSE) of one job (100)
+``SPLATFORGE_MAX_STREAMS_PER_KEY`` open event streams of one API key, all jobs (200)
 ``SPLATFORGE_ALLOWED_ROOTS``    ``os.pathsep``-separated folders a ``source_uri`` may name
 ``SPLATFORGE_MAX_JOBS``         local executor: jobs at once (CUDA GPUs, else 1)
 ``SPLATFORGE_JOB_TIME_LIMIT_S`` hard time limit of one job in seconds (none)
@@ -60,6 +67,10 @@ ENV_VARS: dict[str, str] = {
     "SPLATFORGE_EXECUTOR": "executor",
     "SPLATFORGE_BROKER_URL": "broker_url",
     "SPLATFORGE_MAX_UPLOAD_MB": "max_upload_mb",
+    "SPLATFORGE_MAX_UNCOMPRESSED_MB": "max_uncompressed_mb",
+    "SPLATFORGE_MAX_MEMBER_MB": "max_member_mb",
+    "SPLATFORGE_MAX_STREAMS_PER_JOB": "max_streams_per_job",
+    "SPLATFORGE_MAX_STREAMS_PER_KEY": "max_streams_per_key",
     "SPLATFORGE_ALLOWED_ROOTS": "allowed_roots",
     "SPLATFORGE_MAX_JOBS": "max_concurrent_jobs",
     "SPLATFORGE_JOB_TIME_LIMIT_S": "job_time_limit_s",
@@ -94,7 +105,18 @@ class ServiceSettings(EnvSettings):
     api_key: str | None = Field(None, description="Bearer API key (none = no auth).")
     executor: Literal["local", "celery"] = Field("local", description="Job executor.")
     broker_url: str | None = Field(None, description="Celery broker URL.")
-    max_upload_mb: float = Field(2048.0, gt=0, description="Largest request body, MiB.")
+    max_upload_mb: float = Field(2048.0, gt=0, description="Largest upload body, MiB.")
+    max_uncompressed_mb: float = Field(
+        4096.0, gt=0, description="Uncompressed bytes one upload may hold (its files and "
+                                  "zip members together), MiB; over it: 413.")
+    max_member_mb: float = Field(
+        512.0, gt=0, description="Uncompressed size of one file in an uploaded zip, MiB; "
+                                 "over it: 413 naming the member.")
+    max_streams_per_job: int = Field(
+        100, ge=1, description="Open event streams (SSE) of one job; over it: 429.")
+    max_streams_per_key: int = Field(
+        200, ge=1, description="Open event streams of one API key (or of all clients "
+                               "when no key is set); over it: 429.")
     allowed_roots: Annotated[tuple[Path, ...], NoDecode] = Field(
         (), description="Local folders a source_uri may point into (os.pathsep-separated).")
     max_concurrent_jobs: int | None = Field(
@@ -153,7 +175,18 @@ class ServiceSettings(EnvSettings):
 
     @property
     def max_upload_bytes(self) -> int:
+        """``max_upload_mb`` in bytes."""
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_uncompressed_bytes(self) -> int:
+        """``max_uncompressed_mb`` in bytes."""
+        return int(self.max_uncompressed_mb * 1024 * 1024)
+
+    @property
+    def max_member_bytes(self) -> int:
+        """``max_member_mb`` in bytes."""
+        return int(self.max_member_mb * 1024 * 1024)
 
     @field_validator("allowed_roots", mode="before")
     @classmethod

@@ -6,7 +6,6 @@ Every check runs before the first byte is stored, so a rejected request writes n
 from __future__ import annotations
 
 import re
-import shutil
 import stat
 import unicodedata
 import zipfile
@@ -31,6 +30,40 @@ DATASET_MARKERS = frozenset({"cameras.bin", "cameras.txt", "images.bin", "images
 
 class UploadRejected(ValueError):
     """A request that must be answered 400 (the message says why)."""
+
+
+class UploadTooLarge(UploadRejected):
+    """An upload over a byte budget (:class:`ByteBudget`): answered 413."""
+
+
+@dataclass
+class ByteBudget:
+    """The uncompressed bytes one upload may write: ``total`` over all its files and zip
+    members together (``SPLATFORGE_MAX_UNCOMPRESSED_MB``) and ``per_member`` for one file
+    inside a zip (``SPLATFORGE_MAX_MEMBER_MB``), both in bytes; ``used`` counts what was
+    charged so far."""
+
+    total: int
+    per_member: int
+    used: int = 0
+
+    def charge(self, n: int, label: str, member: str | None = None) -> None:
+        """Count ``n`` more bytes of ``label`` (a file or a zip; ``member`` inside it).
+
+        Raises:
+            UploadTooLarge: the member is over ``per_member``, or the upload over ``total``;
+                the message names the file, the member and the setting.
+        """
+        if member is not None and n > self.per_member:
+            raise UploadTooLarge(
+                f"{label}: member {member!r} is over the limit of {self.per_member} bytes "
+                "uncompressed per file (SPLATFORGE_MAX_MEMBER_MB)")
+        self.used += n
+        if self.used > self.total:
+            where = f"{label}" + (f" (member {member!r})" if member else "")
+            raise UploadTooLarge(
+                f"{where}: the upload holds more than {self.total} bytes uncompressed "
+                "(SPLATFORGE_MAX_UNCOMPRESSED_MB)")
 
 
 def sanitize_name(name: str) -> str:
@@ -151,12 +184,14 @@ class ZipPlan:
         return any(rel.rsplit("/", 1)[-1] in DATASET_MARKERS for _, rel in self.members)
 
 
-def check_zip(fileobj: BinaryIO, label: str, max_bytes: int) -> ZipPlan:
+def check_zip(fileobj: BinaryIO, label: str, budget: ByteBudget | int) -> ZipPlan:
     """Check every entry of a zip before anything is extracted.
 
     Entries that would land outside the target (absolute paths, ``..`` components, drive
     letters, backslash tricks: "zip slip") and symbolic links reject the whole zip; so do a
-    corrupt archive and an uncompressed total above ``max_bytes`` (a zip bomb). Hidden
+    corrupt archive and declared uncompressed sizes over ``budget`` (a zip bomb: one member
+    over ``budget.per_member``, or the kept members over what is left of ``budget.total``,
+    which they are charged to). Hidden
     entries and ``__MACOSX/`` are skipped; a single top folder shared by every entry is
     dropped (``scene/sparse/0/...`` becomes ``sparse/0/...``); member names follow
     :func:`stored_names` (sanitised, collisions disambiguated; ``ZipPlan.renames`` says
@@ -164,7 +199,10 @@ def check_zip(fileobj: BinaryIO, label: str, max_bytes: int) -> ZipPlan:
 
     Raises:
         UploadRejected: naming the zip and the offending entry.
+        UploadTooLarge: over the budget, naming the zip and the member.
     """
+    if isinstance(budget, int):  # one number: the zip's total and per-member limit
+        budget = ByteBudget(budget, budget)
     try:
         zf = zipfile.ZipFile(fileobj)
         infos = zf.infolist()
@@ -191,9 +229,8 @@ def check_zip(fileobj: BinaryIO, label: str, max_bytes: int) -> ZipPlan:
         if not (low.endswith(IMAGE_EXTENSIONS) or low.endswith(DATASET_EXTENSIONS)
                 or low.endswith(tuple(VIDEO_EXTENSIONS))):
             continue
+        budget.charge(info.file_size, label, raw)
         total += info.file_size
-        if total > max_bytes:
-            raise UploadRejected(f"{label}: more than {max_bytes} bytes uncompressed")
         kept.append((info, parts))
     if not kept:
         raise UploadRejected(f"{label}: no images, video or dataset files inside")
@@ -245,15 +282,19 @@ def _is_dataset_folder(name: str) -> bool:
     return low in ("sparse", "masks", "distorted") or low.startswith("images")
 
 
-def extract_zip(fileobj: BinaryIO, plan: ZipPlan, dest: Path, label: str = "zip") -> None:
-    """Extract the members of a checked zip into ``dest`` (paths from the plan only).
+def extract_zip(fileobj: BinaryIO, plan: ZipPlan, dest: Path, label: str = "zip",
+                per_member: int | None = None) -> None:
+    """Extract the members of a checked zip into ``dest`` (paths from the plan only),
+    streamed in 1 MiB blocks.
 
-    Each member is written at most its declared size (zipfile stops there) and checked
-    against its CRC.
+    The bytes are counted as they are written, never trusting the headers: a member stops
+    at its declared size (which :func:`check_zip` charged to the budget) and at
+    ``per_member`` bytes; its CRC is checked.
 
     Raises:
         UploadRejected: a corrupt member (bad CRC, broken deflate stream, a member that
             inflates past its declared size), naming the zip and the member.
+        UploadTooLarge: a member inflating past ``per_member`` bytes.
     """
     import zlib
 
@@ -262,13 +303,27 @@ def extract_zip(fileobj: BinaryIO, plan: ZipPlan, dest: Path, label: str = "zip"
     for info, rel in plan.members:
         out = resolve_inside(root, rel, f"{label}: entry")
         out.parent.mkdir(parents=True, exist_ok=True)
+        cap = info.file_size if per_member is None else min(info.file_size, per_member)
         try:
             with zf.open(info) as src, open(out, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+                written = 0
+                while block := src.read(1 << 20):
+                    written += len(block)
+                    if written > cap:
+                        if written > info.file_size:
+                            raise zipfile.BadZipFile("inflates past its declared size")
+                        raise UploadTooLarge(
+                            f"{label}: member {info.filename!r} is over the limit of "
+                            f"{per_member} bytes uncompressed per file "
+                            "(SPLATFORGE_MAX_MEMBER_MB)")
+                    dst.write(block)
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError,
                 RuntimeError) as e:
             out.unlink(missing_ok=True)
             raise UploadRejected(f"{label}: entry {info.filename!r} is corrupt ({e})") from None
+        except UploadTooLarge:
+            out.unlink(missing_ok=True)
+            raise
 
 
 # --------------------------------------------------------------------------------------------
