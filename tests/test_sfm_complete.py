@@ -88,15 +88,17 @@ def test_sfm_json_records_the_attempts_and_the_view_graph(sample_runs):
 
 @pytest.fixture(scope="module")
 def odd_set(tmp_path_factory):
-    """24 sample photos, one unrelated photo (a castle) and one heavily blurred photo."""
+    """24 sample photos, an unrelated photo (a castle), a heavily blurred photo and a photo of
+    another size (another camera)."""
     src = tmp_path_factory.mktemp("odd") / "photos"
     src.mkdir()
     photos = sorted(SAMPLE.iterdir())
     for p in photos[:24]:
         shutil.copy(p, src / p.name)
     castle = Image.open(DATASETS / "sceaux_castle" / "images" / "100_7100.JPG")
-    castle.resize((375, 281)).save(src / "zz_castle.jpg", quality=92)
+    castle.resize((375, 250)).save(src / "zz_castle.jpg", quality=92)  # the sample's size
     Image.open(photos[30]).filter(ImageFilter.GaussianBlur(12)).save(src / "zz_blurred.jpg")
+    Image.open(photos[40]).resize((300, 200)).save(src / "zz_smaller.jpg")  # another camera
     return src
 
 
@@ -104,11 +106,13 @@ def test_every_photo_left_out_gets_a_reason(odd_set, tmp_path):
     res = run_sfm(SfmConfig(**PREVIEW_SFM), odd_set, tmp_path / "ws")
     reasons = {d["image"]: d for d in res.left_out}
     assert set(reasons) == set(res.unregistered)
-    assert {"zz_castle.jpg", "zz_blurred.jpg"} <= set(reasons)
+    assert {"zz_castle.jpg", "zz_blurred.jpg", "zz_smaller.jpg"} <= set(reasons)
     assert reasons["zz_blurred.jpg"]["reason"] == "few_features"
     assert "blurred" in reasons["zz_blurred.jpg"]["message"]
     assert reasons["zz_castle.jpg"]["reason"] in ("no_overlap", "separate_group")
     assert reasons["zz_castle.jpg"]["verified_neighbors"] <= 1
+    assert reasons["zz_smaller.jpg"]["reason"] == "not_read"
+    assert "300x200" in reasons["zz_smaller.jpg"]["message"]
     assert res.num_registered >= 22
     data = json.loads((tmp_path / "ws" / "sfm.json").read_text())
     assert {d["image"] for d in data["left_out"]} == set(reasons)
@@ -134,9 +138,8 @@ def _mostly_unrelated(dst: Path) -> Path:
               + sorted((DATASETS / "statue_of_liberty" / "images").iterdir())[:2]
               + sorted((DATASETS / "beer_phone" / "images").iterdir())[:2])
     for i, p in enumerate(others):
-        im = Image.open(p).convert("RGB")
-        im.thumbnail((400, 400))
-        im.save(dst / f"other_{i}.jpg")
+        # the sample's size, so that they are read as the same camera and fail on overlap
+        Image.open(p).convert("RGB").resize((375, 250)).save(dst / f"other_{i}.jpg")
     return dst
 
 

@@ -82,8 +82,8 @@ class SfmResult:
             that can be posed together).
         view_graph: verified pairs and component sizes.
         left_out: for every unregistered image: the reason (``few_features``,
-            ``no_overlap``, ``separate_group``, ``not_posed``), a message in plain words and
-            the numbers behind it (features, verified neighbours, component).
+            ``no_overlap``, ``separate_group``, ``not_posed``, ``not_read``), a message in
+            plain words and the numbers behind it (features, verified neighbours, component).
         peak_threshold: the SIFT peak threshold used.
         seconds: wall-clock seconds per step (``ingest``, ``extract``, ``match``, ``map``,
             ``undistort``); a step skipped on resume has no entry.
@@ -458,8 +458,8 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
     seconds["map"] = round(time.monotonic() - t0, 3)
     n_reg = 0 if best is None else best.num_reg_images()
     reg_names = registered_names(best)
-    left_out = [graph.explain(n, reg_names) for n in image_names
-                if n not in reg_names and n in graph.num_features]
+    left_out = [graph.explain(n, reg_names) if n in graph.num_features
+                else _not_read(n, image_dir, config) for n in image_names if n not in reg_names]
     if best is None or n_reg < _MIN_REGISTERED:
         raise SfmError(
             f"{image_dir}: only {n_reg} of {num_images} images could be registered "
@@ -649,6 +649,27 @@ _HINTS = ("hints: take photos with more overlap (each part of the scene in 3+ ph
           "~60-80% overlap between neighbours), keep the subject sharp and well lit, avoid "
           "plain untextured backgrounds and motion blur, and leave out photos of other "
           "subjects")
+
+
+def _not_read(name: str, image_dir: Path, config: SfmConfig) -> dict[str, Any]:
+    """The reason for a photo COLMAP left out of its database (not read at all)."""
+    from PIL import Image
+
+    info: dict[str, Any] = {"image": name, "features": 0, "verified_neighbors": 0,
+                            "component": None, "component_size": 0, "reason": "not_read"}
+    try:
+        with Image.open(image_dir / name) as im:
+            w, h = im.size
+    except OSError as e:
+        info["message"] = f"the file could not be read as an image ({e})"
+        return info
+    if config.single_camera:
+        info["message"] = (f"its size ({w}x{h}) differs from the other photos', and the photos "
+                           "are taken as one camera (single_camera): photos of another camera "
+                           "or crop need single_camera false")
+    else:
+        info["message"] = f"COLMAP could not read it ({w}x{h})"
+    return info
 
 
 def _reasons_text(left_out: list[dict[str, Any]], limit: int = 30) -> str:
