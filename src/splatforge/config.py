@@ -136,10 +136,12 @@ class SfmConfig(StageConfig):
     vocab_tree_path: Path | None = Field(
         None, description="vocab_tree matching: a local vocabulary-tree file (required; "
                           "splatforge never downloads one).")
-    guided_matching: bool = Field(
-        False, description="Re-match every pair with its estimated two-view geometry (more "
-                           "matches, about 1.6x the matching time). Left-over images are "
-                           "always re-matched guided, where it pays.")
+    guided_matching: bool | None = Field(
+        None, description="Re-match pairs with their estimated two-view geometry (more "
+                          "matches, about 1.6x the matching time per pair). Default: on for "
+                          "exhaustive matching (small sets, where it decides whether weak "
+                          "pairs link) and with pose_prior, off for retrieval and sequential "
+                          "matching; left-over photos are always re-matched guided.")
     mapping: Literal["incremental", "global"] = Field(
         "incremental", description="incremental (COLMAP) or global (GLOMAP, merged in COLMAP).")
     relaxed_retry: bool = Field(

@@ -133,14 +133,23 @@ def _fingerprint(images_dir: Path, config: SfmConfig) -> str:
 
 
 def _resolve_matching(config: SfmConfig, num_images: int, is_video: bool,
-                      rep: StageReporter) -> str:
+                      rep: StageReporter, priors: bool = False) -> str:
     if config.matching != "auto":
         return config.matching
     if is_video:
         return "sequential"
-    if num_images <= config.exhaustive_max_images:
+    # known poses: every pair that can be triangulated is worth its time (up to 100 photos)
+    if num_images <= (max(100, config.exhaustive_max_images) if priors
+                      else config.exhaustive_max_images):
         return "exhaustive"
     return "retrieval"
+
+
+def _guided(config: SfmConfig, matching: str, priors: bool) -> bool:
+    """Whether every pair is matched guided (see ``SfmConfig.guided_matching``)."""
+    if config.guided_matching is not None:
+        return config.guided_matching
+    return matching == "exhaustive" or priors
 
 
 def sift_peak_threshold(config: SfmConfig, image_dir: Path, names: list[str]) -> float:
@@ -295,7 +304,8 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
             p.unlink(missing_ok=True)
         state = {"fingerprint": fp, "done": []}
     db_path = work / "database.db"
-    matching = _resolve_matching(config, num_images, is_video, rep)
+    matching = _resolve_matching(config, num_images, is_video, rep, priors is not None)
+    guided = _guided(config, matching, priors is not None)
     peak = sift_peak_threshold(config, image_dir if views is None else input_dir,
                                frame_names if views is None else frame_names)
     skipped: list[str] = []
@@ -381,7 +391,7 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
     rep.step(1)
 
     # 2. Matching.
-    match_key = f"match:{matching}:{config.guided_matching}:{config.sequential_overlap}:" \
+    match_key = f"match:{matching}:{guided}:{config.sequential_overlap}:" \
                 f"{config.quadratic_overlap}:{config.retrieval_neighbors}:{config.seed}"
     if match_key in state["done"]:
         skipped.append("match")
@@ -391,7 +401,7 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
             db.clear_matches()
             db.clear_two_view_geometries()
             n_priors = sum(1 for pp in db.read_all_pose_priors() if pp.has_position())
-        mopts = _matching_options(pycolmap, config, config.guided_matching)
+        mopts = _matching_options(pycolmap, config, guided)
         verify = verification_options(pycolmap, config)
         rep.info(f"matching: {matching}")
         if matching == "spatial" and n_priors == 0:
