@@ -165,7 +165,8 @@ def test_auto_matching_choice():
 
     rep = StageReporter("sfm", None)
     assert _resolve_matching(SfmConfig(), 40, False, rep) == "exhaustive"
-    assert _resolve_matching(SfmConfig(), 84, False, rep) == "retrieval"
+    assert _resolve_matching(SfmConfig(), 100, False, rep) == "exhaustive"
+    assert _resolve_matching(SfmConfig(), 101, False, rep) == "retrieval"
     assert _resolve_matching(SfmConfig(), 300, True, rep) == "sequential"
     assert _resolve_matching(SfmConfig(), 60, True, rep) == "sequential"
     assert _resolve_matching(SfmConfig(), 150, False, rep) == "retrieval"

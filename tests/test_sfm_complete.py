@@ -82,7 +82,7 @@ def test_sfm_json_records_the_attempts_and_the_view_graph(sample_runs):
     kept = [a for a in data["attempts"] if a["kept"]]
     assert len(kept) == 1 and kept[0]["method"] == data["method"]
     assert kept[0]["registered"] == data["num_registered"]
-    assert data["matching"] == "retrieval"  # 84 photos: above exhaustive_max_images
+    assert data["matching"] == "exhaustive"  # 84 photos: up to exhaustive_max_images
     assert data["peak_threshold"] < 0.005  # small photos get the lower SIFT threshold
 
 
@@ -239,3 +239,20 @@ def test_retrieval_plan_is_repeatable_and_linear_in_n(sample_runs):
     top = [(n, m) for n in ranked for m in ranked[n][:3]]
     hits = sum(1 for n, m in top if m in graph.neighbors[n])
     assert hits > 0.5 * len(top), hits
+
+
+def test_retrieval_matching_end_to_end(tmp_path):
+    """Retrieval (k = 8) on 40 sample photos: far fewer pairs than exhaustive, all posed."""
+    src = tmp_path / "photos"
+    src.mkdir()
+    for p in sorted(SAMPLE.iterdir())[:40]:
+        shutil.copy(p, src / p.name)
+    events = []
+    res = run_sfm(SfmConfig(**PREVIEW_SFM, matching="retrieval", retrieval_neighbors=8), src,
+                  tmp_path / "ws", events.append)
+    planned = [e.data["planned_pairs"] for e in events if "planned_pairs" in (e.data or {})]
+    assert planned and planned[0] <= 40 * 8 < 40 * 39 // 2
+    assert res.matching == "retrieval"
+    assert res.num_registered >= 38, res.left_out
+    steps = {e.message for e in events if e.kind == "progress"}
+    assert any("rank similar images" in m for m in steps)

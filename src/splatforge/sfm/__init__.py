@@ -138,9 +138,7 @@ def _resolve_matching(config: SfmConfig, num_images: int, is_video: bool,
         return config.matching
     if is_video:
         return "sequential"
-    # known poses: every pair that can be triangulated is worth its time (up to 100 photos)
-    if num_images <= (max(100, config.exhaustive_max_images) if priors
-                      else config.exhaustive_max_images):
+    if num_images <= config.exhaustive_max_images:
         return "exhaustive"
     return "retrieval"
 
