@@ -363,11 +363,14 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
                 mode = pycolmap.CameraMode.SINGLE
             else:
                 mode = pycolmap.CameraMode.AUTO
-            # Batches give progress; with one shared camera, later batches must reuse the
-            # camera the first batch created (each extract_features call would otherwise add
-            # its own). AUTO mode groups images by EXIF across the whole set: one batch.
-            batch = (max(1, min(16, num_images // 10 or 1))
-                     if mode != pycolmap.CameraMode.AUTO else num_images)
+            # One image per call: within a call COLMAP's extraction threads write images to
+            # the database in the order they finish, so image ids (which the mapper's order
+            # and tie-breaks follow) changed from run to run, and with them the poses (up to
+            # 25 degrees on the sample between two identical runs). One call per image gives
+            # ids in name order, at the cost of extracting one image at a time. With one
+            # shared camera, later calls reuse the camera the first created. AUTO mode groups
+            # images by EXIF across the whole set: one call (not repeatable).
+            batch = 1 if mode != pycolmap.CameraMode.AUTO else num_images
             for i in range(0, num_images, batch):
                 names = image_names[i:i + batch]
                 pycolmap.extract_features(db_path, image_dir, image_names=names,
@@ -451,10 +454,10 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
                 _, ranked = _retrieve(pycolmap, config, db_path, events)
             more = _rematch_plan(left, ranked, 3 * config.retrieval_neighbors,
                                  prefer=set(graph.largest))
-            rematch_pairs(pycolmap, db_path, more, _matching_options(pycolmap, config, True),
-                          verification_options(pycolmap, config), work, events)
+            n = rematch_pairs(pycolmap, db_path, more, _matching_options(pycolmap, config, True),
+                              verification_options(pycolmap, config), work, events)
             graph = ViewGraph.from_database(pycolmap, db_path)
-            return len(more), set(graph.largest)
+            return n, set(graph.largest)
 
         out = map_complete(pycolmap, config, db_path, image_dir, work, events, num_images,
                            target, rig=views is not None,

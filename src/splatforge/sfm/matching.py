@@ -87,18 +87,20 @@ def verification_options(pycolmap: Any, config: SfmConfig, min_inliers: int | No
 
 
 def rematch_pairs(pycolmap: Any, db_path: Path, pairs: list[tuple[str, str]], options: Any,
-                  verification: Any, work: Path, events: EventCallback | None) -> None:
-    """Match ``pairs`` again from scratch: their old matches and geometries are deleted
-    first (COLMAP's matcher skips pairs that already have matches)."""
+                  verification: Any, work: Path, events: EventCallback | None) -> int:
+    """Match those of ``pairs`` that were never matched (pairs already in the database are
+    kept as they are: deleting and re-matching them was not repeatable from run to run).
+
+    Returns:
+        the number of pairs matched.
+    """
     with pycolmap.Database.open(db_path) as db:
         ids = {im.name: im.image_id for im in db.read_all_images()}
-        for a, b in pairs:
-            if db.exists_matches(ids[a], ids[b]):
-                db.delete_matches(ids[a], ids[b])
-            if db.exists_two_view_geometry(ids[a], ids[b]):
-                db.delete_two_view_geometry(ids[a], ids[b])
-    match_pairs(pycolmap, db_path, pairs, options, work, events, verification,
-                label="re-match left-over images")
+        new = [(a, b) for a, b in pairs if not db.exists_matches(ids[a], ids[b])]
+    if new:
+        match_pairs(pycolmap, db_path, new, options, work, events, verification,
+                    label="match left-over images")
+    return len(new)
 
 
 def match_pairs(pycolmap: Any, db_path: Path, pairs: list[tuple[str, str]],
