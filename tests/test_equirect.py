@@ -330,6 +330,7 @@ def test_360_workspace_loads_and_trains_as_pinhole_views(sfm_360, tmp_path):
                       densify_from_iter=1000, device="cpu", seed=0)
     res = run_train(cfg, scene, tmp_path / "model", events.append, scene_config=sc_cfg)
     losses = [e.data["loss"] for e in events if e.kind == "progress" and "loss" in e.data]
-    assert len(losses) >= 3 and losses[-1] < losses[0]
+    # each logged loss is one random view's: compare the means of the first and last three
+    assert len(losses) >= 6 and sum(losses[-3:]) < sum(losses[:3])
     assert res.num_gaussians > 0
     assert (tmp_path / "model" / "point_cloud" / "iteration_30" / "point_cloud.ply").is_file()
