@@ -40,7 +40,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -322,7 +321,6 @@ def main() -> None:
             opts = dict(opts, num_threads=args.threads)
             for label, src in sources:
                 ws = tmp / f"{case}_{label}"
-                t0 = time.monotonic()
                 r = run_one(src, media, ws, opts, args.cache, f"{case}_{label}")
                 row = {"case": case, "code": label, **{k: v for k, v in r.items()
                                                         if k not in ("seconds", "workspace")},
@@ -337,7 +335,6 @@ def main() -> None:
                 if args.json:
                     args.json.write_text(json.dumps({"machine": machine(), "rows": rows},
                                                     indent=2))
-                del t0
     finally:
         if tmp_ctx:
             tmp_ctx.cleanup()

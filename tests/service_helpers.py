@@ -127,6 +127,12 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
 
+def assert_no_server_paths(server: "Server", text: str) -> None:
+    """``text`` (a response, a message, a log) names none of the server's folders."""
+    for p in {str(server.data_dir), str(server.data_dir.resolve())}:
+        assert p not in text, text
+
+
 def wait_job(client: httpx.Client, job_id: str, until: tuple[str, ...] = FINAL,
              timeout: float = 180.0, cond: Any = None) -> dict[str, Any]:
     """Poll ``GET /jobs/{id}`` until its status is in ``until`` (and ``cond(job)`` holds)."""

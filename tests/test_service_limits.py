@@ -30,6 +30,7 @@ import pytest
 
 from conftest import PLUSH_DOG
 from service_helpers import (
+    assert_no_server_paths,
     LONG_JOB,
     Server,
     new_scene,
@@ -65,11 +66,6 @@ def server(tmp_path_factory):
 def client(server):
     with server.client() as c:
         yield c
-
-
-def _no_server_paths(server: Server, text: str) -> None:
-    for p in {str(server.data_dir), str(server.data_dir.resolve())}:
-        assert p not in text, text
 
 
 def _raw_request(server: Server, head: str) -> socket.socket:
@@ -209,7 +205,7 @@ def test_zip_member_over_the_budget_is_413(server, client, dataset):
     detail = r.json()["detail"]
     assert "b.zip" in detail and "images/bomb.jpg" in detail, detail
     assert "SPLATFORGE_MAX_MEMBER_MB" in detail, detail
-    _no_server_paths(server, r.text)
+    assert_no_server_paths(server, r.text)
     assert client.get(f"/scenes/{sid}").json()["media_files"] == 0
     assert _tmp_leftovers(server) == []
 
@@ -225,7 +221,7 @@ def test_upload_total_over_the_budget_is_413(server, client):
     assert r.status_code == 413, (r.status_code, r.text)
     detail = r.json()["detail"]
     assert "SPLATFORGE_MAX_UNCOMPRESSED_MB" in detail and "b.zip" in detail, detail
-    _no_server_paths(server, r.text)
+    assert_no_server_paths(server, r.text)
     assert client.get(f"/scenes/{sid}").json()["media_files"] == 0
     assert _tmp_leftovers(server) == []
     # one of them alone fits

@@ -304,8 +304,7 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
     db_path = work / "database.db"
     matching = _resolve_matching(config, num_images, is_video, rep, priors is not None)
     guided = _guided(config, matching, priors is not None)
-    peak = sift_peak_threshold(config, image_dir if views is None else input_dir,
-                               frame_names if views is None else frame_names)
+    peak = sift_peak_threshold(config, input_dir, frame_names)  # 360: the frames' size
     skipped: list[str] = []
     ranked: dict[str, list[str]] | None = None
 

@@ -211,6 +211,8 @@ def _fit_and_render(params: dict[str, torch.Tensor], scene: Scene, i: int, sh_de
                 row[i] = appearance.embedding(None)
         row.requires_grad_(True)
         opt = torch.optim.Adam([row], lr=lr)
+        others = torch.ones(row.shape[0], dtype=torch.bool, device=row.device)
+        others[i] = False
         base = None
         if kind != "embedding":  # an image-space grid: the splats' render does not change
             with torch.no_grad():
@@ -225,9 +227,7 @@ def _fit_and_render(params: dict[str, torch.Tensor], scene: Scene, i: int, sh_de
             loss = (out[0] - gt).abs()[fit_mask].mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            keep = torch.zeros(row.shape[0], dtype=torch.bool, device=row.device)
-            keep[i] = True
-            row.grad[~keep] = 0  # only this photo's row moves
+            row.grad[others] = 0  # only this photo's row moves
             opt.step()
         with torch.no_grad():
             if kind == "embedding":
