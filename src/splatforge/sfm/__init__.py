@@ -45,6 +45,8 @@ from .viewgraph import ViewGraph
 STEPS = ("extract", "match", "map", "undistort")
 _WORK = ".sfm_work"
 _MIN_REGISTERED = 3
+#: images per extraction call: all threads work within a call; progress is shown between calls
+_EXTRACT_BATCH = 16
 #: Below this fraction of the images registered, SfM stops (unless ``allow_partial``).
 MIN_REGISTERED_FRACTION = 0.5
 #: Below this fraction, SfM warns loudly.
@@ -362,25 +364,22 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
                 mode = pycolmap.CameraMode.SINGLE
             else:
                 mode = pycolmap.CameraMode.AUTO
-            # One image per call: within a call COLMAP's extraction threads write images to
-            # the database in the order they finish, so image ids (which the mapper's order
-            # and tie-breaks follow) changed from run to run, and with them the poses (up to
-            # 25 degrees on the sample between two identical runs). One call per image gives
-            # ids in name order, at the cost of extracting one image at a time. With one
-            # shared camera, later calls reuse the camera the first created. AUTO mode groups
-            # images by EXIF across the whole set: one call (not repeatable).
-            batch = 1 if mode != pycolmap.CameraMode.AUTO else num_images
-            for i in range(0, num_images, batch):
-                names = image_names[i:i + batch]
+            # Image ids decide the mapper's order and tie-breaks, so they must not depend on
+            # thread timing: within one extraction call COLMAP writes new images to the
+            # database in the order its threads finish (poses up to 25 degrees apart between
+            # two identical runs of the sample). So the images are first imported in name
+            # order by one reader (ids in name order, cameras made the same way every run),
+            # then extracted by all threads in batches of 16, which keep the imported ids.
+            with pycolmap.Database.open(db_path):
+                pass  # import_images needs the database to exist
+            pycolmap.import_images(db_path, image_dir, camera_mode=mode,
+                                   image_names=image_names, options=reader)
+            for i in range(0, num_images, _EXTRACT_BATCH):
+                names = image_names[i:i + _EXTRACT_BATCH]
                 pycolmap.extract_features(db_path, image_dir, image_names=names,
                                           camera_mode=mode, reader_options=reader,
                                           extraction_options=ext)
-                if mode == pycolmap.CameraMode.SINGLE and reader.existing_camera_id < 0:
-                    with pycolmap.Database.open(db_path) as db:
-                        cams = db.read_all_cameras()
-                    if cams:
-                        reader.existing_camera_id = cams[0].camera_id
-                sub.step(min(i + batch, num_images))
+                sub.step(min(i + _EXTRACT_BATCH, num_images))
         with pycolmap.Database.open(db_path) as db:
             n_db = db.num_images()
         if n_db < num_images:

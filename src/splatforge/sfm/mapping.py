@@ -7,12 +7,14 @@ reprojection error). Each rung is recorded in ``attempts`` with its outcome, so 
 says what was tried, what won and what lost:
 
 1. ``incremental``: COLMAP's incremental mapper with its default thresholds, seeded.
-2. ``relaxed``: the same mapper with relaxed thresholds (:data:`RELAXED_MAPPER`).
-3. ``rematch+extend``: the left-over images are matched against more neighbours (their next
+2. ``extend``: the mapper continues from the kept model with relaxed thresholds
+   (:data:`RELAXED_MAPPER`, ``input_path``): the cheapest remedy, one pass over the rest.
+3. ``relaxed``: the mapper from scratch with relaxed thresholds.
+4. ``rematch+extend``: the left-over images are matched against more neighbours (their next
    most similar images by retrieval, with guided matching), then the mapper continues from
    the kept model with relaxed thresholds (``input_path``): it registers what it can into
    that model and bundle-adjusts.
-4. ``global``: global mapping (GLOMAP, merged in COLMAP) over the same view graph.
+5. ``global``: global mapping (GLOMAP, merged in COLMAP) over the same view graph.
 
 With ``mapping="global"`` the first rung is global mapping and the incremental rungs follow
 when it misses photos (measured: on 16 plush_dog photos matched unguided, GLOMAP's rotation
@@ -53,8 +55,8 @@ class MapOutcome:
 
     Attributes:
         model: the kept ``pycolmap.Reconstruction`` (None when nothing was reconstructed).
-        method: the rung that produced it (``incremental``, ``relaxed``, ``rematch+extend``,
-            ``global``).
+        method: the rung that produced it (``incremental``, ``extend``, ``relaxed``,
+            ``rematch+extend``, ``global``).
         num_models: models the winning rung produced.
         attempts: one dict per rung: ``method``, ``registered``, ``models``,
             ``reprojection_error`` (px), ``seconds``, ``kept``.
@@ -194,9 +196,22 @@ def map_complete(pycolmap: Any, config: SfmConfig, db_path: Path, image_dir: Pat
     def missing() -> set[str]:
         return target - registered_names(best)
 
+    def extend(method: str) -> None:
+        seed_dir = models / f"kept_for_{method.replace('+', '_')}"
+        shutil.rmtree(seed_dir, ignore_errors=True)
+        seed_dir.mkdir(parents=True)
+        best.write_binary(str(seed_dir))
+        attempt(method, input_path=seed_dir)
+
     first = "global" if config.mapping == "global" else "incremental"
     attempt(first)
     ladder = config.relaxed_retry
+    if ladder and missing() and best is not None and not rig:
+        # Cheapest first: continue from the kept model with relaxed thresholds (registers
+        # what it can of the rest, then bundle-adjusts) before mapping again from scratch.
+        rep.info(f"{len(target - missing())}/{len(target)} poseable images registered: "
+                 "registering the rest into the kept model with relaxed thresholds")
+        extend("extend")
     if ladder and missing():  # also after a global mapping that missed photos
         rep.info(f"{len(target - missing())}/{len(target)} poseable images registered: "
                  f"mapping again with relaxed thresholds {RELAXED_MAPPER}")
@@ -207,11 +222,7 @@ def map_complete(pycolmap: Any, config: SfmConfig, db_path: Path, image_dir: Pat
         n_new, target = rematch(left)
         rep.info(f"{len(left)} images left out: matched them against more "
                  f"neighbours ({n_new} new pairs) and continued mapping from the kept model")
-        seed_dir = models / "kept_for_extend"
-        shutil.rmtree(seed_dir, ignore_errors=True)
-        seed_dir.mkdir(parents=True)
-        best.write_binary(str(seed_dir))
-        attempt("rematch+extend", input_path=seed_dir)
+        extend("rematch+extend")
     if ladder and missing() and first != "global" and not rig:
         rep.info(f"{len(missing())} poseable images still left out: trying global mapping")
         attempt("global")
