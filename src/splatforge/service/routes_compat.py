@@ -24,7 +24,7 @@ from ..ingest import IMAGE_EXTENSIONS
 from ..jobs.manifest import MODEL_NAME, model_key
 from ..presets import DEFAULT_PRESET
 from .db import Job, Scene, job_to_json, session_scope
-from .routes_jobs import create_job
+from .lifecycle import create_job
 from .routes_scenes import serve_object
 from .store import SCENE_ID_RE, colmap_prefix, media_prefix, outputs_prefix
 

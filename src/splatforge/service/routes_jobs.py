@@ -25,7 +25,8 @@ from sqlalchemy import func, select
 from ..config import IngestConfig, SceneConfig, SfmConfig, TrainConfig
 from ..errors import ConfigError
 from ..presets import DEFAULT_PRESET, PresetName
-from .db import FINAL_STATUSES, Job, JobEvent, add_event, job_to_json, session_scope
+from .db import FINAL_STATUSES, Job, JobEvent, job_to_json, session_scope
+from .lifecycle import create_job, stop_job
 from .routes_scenes import get_scene_or_404
 from .streams import RETRY_AFTER_S, EventHub, StreamLimit, StreamSlots, key_id
 from ..jobs.config import parse_stage_config
@@ -108,21 +109,6 @@ def check_job_request(body: JobRequest, settings: Any) -> tuple[dict[str, Any], 
     return config, configs["train"].max_steps
 
 
-def create_job(settings: Any, executor: Any, scene_id: str, config: dict[str, Any],
-               max_steps: int | None, kind: str = "reconstruct") -> dict[str, Any]:
-    """Insert a queued job and hand it to the executor; returns its JSON."""
-    with session_scope(settings) as s:
-        job = Job(scene_id=scene_id, kind=kind, config=config, max_steps=max_steps,
-                  status="queued", metrics={})
-        s.add(job)
-        s.flush()
-        add_event(s, job.id, "status", "queued", data={"status": "queued"})
-        out = job_to_json(job)
-    if executor is not None:
-        executor.submit(out["id"])
-    return out
-
-
 @router.post("/scenes/{scene_id}/jobs", status_code=202)
 def start_job(request: Request, scene_id: str,
               body: JobRequest | None = Body(
@@ -176,15 +162,8 @@ def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
     (training stops at a step boundary with a checkpoint; finished stages' outputs stay)."""
     settings = request.app.state.settings
     with session_scope(settings) as s:
-        job = get_job_or_404(s, job_id)
-        if job.status in FINAL_STATUSES:
-            return job_to_json(job)
-        job.cancel_requested = True
-        job.updated_at = time.time()
-        add_event(s, job.id, "info", "cancel requested", stage=job.stage)
-    executor = request.app.state.executor
-    if executor is not None:
-        executor.cancel(job_id)
+        get_job_or_404(s, job_id)
+    stop_job(settings, job_id, request.app.state.executor)
     with session_scope(settings) as s:
         return job_to_json(get_job_or_404(s, job_id))
 
