@@ -275,30 +275,3 @@ def add_event(session: Session, job_id: str, kind: str, message: str = "",
                   time=fields.pop("time", None) or time.time(), **fields)
     session.add(ev)
     return ev
-
-
-def job_to_json(job: Job) -> dict[str, Any]:
-    """The JSON of ``GET /jobs/{id}``."""
-    def iso(t: float | None) -> str | None:
-        if t is None:
-            return None
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
-
-    error = None
-    if job.error_message or job.error_stage:
-        error = {"stage": job.error_stage, "message": job.error_message}
-    return {
-        "id": job.id, "scene_id": job.scene_id, "kind": job.kind, "status": job.status,
-        "stage": job.stage,
-        "progress": {"step": job.step, "total": job.total, "max_steps": job.max_steps,
-                     "fraction": job.fraction},
-        "eta_s": job.eta_s, "metrics": job.metrics or {}, "error": error,
-        "cancel_requested": bool(job.cancel_requested),
-        "worker": job.worker, "pid": job.pid, "host": job.host,
-        "config": job.config or {},
-        "created_at": iso(job.created_at), "started_at": iso(job.started_at),
-        "finished_at": iso(job.finished_at), "updated_at": iso(job.updated_at),
-        "view_url": f"/scenes/{job.scene_id}/view",
-        "artifacts_url": f"/scenes/{job.scene_id}/artifacts",
-        "events_url": f"/jobs/{job.id}/events", "log_url": f"/jobs/{job.id}/log",
-    }

@@ -32,8 +32,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import func, update
 
-from .db import (FINAL_STATUSES, Job, add_event, client_text, job_to_json, session_factory,
-                 session_scope)
+from .db import FINAL_STATUSES, Job, add_event, client_text, session_factory, session_scope
 from .settings import ServiceSettings
 
 log = logging.getLogger("splatforge.jobs")
@@ -115,20 +114,21 @@ class Submitter(Protocol):
         """Run the queued job ``job_id`` when a slot is free."""
 
 
-def create_job(settings: ServiceSettings, executor: Submitter | None, scene_id: str, config: dict[str, Any],
-               max_steps: int | None, kind: str = "reconstruct") -> dict[str, Any]:
-    """Insert a job in its first state, ``queued``, and hand it to ``executor`` (when
-    given); returns its JSON (:func:`.db.job_to_json`)."""
+def create_job(settings: ServiceSettings, executor: Submitter | None, scene_id: str,
+               config: dict[str, Any], max_steps: int | None,
+               kind: str = "reconstruct") -> str:
+    """Insert a job in its first state, ``queued`` (with its ``status`` event), and hand it
+    to ``executor`` (when given); returns the job's id."""
     with session_scope(settings) as s:
         job = Job(scene_id=scene_id, kind=kind, config=config, max_steps=max_steps,
                   status="queued", metrics={})
         s.add(job)
         s.flush()
         add_event(s, job.id, "status", "queued", data={"status": "queued"})
-        out = job_to_json(job)
+        job_id = job.id
     if executor is not None:
-        executor.submit(out["id"])
-    return out
+        executor.submit(job_id)
+    return job_id
 
 
 class Stoppable(Protocol):

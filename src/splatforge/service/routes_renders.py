@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, HTTPException, Response
 from sqlalchemy import select
 
 from .db import Job, session_scope
 from .render_jobs import MODEL_ARTIFACTS, RENDER_KIND, RenderRequest
 from .lifecycle import create_job
+from .deps import ExecutorDep, SettingsDep, StoreDep
+from .routes_jobs import job_created
 from .routes_scenes import get_scene_or_404
+from .schemas import JobCreated
 from .store import outputs_prefix
 
 router = APIRouter(tags=["renders"])
@@ -35,20 +37,17 @@ def _trained(settings: Any, store: Any, scene_id: str) -> Job | None:
     return job
 
 
-@router.post("/scenes/{scene_id}/renders", status_code=202)
-def start_render(request: Request, scene_id: str,
-                 body: RenderRequest | None = None) -> JSONResponse:
+@router.post("/scenes/{scene_id}/renders", status_code=202, response_model=JobCreated)
+def start_render(scene_id: str, settings: SettingsDep, store: StoreDep, executor: ExecutorDep,
+                 response: Response, body: RenderRequest | None = None) -> JobCreated:
     """Start a camera-path video of the scene's trained model; 202 with the job id. The MP4
     becomes the artifact ``videos/{job_id}.mp4`` (named in the job's ``metrics.video``)."""
-    settings = request.app.state.settings
     body = body or RenderRequest()
     with session_scope(settings) as s:
         get_scene_or_404(s, scene_id)
-    if _trained(settings, request.app.state.storage, scene_id) is None:
+    if _trained(settings, store, scene_id) is None:
         raise HTTPException(409, f"scene {scene_id} has no trained model yet: run a job "
                                  "(POST /scenes/{id}/jobs) and wait for it to succeed")
     config = {"render": body.model_dump(mode="json", exclude_none=True)}
-    out = create_job(settings, request.app.state.executor, scene_id, config,
-                     body.frame_count(), kind=RENDER_KIND)
-    return JSONResponse({"job_id": out["id"], **out}, status_code=202,
-                        headers={"Location": f"/jobs/{out['id']}"})
+    return job_created(settings, response, create_job(
+        settings, executor, scene_id, config, body.frame_count(), kind=RENDER_KIND))
