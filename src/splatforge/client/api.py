@@ -15,8 +15,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
 from ..errors import SplatforgeError
+from ..service.schemas import ArtifactList, JobCreated, JobOut, MediaAdded, SceneCreated
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -27,6 +29,20 @@ _CHUNK = 1 << 20
 
 class ClientError(SplatforgeError):
     """A request the service refused or could not answer (message names URL and cause)."""
+
+
+def _read(model: type[BaseModel], resp: httpx.Response) -> dict[str, Any]:
+    """The JSON body of ``resp`` checked against the service's response model ``model``
+    (:mod:`splatforge.service.schemas`), as a dict.
+
+    Raises:
+        ClientError: the body is not that model (a different service or version).
+    """
+    try:
+        return model.model_validate(resp.json()).model_dump(mode="json")
+    except (ValueError, ValidationError) as e:
+        raise ClientError(f"{resp.request.method} {resp.request.url}: the answer is not a "
+                          f"{model.__name__} ({e})") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,7 +124,7 @@ class ServiceClient:
     def create_scene(self, name: str | None = None) -> str:
         """``POST /scenes`` -> the new scene id."""
         body = {"name": name} if name else {}
-        return str(self._request("POST", "/scenes", json=body).json()["id"])
+        return _read(SceneCreated, self._request("POST", "/scenes", json=body))["id"]
 
     def upload_media(self, scene_id: str, files: list[Path]) -> dict[str, Any]:
         """``POST /scenes/{id}/media`` with ``files`` as one multipart request (streamed)."""
@@ -119,8 +135,9 @@ class ServiceClient:
                 f = open(p, "rb")
                 handles.append(f)
                 parts.append(("files", (p.name, f, _content_type(p))))
-            return self._request("POST", f"/scenes/{scene_id}/media", files=parts,
-                                 timeout=httpx.Timeout(30.0, write=None, read=600.0)).json()
+            return _read(MediaAdded, self._request(
+                "POST", f"/scenes/{scene_id}/media", files=parts,
+                timeout=httpx.Timeout(30.0, write=None, read=600.0)))
         finally:
             for f in handles:
                 f.close()
@@ -128,26 +145,25 @@ class ServiceClient:
     def add_source_uri(self, scene_id: str, uri: str) -> dict[str, Any]:
         """``POST /scenes/{id}/media`` with the form field ``source_uri`` (``s3://...`` or a
         folder under the server's ``SPLATFORGE_ALLOWED_ROOTS``; fetched when the job runs)."""
-        return self._request("POST", f"/scenes/{scene_id}/media",
-                             data={"source_uri": uri}).json()
+        return _read(MediaAdded, self._request("POST", f"/scenes/{scene_id}/media",
+                                               data={"source_uri": uri}))
 
     def create_job(self, scene_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /scenes/{id}/jobs`` -> the job record (``id``, ``status``, ...)."""
-        return self._request("POST", f"/scenes/{scene_id}/jobs", json=body).json()
+        return _read(JobCreated, self._request("POST", f"/scenes/{scene_id}/jobs", json=body))
 
     def job(self, job_id: str) -> dict[str, Any]:
         """``GET /jobs/{id}``: status, stage, progress, eta, metrics, error, timestamps."""
-        return self._request("GET", f"/jobs/{job_id}").json()
+        return _read(JobOut, self._request("GET", f"/jobs/{job_id}"))
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         """``POST /jobs/{id}/cancel``."""
-        return self._request("POST", f"/jobs/{job_id}/cancel").json()
+        return _read(JobOut, self._request("POST", f"/jobs/{job_id}/cancel"))
 
     def artifacts(self, scene_id: str) -> list[dict[str, Any]]:
         """``GET /scenes/{id}/artifacts`` -> ``[{"name": ..., "size": ...}, ...]``."""
-        body = self._request("GET", f"/scenes/{scene_id}/artifacts").json()
-        items = body.get("artifacts", body) if isinstance(body, dict) else body
-        return [({"name": x} if isinstance(x, str) else x) for x in items]
+        return _read(ArtifactList, self._request("GET", f"/scenes/{scene_id}/artifacts"))[
+            "artifacts"]
 
     def events(self, job_id: str) -> Iterator[dict[str, Any]]:
         """``GET /jobs/{id}/events`` (server-sent events): yields each event's JSON data."""

@@ -3,7 +3,10 @@
 Routers live in small modules: :mod:`.routes_scenes` (scenes, media, artifacts),
 :mod:`.routes_jobs` (jobs, progress events, logs, cancel), :mod:`.routes_compat` (the
 baking-server routes an existing frontend calls), :mod:`.routes_renders` (camera-path videos),
-:mod:`.routes_web` (the web app at ``/``) and, when present, ``routes_view`` (the viewer). ``app.state`` carries ``settings``, ``storage`` and ``executor``.
+:mod:`.routes_web` (the web app at ``/``) and, when present, ``routes_view`` (the viewer).
+They answer with the models of :mod:`.schemas` and call the logic they need (the job's life:
+:mod:`.lifecycle`); they reach ``settings``, the database session, ``storage`` and
+``executor`` (kept on ``app.state``) through the dependencies of :mod:`.deps`.
 
 Two pure-ASGI middlewares run before any route: the bearer API key (when
 ``SPLATFORGE_API_KEY`` is set, every path but ``/healthz`` and the web app's pages
