@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from splatforge.service.loadtest import poll_load
+from splatforge.client.loadtest import poll_load
 
 DATASETS = Path(os.environ.get("SPLATFORGE_DATASETS")
                 or Path(__file__).resolve().parents[2] / "shared" / "datasets")

@@ -217,3 +217,23 @@ def test_client_reads_url_and_key_from_the_environment(server, finished, monkeyp
     assert json.loads(out)["status"] == "succeeded"
     with pytest.raises(httpx.HTTPStatusError):
         httpx.get(server.url + f"/jobs/{finished['job_id']}").raise_for_status()
+
+
+def test_console_scripts_splatforge_client_and_loadtest(server, finished, capsys):
+    """The ``splatforge-client`` and ``splatforge-loadtest`` entry points (pyproject
+    [project.scripts]): the same commands as ``splatforge client``, and a load run with its
+    summary as JSON."""
+    from splatforge.client.commands import main as client_main
+    from splatforge.client.loadtest import main as loadtest_main
+
+    capsys.readouterr()
+    assert client_main(["status", finished["job_id"], "--url", server.url,
+                        "--api-key", API_KEY]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "succeeded"
+    down = f"http://127.0.0.1:{free_port()}"
+    assert client_main(["status", finished["job_id"], "--url", down]) == 2
+    assert "splatforge serve" in capsys.readouterr().err
+    assert loadtest_main([server.url, "/healthz", "--clients", "2", "--seconds", "0.5",
+                          "--api-key", API_KEY]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["clients"] == 2 and summary["errors"] == 0 and summary["requests"] >= 1

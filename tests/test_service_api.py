@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -81,6 +82,10 @@ def test_health_docs_and_openapi(client):
               "/scenes/{scene_id}/artifacts/{name}", "/scene/{scene_id}/train_gsplat",
               "/scene/{scene_id}/train_gsplat/status", "/scene/{scene_id}/gsplat/model"):
         assert p in paths, p
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert {"JobOut", "JobCreated", "SceneDetail", "ArtifactList"} <= set(schemas)
+    assert {"status", "progress", "error", "created_at", "events_url"} <= set(
+        schemas["JobOut"]["properties"])
 
 
 def test_scenes_and_not_found(client):
@@ -263,6 +268,12 @@ def test_job_runs_to_the_end(finished_job, client):
     assert job["pid"] and job["worker"].startswith("local")
     scene = client.get(f"/scenes/{finished_job['scene_id']}").json()
     assert [j["status"] for j in scene["jobs"]] == ["succeeded"]
+    # one timestamp type in every resource: UTC, ISO 8601 with milliseconds
+    stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+    times = [job[k] for k in ("created_at", "started_at", "finished_at", "updated_at")]
+    times += [scene["created_at"], scene["updated_at"], scene["jobs"][0]["created_at"]]
+    assert all(stamp.match(t) for t in times), times
+    assert scene["jobs"][0]["created_at"] == job["created_at"]
 
 
 def test_sse_stream(finished_job):

@@ -10,7 +10,7 @@ import time
 
 from service_helpers import LONG_JOB, TINY_JOB, Server, scene_with_source, training, wait_job
 
-from splatforge.service.loadtest import poll_load
+from splatforge.client.loadtest import poll_load
 
 #: A job that trains for a while but finishes (the load test runs while it trains).
 MEDIUM_JOB = {**TINY_JOB, "train": {**TINY_JOB["train"], "max_steps": 80}}

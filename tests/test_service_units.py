@@ -22,6 +22,7 @@ from splatforge.service import db
 from splatforge.service.executors import exit_reason, pid_alive
 from splatforge.service.routes_scenes import check_artifact_name, parse_range
 from splatforge.service.runner import run_job
+from splatforge.service.schemas import JobOut
 from splatforge.service.store import check_allowed_path
 from splatforge.service.settings import ServiceSettings
 from splatforge.service.uploads import UploadRejected, check_zip, media_type, sanitize_name
@@ -84,8 +85,9 @@ def test_migrations_and_models(settings):
         assert j.status == "queued" and j.config["train"]["max_steps"] == 5
         evs = s.query(db.JobEvent).filter_by(job_id=job_id).order_by(db.JobEvent.id).all()
         assert [e.step for e in evs] == [0, 1, 2] and evs[0].data == {"loss": 0.5}
-        out = db.job_to_json(j)
-        assert out["view_url"] == f"/scenes/{j.scene_id}/view" and out["error"] is None
+        out = JobOut.from_row(j)
+        assert out.view_url == f"/scenes/{j.scene_id}/view" and out.error is None
+        assert out.created_at.endswith("Z") and out.started_at is None
 
 
 def test_run_job_records_failures(settings, tmp_path):

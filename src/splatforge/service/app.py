@@ -2,8 +2,11 @@
 
 Routers live in small modules: :mod:`.routes_scenes` (scenes, media, artifacts),
 :mod:`.routes_jobs` (jobs, progress events, logs, cancel), :mod:`.routes_compat` (the
-baking-server routes an existing frontend calls), :mod:`.render_jobs` (camera-path videos),
-:mod:`.routes_web` (the web app at ``/``) and, when present, ``routes_view`` (the viewer). ``app.state`` carries ``settings``, ``storage`` and ``executor``.
+baking-server routes an existing frontend calls), :mod:`.routes_renders` (camera-path videos),
+:mod:`.routes_web` (the web app at ``/``) and, when present, ``routes_view`` (the viewer).
+They answer with the models of :mod:`.schemas` and call the logic they need (the job's life:
+:mod:`.lifecycle`); they reach ``settings``, the database session, ``storage`` and
+``executor`` (kept on ``app.state``) through the dependencies of :mod:`.deps`.
 
 Two pure-ASGI middlewares run before any route: the bearer API key (when
 ``SPLATFORGE_API_KEY`` is set, every path but ``/healthz`` and the web app's pages
@@ -209,7 +212,7 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
     and starts the executor (``recover()``); shutdown stops it.
     """
     from .executors import make_executor
-    from .render_jobs import router as render_router
+    from .routes_renders import router as render_router
     from .routes_compat import router as compat_router
     from .routes_jobs import _streams as streams
     from .routes_jobs import router as jobs_router

@@ -13,9 +13,10 @@ Pieces:
   process (so a revoke can terminate the job's process), prefetch 1, late acks, a fresh pool
   process per job (GPU memory returns to the driver between jobs), hard and soft time limits.
 - :class:`CeleryExecutor`: what ``splatforge serve`` uses when ``SPLATFORGE_EXECUTOR=celery``:
-  ``submit`` sends the task with task id = job id, ``cancel`` sets the job's
-  ``cancel_requested`` flag and revokes with ``terminate=True, signal="SIGTERM"``, and a
-  monitor thread fails running jobs whose worker has gone.
+  ``submit`` sends the task with task id = job id, ``cancel`` revokes with
+  ``terminate=True, signal="SIGTERM"`` (after :func:`.lifecycle.stop_job` flagged the job),
+  and a monitor thread fails running jobs whose worker has gone. Every status change goes
+  through :func:`.lifecycle.transition`.
 
 A lost worker never makes a job run twice. ``task_reject_on_worker_lost`` is off: when the
 pool process dies (OOM killer, ``kill -9``) the worker acknowledges the message and marks the
@@ -155,30 +156,18 @@ def make_app(settings: Any = None, queue: str | None = None,
 
 def _finish(settings: Any, job_id: str, status: str, message: str | None,
             stage: str | None = None) -> bool:
-    """Move job ``job_id`` to final ``status`` unless it is final already; record the cause
-    (``error_message``) and a ``status`` event. Returns True when this call changed it."""
-    from sqlalchemy import update
-
+    """End job ``job_id`` as ``status`` through :func:`.lifecycle.transition` (so only if it
+    has not ended already), recording the cause as its error (stage: ``stage``, else the
+    job's current stage). Returns True when this call ended it."""
     from . import db
+    from .lifecycle import transition
 
-    now = time.time()
-    message = db.client_text(settings, message)  # no server path reaches a client
-    with db.session_scope(settings) as s:
-        job = s.get(db.Job, job_id)
-        if job is None:
-            return False
-        values: dict[str, Any] = {"status": status, "finished_at": now, "updated_at": now,
-                                  "eta_s": None}
-        if status in ("failed", "cancelled"):
-            values["error_stage"] = stage or job.stage
-            values["error_message"] = message
-        res = s.execute(update(db.Job).where(db.Job.id == job_id)
-                        .where(db.Job.status.not_in(tuple(db.FINAL_STATUSES)))
-                        .values(**values))
-        if not res.rowcount:
-            return False
-        db.add_event(s, job_id, "status", message or status, stage=values.get("error_stage"),
-                     data={"status": status, "by": "celery"})
+    values: dict[str, Any] = {}
+    if status in ("failed", "cancelled"):
+        values.update(error_stage=stage or db.Job.stage, error_message=message)
+    if not transition(settings, job_id, status, message or status, stage=stage,
+                      data={"by": "celery"}, **values):
+        return False
     log.warning("job %s %s: %s", job_id, status, message)
     return True
 
@@ -418,9 +407,9 @@ def worker(gpu: int | None = None, gpus: str | None = None, name: str | None = N
 class CeleryExecutor:
     """Runs jobs on Celery workers (``SPLATFORGE_EXECUTOR=celery``).
 
-    ``submit`` sends ``splatforge.run_job(job_id)`` with task id = job id. ``cancel`` sets
-    ``cancel_requested``, revokes with ``terminate=True, signal="SIGTERM"`` and records a job
-    that had not started as ``cancelled``. A monitor thread (every ``monitor_interval_s``
+    ``submit`` sends ``splatforge.run_job(job_id)`` with task id = job id. ``cancel`` revokes
+    with ``terminate=True, signal="SIGTERM"`` (:func:`.lifecycle.stop_job` has flagged the
+    job and ended it if it had not started). A monitor thread (every ``monitor_interval_s``
     seconds, started by :meth:`recover` or the first :meth:`submit`) asks the workers which
     tasks they run (``inspect().active()``); a ``running`` job that no worker lists in two
     checks in a row and whose heartbeat is older than :data:`HEARTBEAT_FRESH_S` is marked
@@ -468,19 +457,10 @@ class CeleryExecutor:
         self._start_monitor()
 
     def cancel(self, job_id: str) -> None:
-        """Cancel job ``job_id``: flag it, revoke (terminating a running task with SIGTERM)
-        and record a job that had not started as ``cancelled``."""
-        from . import db
-
-        with db.session_scope(self.settings) as s:
-            job = s.get(db.Job, job_id)
-            if job is None or job.status in db.FINAL_STATUSES:
-                return
-            job.cancel_requested = True
-            queued = job.status == "queued"
+        """Make sure job ``job_id`` stops (called by :func:`.lifecycle.stop_job`, which has
+        set its ``cancel_requested`` flag and ended it if it was queued): revoke its message,
+        terminating a running task with SIGTERM. Never writes the status."""
         self.app.control.revoke(job_id, terminate=True, signal="SIGTERM")
-        if queued:
-            _finish(self.settings, job_id, "cancelled", "cancelled before it started")
 
     def recover(self) -> None:
         """Start watching running jobs (their workers may have died while the server was

@@ -10,7 +10,6 @@ Times are UTC seconds since the epoch (``float``), the same on every backend.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import uuid
@@ -37,9 +36,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from .settings import ServiceSettings
 
-log = logging.getLogger("splatforge.notify")
-
-#: Job states. ``queued`` -> ``running`` -> one of the final three.
+#: Job states; the moves between them: :data:`splatforge.service.lifecycle.TRANSITIONS`.
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -217,47 +214,7 @@ def session_scope(settings: ServiceSettings) -> Iterator[Session]:
         session.rollback()
         raise
     finally:
-        ended = session.info.pop("ended_jobs", [])
         session.close()
-    for job_id in ended:
-        announce_job_end(settings, job_id)
-
-
-def announce_job_end(settings: ServiceSettings, job_id: str) -> None:
-    """Send the completion notification of job ``job_id`` in the background (once its final
-    ``status`` event is committed, see :func:`add_event`). Never raises.
-
-    So every way a job ends (the runner's finish, a cancel before start, a worker that died
-    or was lost, a job that could not be queued) sends exactly one notification, from
-    whichever process recorded the end. The URL is the job's own ``notify_url`` (its config
-    JSON), else ``SPLATFORGE_NOTIFY_URL``; the signing key ``SPLATFORGE_NOTIFY_SECRET``
-    (:mod:`splatforge.jobs.notify`).
-    """
-    from ..jobs.notify import job_notice, notify_job_end
-    from .store import get_store, outputs_prefix
-
-    try:
-        s = session_factory(settings)()
-        try:
-            job = s.get(Job, job_id)
-            if job is None:
-                return
-            url = (job.config or {}).get("notify_url") or settings.notify_url
-            if not url:
-                return
-            status, scene_id = job.status, job.scene_id
-            metrics, error = dict(job.metrics or {}), job.error_message
-        finally:
-            s.close()
-        artifacts: list[str] = []
-        if status == "succeeded":
-            prefix = outputs_prefix(scene_id)
-            artifacts = [o.key[len(prefix):] for o in get_store(settings).list(prefix)]
-        notify_job_end(url, job_notice(job_id, status, metrics=metrics, artifacts=artifacts,
-                                       error=error, scene_id=scene_id),
-                       settings.notify_secret, allowed_hosts=settings.notify_hosts)
-    except Exception as e:  # noqa: BLE001  (a notification never fails a job)
-        log.warning("could not notify the end of job %s: %s", job_id, e)
 
 
 def dispose_engines() -> None:
@@ -312,42 +269,9 @@ def client_text(settings: ServiceSettings, text: str | None) -> str | None:
 
 def add_event(session: Session, job_id: str, kind: str, message: str = "",
               stage: str | None = None, **fields: Any) -> JobEvent:
-    """Append a :class:`JobEvent` (committed with the session).
-
-    A ``status`` event whose ``data["status"]`` is final (every job end writes exactly one)
-    also schedules the job's completion notification, sent once the session has committed
-    (:func:`session_scope`, :func:`announce_job_end`).
-    """
-    if kind == "status" and (fields.get("data") or {}).get("status") in FINAL_STATUSES:
-        session.info.setdefault("ended_jobs", []).append(job_id)
+    """Append a :class:`JobEvent` (committed with the session); returns it. A job's
+    ``status`` events are written by :func:`splatforge.service.lifecycle.transition` alone."""
     ev = JobEvent(job_id=job_id, kind=kind, message=message, stage=stage,
                   time=fields.pop("time", None) or time.time(), **fields)
     session.add(ev)
     return ev
-
-
-def job_to_json(job: Job) -> dict[str, Any]:
-    """The JSON of ``GET /jobs/{id}``."""
-    def iso(t: float | None) -> str | None:
-        if t is None:
-            return None
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
-
-    error = None
-    if job.error_message or job.error_stage:
-        error = {"stage": job.error_stage, "message": job.error_message}
-    return {
-        "id": job.id, "scene_id": job.scene_id, "kind": job.kind, "status": job.status,
-        "stage": job.stage,
-        "progress": {"step": job.step, "total": job.total, "max_steps": job.max_steps,
-                     "fraction": job.fraction},
-        "eta_s": job.eta_s, "metrics": job.metrics or {}, "error": error,
-        "cancel_requested": bool(job.cancel_requested),
-        "worker": job.worker, "pid": job.pid, "host": job.host,
-        "config": job.config or {},
-        "created_at": iso(job.created_at), "started_at": iso(job.started_at),
-        "finished_at": iso(job.finished_at), "updated_at": iso(job.updated_at),
-        "view_url": f"/scenes/{job.scene_id}/view",
-        "artifacts_url": f"/scenes/{job.scene_id}/artifacts",
-        "events_url": f"/jobs/{job.id}/events", "log_url": f"/jobs/{job.id}/log",
-    }

@@ -28,6 +28,7 @@ from typing import Protocol
 from sqlalchemy import select
 
 from .db import FINAL_STATUSES, Job, add_event, client_text, session_scope
+from .lifecycle import transition
 from .settings import ServiceSettings, cuda_device_ids
 
 #: Seconds a worker has to stop by itself after a cancel before it is terminated.
@@ -45,8 +46,9 @@ class Executor(Protocol):
         """Run job ``job_id`` (a ``queued`` row) when a slot is free."""
 
     def cancel(self, job_id: str) -> None:
-        """Stop job ``job_id``: a queued job ends ``cancelled`` at once; a running one stops
-        within seconds (its ``cancel_requested`` flag is already set in the database)."""
+        """Make sure job ``job_id`` stops (called by :func:`.lifecycle.stop_job`, which has
+        set its ``cancel_requested`` flag and ended it if it was queued): forget it if it
+        waits here; end its worker if it does not stop by itself. Never writes the status."""
 
     def recover(self) -> None:
         """At server start: requeue ``queued`` jobs and mark jobs whose worker is gone
@@ -149,7 +151,6 @@ class LocalExecutor:
         with self.cond:
             if job_id in self.queue:
                 self.queue.remove(job_id)
-                self._mark_cancelled_if_queued(job_id)
             w = self.workers.get(job_id)
             if w is not None and w.cancel_at is None:
                 w.cancel_at = time.monotonic()
@@ -157,35 +158,38 @@ class LocalExecutor:
 
     def recover(self) -> None:
         with session_scope(self.settings) as s:
-            rows = s.execute(select(Job).where(Job.status.in_(("queued", "running")))
-                             .order_by(Job.created_at)).scalars().all()
-            now = time.time()
-            requeue = []
-            for job in rows:
-                if job.status == "queued":
-                    if job.cancel_requested:
-                        job.status, job.finished_at, job.updated_at = "cancelled", now, now
-                        add_event(s, job.id, "status", "cancelled before it started",
-                                  data={"status": "cancelled"})
-                    else:
-                        requeue.append(job.id)
+            rows = [(j.id, j.status, bool(j.cancel_requested), j.host, j.pid, j.stage)
+                    for j in s.execute(select(Job).where(Job.status.in_(("queued", "running")))
+                                       .order_by(Job.created_at)).scalars()]
+        requeue = []
+        for job_id, status, cancel, host, pid, stage in rows:
+            if status == "queued":
+                if cancel:
+                    transition(self.settings, job_id, "cancelled",
+                               "cancelled before it started", only_from={"queued"},
+                               error_message="cancelled before it started")
+                else:
+                    requeue.append(job_id)
+                continue
+            with self.cond:
+                if job_id in self.workers:
                     continue
-                with self.cond:
-                    ours = job.id in self.workers
-                if ours:
-                    continue
-                if job.host == self.host and pid_alive(job.pid, job.id):
-                    with self.cond:  # a worker of an earlier server still runs: watch it
-                        self.workers[job.id] = _Worker(job.id, self._free_slot(), pid=job.pid)
-                    add_event(s, job.id, "info", f"server restarted; watching worker "
-                              f"{job.pid}", stage=job.stage)
-                    continue
-                reason = (f"worker process {job.pid or '?'} on {job.host or '?'} is gone "
-                          "(found at server start)")
-                job.status, job.finished_at, job.updated_at = "failed", now, now
-                job.error_stage, job.error_message = job.stage, reason
-                add_event(s, job.id, "status", f"failed: {reason}", stage=job.stage,
-                          data={"status": "failed", "error": reason})
+                if host == self.host and pid_alive(pid, job_id):
+                    # a worker of an earlier server still runs: watch it
+                    self.workers[job_id] = _Worker(job_id, self._free_slot(), pid=pid)
+                    adopted = True
+                else:
+                    adopted = False
+            if adopted:
+                with session_scope(self.settings) as s:
+                    add_event(s, job_id, "info", f"server restarted; watching worker {pid}",
+                              stage=stage)
+                continue
+            reason = (f"worker process {pid or '?'} on {host or '?'} is gone "
+                      "(found at server start)")
+            transition(self.settings, job_id, "failed", f"failed: {reason}",
+                       only_from={"running"}, stage=stage, data={"error": reason},
+                       error_stage=stage, error_message=reason)
         for job_id in requeue:
             self.submit(job_id)
 
@@ -236,16 +240,6 @@ class LocalExecutor:
             k += 1
         return k
 
-    def _mark_cancelled_if_queued(self, job_id: str) -> None:
-        with session_scope(self.settings) as s:
-            job = s.get(Job, job_id)
-            if job is not None and job.status == "queued":
-                now = time.time()
-                job.status, job.finished_at, job.updated_at = "cancelled", now, now
-                job.error_message = "cancelled before it started"
-                add_event(s, job_id, "status", "cancelled before it started",
-                          data={"status": "cancelled"})
-
     def _spawn(self, job_id: str) -> None:
         slot = self._free_slot()
         env = dict(os.environ)
@@ -262,6 +256,7 @@ class LocalExecutor:
         self.workers[job_id] = _Worker(job_id, slot, proc=proc, pid=proc.pid)
 
     def _on_exit(self, w: _Worker, returncode: int | None, shutdown: bool = False) -> None:
+        """Record the end of worker ``w`` where its job did not record its own end."""
         with self.cond:
             self.workers.pop(w.job_id, None)
         try:
@@ -269,36 +264,30 @@ class LocalExecutor:
                 job = s.get(Job, w.job_id)
                 if job is None or job.status in FINAL_STATUSES:
                     return
-                now = time.time()
-                if job.status == "queued" and (returncode == 0 or shutdown):
-                    # the worker put its job back (server shutdown): run it again later
-                    if not shutdown and not self.stopping:
-                        self.submit(job.id)
-                    return
-                if shutdown:
-                    job.status, job.updated_at, job.pid = "queued", now, None
-                    add_event(s, job.id, "status", "worker stopped at server shutdown; "
-                              "queued again", data={"status": "queued"})
-                    return
-                if job.cancel_requested:
-                    job.status, job.finished_at, job.updated_at = "cancelled", now, now
-                    job.error_stage, job.error_message = job.stage, "cancelled by request " \
-                        f"({exit_reason(returncode, w.pid)})"
-                    add_event(s, job.id, "status", "cancelled", stage=job.stage,
-                              data={"status": "cancelled"})
-                    return
-                reason = exit_reason(returncode, w.pid)
-                if job.status == "queued":
-                    reason += " before starting the job"
-                job.status, job.finished_at, job.updated_at = "failed", now, now
-                job.error_stage = job.stage or "worker"
-                # the operator's pointer to the worker log, relative to the data dir: a
-                # client never sees a server path
-                job.error_message = client_text(
-                    self.settings, reason + f" (log: {self.log_dir / (w.job_id + '.log')})")
-                add_event(s, job.id, "status", f"failed: {reason}", stage=job.stage,
-                          data={"status": "failed", "error": reason,
-                                "returncode": returncode})
+                status, cancel, stage = job.status, bool(job.cancel_requested), job.stage
+            if status == "queued" and (returncode == 0 or shutdown):
+                # the worker put its job back (server shutdown): run it again later
+                if not shutdown and not self.stopping:
+                    self.submit(w.job_id)
+                return
+            if shutdown:
+                transition(self.settings, w.job_id, "queued",
+                           "worker stopped at server shutdown; queued again", pid=None)
+                return
+            reason = exit_reason(returncode, w.pid)
+            if cancel:
+                transition(self.settings, w.job_id, "cancelled", "cancelled", stage=stage,
+                           error_stage=stage,
+                           error_message=f"cancelled by request ({reason})")
+                return
+            if status == "queued":
+                reason += " before starting the job"
+            # the operator's pointer to the worker log, relative to the data dir: a client
+            # never sees a server path
+            transition(self.settings, w.job_id, "failed", f"failed: {reason}", stage=stage,
+                       data={"error": reason, "returncode": returncode},
+                       error_stage=stage or "worker",
+                       error_message=f"{reason} (log: {self.log_dir / (w.job_id + '.log')})")
         except Exception as e:  # noqa: BLE001  (the monitor must survive a DB hiccup)
             print(f"splatforge executor: could not record the end of job {w.job_id}: {e}",
                   file=sys.stderr)
@@ -351,22 +340,15 @@ class LocalExecutor:
             job = s.get(Job, job_id)
             if job is None or job.status != "queued":
                 return False
-            if job.cancel_requested:
-                now = time.time()
-                job.status, job.finished_at, job.updated_at = "cancelled", now, now
-                add_event(s, job_id, "status", "cancelled before it started",
-                          data={"status": "cancelled"})
-                return False
-            return True
+            cancel = bool(job.cancel_requested)
+        if cancel:
+            transition(self.settings, job_id, "cancelled", "cancelled before it started",
+                       only_from={"queued"}, error_message="cancelled before it started")
+            return False
+        return True
 
     def _fail_to_start(self, job_id: str, e: Exception) -> None:
-        with session_scope(self.settings) as s:
-            job = s.get(Job, job_id)
-            if job is not None:
-                now = time.time()
-                job.status, job.finished_at, job.updated_at = "failed", now, now
-                why = client_text(self.settings, f"could not start a worker: {e}")
-                job.error_stage, job.error_message = "worker", why
-                add_event(s, job_id, "status", f"failed: {why}",
-                          stage="worker", data={"status": "failed",
-                                                "error": "could not start a worker"})
+        why = client_text(self.settings, f"could not start a worker: {e}")
+        transition(self.settings, job_id, "failed", f"failed: {why}", stage="worker",
+                   data={"error": "could not start a worker"}, error_stage="worker",
+                   error_message=why)

@@ -1,10 +1,10 @@
-"""Camera-path videos of a trained scene, as jobs of their own (kind ``render``).
+"""Camera-path videos of a trained scene, as jobs of their own (kind ``render``): the
+request (:class:`RenderRequest`) and the job (:func:`run_render_job`). The route,
+``POST /scenes/{id}/renders``, is :mod:`.routes_renders`.
 
-* ``POST /scenes/{id}/renders`` with a :class:`RenderRequest` -> 202 ``{"job_id": ...}``; the
-  job is an ordinary row of ``jobs`` (``kind = "render"``, the request in its ``config`` JSON
-  under ``"render"``), so ``GET /jobs/{id}``, its SSE events, log and cancel work as for a
-  reconstruction. A scene without a trained model -> 409; an unknown scene -> 404; a bad
-  camera list -> 422 naming the camera and the problem.
+* The job is an ordinary row of ``jobs`` (``kind = "render"``, the request in its ``config``
+  JSON under ``"render"``), so ``GET /jobs/{id}``, its SSE events, log and cancel work as for
+  a reconstruction.
 * The job (:func:`run_render_job`, called by the runner) reads only the scene's published
   artifacts (``point_cloud.ply``, ``cameras.json``, ``metrics.json``, ``cfg_args``,
   ``config.json``), so it runs on any worker and any artifact store, renders the MP4 with
@@ -27,16 +27,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from sqlalchemy import select
 
-from .db import Job, session_scope
-from .routes_scenes import get_scene_or_404
 from .store import get_store, outputs_prefix
-
-router = APIRouter(tags=["renders"])
 
 #: The job kind of a render job (``jobs.kind``).
 RENDER_KIND = "render"
@@ -137,40 +130,6 @@ class RenderRequest(BaseModel):
         return None
 
 
-def _trained(settings: Any, store: Any, scene_id: str) -> Job | None:
-    """The scene's latest succeeded reconstruction, when its model is published."""
-    with session_scope(settings) as s:
-        job = s.execute(select(Job).where(Job.scene_id == scene_id,
-                                          Job.status == "succeeded",
-                                          Job.kind != RENDER_KIND)
-                        .order_by(Job.finished_at.desc()).limit(1)).scalars().first()
-    prefix = outputs_prefix(scene_id)
-    if job is None or not all(store.exists(prefix + n) for n in MODEL_ARTIFACTS[:2]):
-        return None
-    return job
-
-
-@router.post("/scenes/{scene_id}/renders", status_code=202)
-def start_render(request: Request, scene_id: str,
-                 body: RenderRequest | None = None) -> JSONResponse:
-    """Start a camera-path video of the scene's trained model; 202 with the job id. The MP4
-    becomes the artifact ``videos/{job_id}.mp4`` (named in the job's ``metrics.video``)."""
-    from .routes_jobs import create_job
-
-    settings = request.app.state.settings
-    body = body or RenderRequest()
-    with session_scope(settings) as s:
-        get_scene_or_404(s, scene_id)
-    if _trained(settings, request.app.state.storage, scene_id) is None:
-        raise HTTPException(409, f"scene {scene_id} has no trained model yet: run a job "
-                                 "(POST /scenes/{id}/jobs) and wait for it to succeed")
-    config = {"render": body.model_dump(mode="json", exclude_none=True)}
-    out = create_job(settings, request.app.state.executor, scene_id, config,
-                     body.frame_count(), kind=RENDER_KIND)
-    return JSONResponse({"job_id": out["id"], **out}, status_code=202,
-                        headers={"Location": f"/jobs/{out['id']}"})
-
-
 # --------------------------------------------------------------------------------------------
 # the job
 # --------------------------------------------------------------------------------------------
@@ -259,7 +218,8 @@ def plan_path(req: RenderRequest, cameras: list[dict[str, Any]], test: set[str],
 
 
 def run_render_job(run: Any, info: dict[str, Any], work: Path) -> dict[str, Any]:
-    """Run render job ``run.job_id`` (a :class:`splatforge.service.runner._JobRun`): fetch
+    """Run render job ``run.job_id`` (the runner's job sink: ``set_stage``,
+    ``stage_finished``, ``update_job``, ``on_event``, ``metrics``): fetch
     the model, render, publish ``videos/{job_id}.mp4``; returns the video record (also merged
     into the job's metrics).
 
@@ -296,7 +256,7 @@ def run_render_job(run: Any, info: dict[str, Any], work: Path) -> dict[str, Any]
     if files.cfg_args.is_file():
         white = bool(parse_cfg_args(files.cfg_args).get("white_background", False))
     antialiased = bool(files.train_options().get("antialiased", False))
-    run._stage_finish("fetch", f"{len(splats['means'])} Gaussians, {len(cameras)} cameras")
+    run.stage_finished("fetch", f"{len(splats['means'])} Gaussians, {len(cameras)} cameras")
 
     c2ws, Ks, W, H = plan_path(req, cameras, heldout_names(files.metrics),
                                splats["means"])
@@ -322,7 +282,7 @@ def run_render_job(run: Any, info: dict[str, Any], work: Path) -> dict[str, Any]
               "video_seconds": round(seconds, 3), "path": label,
               "video_bytes": video.stat().st_size}
     run.metrics.update(record)
-    run._update(metrics=dict(run.metrics), step=len(c2ws), total=len(c2ws))
-    run._stage_finish("upload", f"{name} ({record['video_bytes']} bytes)")
+    run.update_job(metrics=dict(run.metrics), step=len(c2ws), total=len(c2ws))
+    run.stage_finished("upload", f"{name} ({record['video_bytes']} bytes)")
     return record
 

@@ -23,8 +23,10 @@ from sqlalchemy import select
 from ..ingest import IMAGE_EXTENSIONS
 from ..jobs.manifest import MODEL_NAME, model_key
 from ..presets import DEFAULT_PRESET
-from .db import Job, Scene, job_to_json, session_scope
-from .routes_jobs import create_job
+from .db import Job, Scene, session_scope
+from .deps import ExecutorDep, SessionDep, SettingsDep, StoreDep
+from .lifecycle import create_job
+from .schemas import JobOut
 from .routes_scenes import serve_object
 from .store import SCENE_ID_RE, colmap_prefix, media_prefix, outputs_prefix
 
@@ -63,7 +65,7 @@ def _model_and_images(store: Any, scene_id: str, source_uri: str | None,
 
 
 @router.post("/scene/{scene_id}/train_gsplat", status_code=202)
-def train_gsplat(request: Request, scene_id: str,
+def train_gsplat(scene_id: str, settings: SettingsDep, store: StoreDep, executor: ExecutorDep,
                  data_factor: int = Query(1, description="Image downsampling: 1 | 2 | 4 | 8"),
                  max_steps: int = Query(30_000, ge=1, le=10_000_000)) -> JSONResponse:
     """Train Gaussian splats on the scene's COLMAP model (the default preset)."""
@@ -71,8 +73,6 @@ def train_gsplat(request: Request, scene_id: str,
     if data_factor not in (1, 2, 4, 8):
         raise HTTPException(422, [{"loc": ["query", "data_factor"], "type": "literal_error",
                                    "msg": f"data_factor must be 1, 2, 4 or 8 (got {data_factor})"}])
-    settings = request.app.state.settings
-    store = request.app.state.storage
     with session_scope(settings) as s:
         scene = s.get(Scene, scene_id)
         source_uri = scene.source_uri if scene is not None else None
@@ -89,43 +89,39 @@ def train_gsplat(request: Request, scene_id: str,
                         updated_at=time.time()))
     config = {"preset": DEFAULT_PRESET, "scene": {"data_factor": data_factor},
               "train": {"max_steps": max_steps}}
-    out = create_job(settings, request.app.state.executor, scene_id, config, max_steps,
-                     kind="train_gsplat")
-    return JSONResponse({"scene_id": scene_id, "job_id": out["id"], "status": "processing",
+    job_id = create_job(settings, executor, scene_id, config, max_steps, kind="train_gsplat")
+    return JSONResponse({"scene_id": scene_id, "job_id": job_id, "status": "processing",
                          "status_url": f"/scene/{scene_id}/train_gsplat/status"},
                         status_code=202)
 
 
 @router.get("/scene/{scene_id}/train_gsplat/status")
-def train_gsplat_status(request: Request, scene_id: str) -> dict[str, Any]:
+def train_gsplat_status(scene_id: str, session: SessionDep, store: StoreDep
+                        ) -> dict[str, Any]:
     """``not_started`` | ``processing`` | ``complete`` | ``failed`` for the latest job."""
     _check_id(scene_id)
-    settings = request.app.state.settings
-    with session_scope(settings) as s:
-        job = s.execute(select(Job).where(Job.scene_id == scene_id)
-                        .order_by(Job.created_at.desc()).limit(1)).scalars().first()
-        if job is None:
-            return {"scene_id": scene_id, "status": "not_started"}
-        j = job_to_json(job)
-    base = {"scene_id": scene_id, "job_id": j["id"]}
-    if j["status"] in ("queued", "running"):
-        return {**base, "status": "processing", "stage": j["stage"],
-                "progress": j["progress"], "eta_s": j["eta_s"]}
-    if j["status"] == "succeeded":
-        store = request.app.state.storage
+    job = session.execute(select(Job).where(Job.scene_id == scene_id)
+                          .order_by(Job.created_at.desc()).limit(1)).scalars().first()
+    if job is None:
+        return {"scene_id": scene_id, "status": "not_started"}
+    j = JobOut.from_row(job)
+    base = {"scene_id": scene_id, "job_id": j.id}
+    if j.status in ("queued", "running"):
+        return {**base, "status": "processing", "stage": j.stage,
+                "progress": j.progress.model_dump(), "eta_s": j.eta_s}
+    if j.status == "succeeded":
         key = _model_object(store, scene_id)
         size = store.size(key) if key is not None else None
-        return {**base, "status": "complete", "model_size": size, "config": j["config"],
-                "metrics": j["metrics"], "download_url": f"/scene/{scene_id}/gsplat/model"}
+        return {**base, "status": "complete", "model_size": size, "config": j.config,
+                "metrics": j.metrics, "download_url": f"/scene/{scene_id}/gsplat/model"}
     return {**base, "status": "failed",
-            "error": (j["error"] or {}).get("message") or j["status"]}
+            "error": (j.error.message if j.error else None) or j.status}
 
 
 @router.api_route("/scene/{scene_id}/gsplat/model", methods=["GET", "HEAD"])
-def gsplat_model(request: Request, scene_id: str) -> Response:
+def gsplat_model(request: Request, scene_id: str, store: StoreDep) -> Response:
     """The trained PLY, as ``{id}_gaussian_splatting.ply``."""
     _check_id(scene_id)
-    store = request.app.state.storage
     key = _model_object(store, scene_id) or outputs_prefix(scene_id) + MODEL_NAME
     return serve_object(request, store, key, f"{scene_id}_gaussian_splatting.ply")
 

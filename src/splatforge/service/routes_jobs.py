@@ -25,7 +25,10 @@ from sqlalchemy import func, select
 from ..config import IngestConfig, SceneConfig, SfmConfig, TrainConfig
 from ..errors import ConfigError
 from ..presets import DEFAULT_PRESET, PresetName
-from .db import FINAL_STATUSES, Job, JobEvent, add_event, job_to_json, session_scope
+from .db import FINAL_STATUSES, Job, JobEvent, session_scope
+from .deps import ExecutorDep, SessionDep, SettingsDep
+from .lifecycle import create_job, stop_job
+from .schemas import JobCreated, JobOut, iso_time
 from .routes_scenes import get_scene_or_404
 from .streams import RETRY_AFTER_S, EventHub, StreamLimit, StreamSlots, key_id
 from ..jobs.config import parse_stage_config
@@ -108,28 +111,12 @@ def check_job_request(body: JobRequest, settings: Any) -> tuple[dict[str, Any], 
     return config, configs["train"].max_steps
 
 
-def create_job(settings: Any, executor: Any, scene_id: str, config: dict[str, Any],
-               max_steps: int | None, kind: str = "reconstruct") -> dict[str, Any]:
-    """Insert a queued job and hand it to the executor; returns its JSON."""
-    with session_scope(settings) as s:
-        job = Job(scene_id=scene_id, kind=kind, config=config, max_steps=max_steps,
-                  status="queued", metrics={})
-        s.add(job)
-        s.flush()
-        add_event(s, job.id, "status", "queued", data={"status": "queued"})
-        out = job_to_json(job)
-    if executor is not None:
-        executor.submit(out["id"])
-    return out
-
-
-@router.post("/scenes/{scene_id}/jobs", status_code=202)
-def start_job(request: Request, scene_id: str,
+@router.post("/scenes/{scene_id}/jobs", status_code=202, response_model=JobCreated)
+def start_job(scene_id: str, settings: SettingsDep, executor: ExecutorDep, response: Response,
               body: JobRequest | None = Body(
                   None, examples=[{"preset": "preview", "scene": {"data_factor": 4},
-                                   "train": {"max_steps": 2000}}])) -> JSONResponse:
-    """Start a reconstruction of the scene's media; 202 with the job id."""
-    settings = request.app.state.settings
+                                   "train": {"max_steps": 2000}}])) -> JobCreated:
+    """Start a reconstruction of the scene's media; 202 with the job (``Location``: the job)."""
     body = body or JobRequest()
     with session_scope(settings) as s:
         scene = get_scene_or_404(s, scene_id)
@@ -137,56 +124,58 @@ def start_job(request: Request, scene_id: str,
             raise HTTPException(400, f"scene {scene_id} has no media: upload images, a zip "
                                      "or a video (POST /scenes/{id}/media) first")
     config, max_steps = check_job_request(body, settings)
-    out = create_job(settings, request.app.state.executor, scene_id, config, max_steps)
-    return JSONResponse({"job_id": out["id"], **out}, status_code=202,
-                        headers={"Location": f"/jobs/{out['id']}"})
+    return job_created(settings, response,
+                       create_job(settings, executor, scene_id, config, max_steps))
+
+
+def job_created(settings: Any, response: Response, job_id: str) -> JobCreated:
+    """The 202 answer of a new job: its record, and its URL as ``Location``."""
+    response.headers["Location"] = f"/jobs/{job_id}"
+    with session_scope(settings) as s:
+        job = JobOut.from_row(get_job_or_404(s, job_id))
+    return JobCreated(job_id=job_id, **job.model_dump())
 
 
 def get_job_or_404(session: Any, job_id: str) -> Job:
+    """The ``jobs`` row ``job_id``.
+
+    Raises:
+        HTTPException: 404 when there is none.
+    """
     job = session.get(Job, job_id)
     if job is None:
         raise HTTPException(404, f"job {job_id!r} not found")
     return job
 
 
-@router.get("/jobs")
-def list_jobs(request: Request, scene_id: str | None = None, status: str | None = None,
-              limit: int = 100) -> list[dict[str, Any]]:
+@router.get("/jobs", response_model=list[JobOut])
+def list_jobs(session: SessionDep, scene_id: str | None = None, status: str | None = None,
+              limit: int = 100) -> list[JobOut]:
     """Jobs, newest first (filter by scene or status)."""
     q = select(Job).order_by(Job.created_at.desc()).limit(max(1, min(limit, 1000)))
     if scene_id:
         q = q.where(Job.scene_id == scene_id)
     if status:
         q = q.where(Job.status == status)
-    with session_scope(request.app.state.settings) as s:
-        return [job_to_json(j) for j in s.execute(q).scalars().all()]
+    return [JobOut.from_row(j) for j in session.execute(q).scalars().all()]
 
 
-@router.get("/jobs/{job_id}")
-def get_job(request: Request, job_id: str) -> dict[str, Any]:
+@router.get("/jobs/{job_id}", response_model=JobOut)
+def get_job(job_id: str, session: SessionDep) -> JobOut:
     """Status (queued | running | succeeded | failed | cancelled), stage, progress (step,
     total, max_steps, fraction), ETA (s), metrics, error (stage, message), timestamps."""
-    with session_scope(request.app.state.settings) as s:
-        return job_to_json(get_job_or_404(s, job_id))
+    return JobOut.from_row(get_job_or_404(session, job_id))
 
 
-@router.post("/jobs/{job_id}/cancel", status_code=202)
-def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
+@router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobOut)
+def cancel_job(job_id: str, settings: SettingsDep, executor: ExecutorDep) -> JobOut:
     """Ask the job to stop: a queued job ends at once, a running one within seconds
     (training stops at a step boundary with a checkpoint; finished stages' outputs stay)."""
-    settings = request.app.state.settings
     with session_scope(settings) as s:
-        job = get_job_or_404(s, job_id)
-        if job.status in FINAL_STATUSES:
-            return job_to_json(job)
-        job.cancel_requested = True
-        job.updated_at = time.time()
-        add_event(s, job.id, "info", "cancel requested", stage=job.stage)
-    executor = request.app.state.executor
-    if executor is not None:
-        executor.cancel(job_id)
+        get_job_or_404(s, job_id)
+    stop_job(settings, job_id, executor)
     with session_scope(settings) as s:
-        return job_to_json(get_job_or_404(s, job_id))
+        return JobOut.from_row(get_job_or_404(s, job_id))
 
 
 def _sse(ev: JobEvent) -> str:
@@ -242,7 +231,7 @@ class _SlotResponse(StreamingResponse):
 @router.get("/jobs/{job_id}/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}},
                        429: {"description": "too many open event streams (Retry-After)"}})
-def job_events(request: Request, job_id: str,
+def job_events(request: Request, job_id: str, settings: SettingsDep,
                after: int = Query(0, ge=0, le=MAX_EVENT_ID)) -> Response:
     """Server-Sent Events: every event row of the job from ``after`` (or ``Last-Event-ID``)
     on, as they are written; the stream ends with an ``end`` event once the job is finished
@@ -251,7 +240,6 @@ def job_events(request: Request, job_id: str,
     At most ``SPLATFORGE_MAX_STREAMS_PER_JOB`` streams of one job and
     ``SPLATFORGE_MAX_STREAMS_PER_KEY`` of one API key are open at once; past either, 429
     with ``Retry-After`` (seconds). Streams share one database poller per job."""
-    settings = request.app.state.settings
     with session_scope(settings) as s:
         get_job_or_404(s, job_id)
     last = (request.headers.get("last-event-id") or "").strip()
@@ -283,8 +271,7 @@ def job_events(request: Request, job_id: str,
 
 
 def format_log_line(ev: JobEvent) -> str:
-    t = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ev.time))
-         + f".{int(ev.time % 1 * 1000):03d}Z")
+    t = iso_time(ev.time)
     where = f"[{ev.stage}] " if ev.stage else ""
     step = ""
     if ev.step is not None:
@@ -297,12 +284,10 @@ def format_log_line(ev: JobEvent) -> str:
 
 
 @router.get("/jobs/{job_id}/log", response_class=PlainTextResponse)
-def job_log(request: Request, job_id: str) -> PlainTextResponse:
+def job_log(job_id: str, session: SessionDep) -> PlainTextResponse:
     """The job's events as text, one line each (tracebacks of errors included)."""
-    with session_scope(request.app.state.settings) as s:
-        get_job_or_404(s, job_id)
-        rows = s.execute(select(JobEvent).where(JobEvent.job_id == job_id)
-                         .order_by(JobEvent.id)).scalars().all()
-        text = "\n".join(format_log_line(ev) for ev in rows)
-    return PlainTextResponse(text + "\n")
+    get_job_or_404(session, job_id)
+    rows = session.execute(select(JobEvent).where(JobEvent.job_id == job_id)
+                           .order_by(JobEvent.id)).scalars().all()
+    return PlainTextResponse("\n".join(format_log_line(ev) for ev in rows) + "\n")
 

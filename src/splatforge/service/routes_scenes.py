@@ -21,7 +21,10 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from ..errors import InputError
-from .db import Job, Scene, job_to_json, session_scope
+from .db import Job, Scene, session_scope
+from .deps import SessionDep, SettingsDep, StoreDep
+from .schemas import (Artifact, ArtifactList, JobSummary, MediaAdded, SceneCreated, SceneDetail,
+                      SceneOut, iso_time)
 from .store import SCENE_ID_RE, media_prefix, outputs_prefix
 from .uploads import (DATASET_MARKERS, ByteBudget, UploadRejected, UploadTooLarge, check_zip,
                       disambiguate, extract_zip, media_type, rewrite_references, stored_names)
@@ -39,58 +42,44 @@ class SceneCreate(BaseModel):
     name: str | None = Field(None, max_length=256, description="A label for people.")
 
 
-def iso(t: float | None) -> str | None:
-    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
-def scene_to_json(scene: Scene, jobs: list[Job] | None = None) -> dict[str, Any]:
-    d: dict[str, Any] = {
-        "id": scene.id, "name": scene.name, "created_at": iso(scene.created_at),
-        "updated_at": iso(scene.updated_at), "media_kind": scene.media_kind,
-        "media_files": scene.media_files, "media_bytes": scene.media_bytes,
-        "source_uri": scene.source_uri,
-        "artifacts_url": f"/scenes/{scene.id}/artifacts", "view_url": f"/scenes/{scene.id}/view"}
-    if jobs is not None:
-        d["jobs"] = [{"id": j.id, "kind": j.kind, "status": j.status,
-                      "created_at": iso(j.created_at)} for j in jobs]
-    return d
-
-
 def get_scene_or_404(session: Any, scene_id: str) -> Scene:
+    """The ``scenes`` row ``scene_id``.
+
+    Raises:
+        HTTPException: 404 when there is none.
+    """
     scene = session.get(Scene, scene_id)
     if scene is None:
         raise HTTPException(404, f"scene {scene_id!r} not found")
     return scene
 
 
-@router.post("/scenes", status_code=201)
-def create_scene(request: Request, body: SceneCreate | None = None) -> dict[str, Any]:
-    """Create an empty scene; returns its id."""
-    settings = request.app.state.settings
-    with session_scope(settings) as s:
-        scene = Scene(name=body.name if body else None)
-        s.add(scene)
-        s.flush()
-        return {"id": scene.id, "scene_id": scene.id, **scene_to_json(scene)}
+@router.post("/scenes", status_code=201, response_model=SceneCreated)
+def create_scene(session: SessionDep, body: SceneCreate | None = None) -> SceneCreated:
+    """Create an empty scene; returns it (its id also as ``scene_id``)."""
+    scene = Scene(name=body.name if body else None)
+    session.add(scene)
+    session.flush()
+    return SceneCreated(scene_id=scene.id, **SceneOut.fields_of(scene))
 
 
-@router.get("/scenes")
-def list_scenes(request: Request, limit: int = 100) -> list[dict[str, Any]]:
+@router.get("/scenes", response_model=list[SceneOut])
+def list_scenes(session: SessionDep, limit: int = 100) -> list[SceneOut]:
     """The newest scenes first."""
-    with session_scope(request.app.state.settings) as s:
-        rows = s.execute(select(Scene).order_by(Scene.created_at.desc())
-                         .limit(max(1, min(limit, 1000)))).scalars().all()
-        return [scene_to_json(r) for r in rows]
+    rows = session.execute(select(Scene).order_by(Scene.created_at.desc())
+                           .limit(max(1, min(limit, 1000)))).scalars().all()
+    return [SceneOut(**SceneOut.fields_of(r)) for r in rows]
 
 
-@router.get("/scenes/{scene_id}")
-def get_scene(request: Request, scene_id: str) -> dict[str, Any]:
-    """A scene with its jobs."""
-    with session_scope(request.app.state.settings) as s:
-        scene = get_scene_or_404(s, scene_id)
-        jobs = s.execute(select(Job).where(Job.scene_id == scene_id)
-                         .order_by(Job.created_at)).scalars().all()
-        return scene_to_json(scene, list(jobs))
+@router.get("/scenes/{scene_id}", response_model=SceneDetail)
+def get_scene(scene_id: str, session: SessionDep) -> SceneDetail:
+    """The scene, its media and its jobs (oldest first)."""
+    scene = get_scene_or_404(session, scene_id)
+    jobs = session.execute(select(Job).where(Job.scene_id == scene_id)
+                           .order_by(Job.created_at)).scalars().all()
+    return SceneDetail(jobs=[JobSummary(id=j.id, kind=j.kind, status=j.status,
+                                        created_at=iso_time(j.created_at)) for j in jobs],
+                       **SceneOut.fields_of(scene))
 
 
 def _check_source_uri(uri: str, settings: Any) -> str:
@@ -110,15 +99,15 @@ def _check_source_uri(uri: str, settings: Any) -> str:
         raise HTTPException(400, str(e)) from None
 
 
-@router.post("/scenes/{scene_id}/media")
-def upload_media(request: Request, scene_id: str,
+@router.post("/scenes/{scene_id}/media", response_model=MediaAdded)
+def upload_media(scene_id: str, settings: SettingsDep, store: StoreDep,
                  files: list[UploadFile] | None = File(
                      None, description="Images (.jpg/.jpeg/.png), a .zip (of images or of a "
                                        "COLMAP dataset: sparse/0 + images), or a video."),
                  source_uri: str | None = Form(
                      None, description="s3://bucket/prefix or a local folder under "
                                        "SPLATFORGE_ALLOWED_ROOTS (fetched when a job runs).")
-                 ) -> dict[str, Any]:
+                 ) -> MediaAdded:
     """Add media to a scene. Everything is checked first (types, names, every zip entry); a
     rejected request (400) stores nothing. A zip holding a COLMAP model or a
     transforms.json is extracted (a posed dataset: ingest and SfM are skipped); a zip of
@@ -136,8 +125,6 @@ def upload_media(request: Request, scene_id: str,
     ``SPLATFORGE_MAX_UNCOMPRESSED_MB`` uncompressed, one zip member at most
     ``SPLATFORGE_MAX_MEMBER_MB``; checked from the zips' declared sizes first and again
     while extracting."""
-    settings = request.app.state.settings
-    store = request.app.state.storage
     with session_scope(settings) as s:
         get_scene_or_404(s, scene_id)
     files = [f for f in (files or []) if f is not None and (f.filename or f.size)]
@@ -190,8 +177,8 @@ def upload_media(request: Request, scene_id: str,
             if not plans:
                 scene.media_kind = "source_uri"
             scene.updated_at = time.time()
-        return {"scene_id": scene_id, "files": [d["stored_as"] for d in stored],
-                "stored": stored, **scene_to_json(scene)}
+        return MediaAdded(scene_id=scene_id, files=[d["stored_as"] for d in stored],
+                          stored=stored, **SceneOut.fields_of(scene))
 
 
 #: Tries to reserve an upload's names when concurrent uploads keep taking them.
@@ -347,25 +334,21 @@ def check_artifact_name(name: str) -> str:
     return name
 
 
-@router.get("/scenes/{scene_id}/artifacts")
-def list_artifacts(request: Request, scene_id: str) -> dict[str, Any]:
+@router.get("/scenes/{scene_id}/artifacts", response_model=ArtifactList)
+def list_artifacts(scene_id: str, session: SessionDep, store: StoreDep) -> ArtifactList:
     """Artifacts of the scene's latest finished job: name, size (bytes), mtime, url."""
-    settings = request.app.state.settings
-    store = request.app.state.storage
-    with session_scope(settings) as s:
-        if s.get(Scene, scene_id) is None and not (SCENE_ID_RE.match(scene_id)
-                                                   and store.list(outputs_prefix(scene_id))):
-            raise HTTPException(404, f"scene {scene_id!r} not found")
-        job = s.execute(select(Job).where(Job.scene_id == scene_id,
-                                          Job.status == "succeeded")
-                        .order_by(Job.finished_at.desc()).limit(1)).scalars().first()
-        job_json = job_to_json(job) if job else None
+    if session.get(Scene, scene_id) is None and not (SCENE_ID_RE.match(scene_id)
+                                                     and store.list(outputs_prefix(scene_id))):
+        raise HTTPException(404, f"scene {scene_id!r} not found")
+    job_id = session.execute(select(Job.id).where(Job.scene_id == scene_id,
+                                                  Job.status == "succeeded")
+                             .order_by(Job.finished_at.desc()).limit(1)).scalar()
     prefix = outputs_prefix(scene_id)
-    items = [{"name": o.key[len(prefix):], "size": o.size, "mtime": o.mtime,
-              "url": f"/scenes/{scene_id}/artifacts/{o.key[len(prefix):]}"}
+    items = [Artifact(name=o.key[len(prefix):], size=o.size, mtime=o.mtime,
+                      url=f"/scenes/{scene_id}/artifacts/{o.key[len(prefix):]}")
              for o in store.list(prefix)]
-    return {"scene_id": scene_id, "job_id": job_json["id"] if job_json else None,
-            "artifacts": sorted(items, key=lambda d: d["name"])}
+    return ArtifactList(scene_id=scene_id, job_id=job_id,
+                        artifacts=sorted(items, key=lambda a: a.name))
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -480,11 +463,10 @@ def serve_object(request: Request, store: Any, key: str, filename: str) -> Respo
 
 
 @router.api_route("/scenes/{scene_id}/artifacts/{name:path}", methods=["GET", "HEAD"])
-def get_artifact(request: Request, scene_id: str, name: str) -> Response:
+def get_artifact(request: Request, scene_id: str, name: str, store: StoreDep) -> Response:
     """Download one artifact (large files streamed; ``Range: bytes=a-b`` gives 206; HEAD
     and conditional GETs (304) as :func:`serve_object` says)."""
     check_artifact_name(name)
     if not SCENE_ID_RE.match(scene_id):
         raise HTTPException(400, f"invalid scene id {scene_id!r}")
-    store = request.app.state.storage
     return serve_object(request, store, outputs_prefix(scene_id) + name, Path(name).name)

@@ -34,6 +34,7 @@ from ..viewer.data import DEFAULT_MAX_SPLATS
 from ..viewer.manager import ViewerManager
 from ..jobs.manifest import MODEL_ARTIFACTS, model_key
 from .db import Job, Scene, session_scope
+from .deps import SettingsDep, StoreDep
 from .viewer_proxy import make_token, viewer_secret
 from .store import SCENE_ID_RE, outputs_prefix
 
@@ -95,13 +96,12 @@ def _fetch_model(store: Any, scene_id: str, cache_root: Path) -> tuple[Path, str
 @router.get("/scenes/{scene_id}/view", status_code=307,
             responses={307: {"description": "redirect to the scene's viewer"},
                        404: {"description": "unknown scene, or no trained model yet"}})
-def view_scene(request: Request, scene_id: str) -> RedirectResponse:
+def view_scene(request: Request, scene_id: str, settings: SettingsDep,
+               store: StoreDep) -> RedirectResponse:
     """Open a browser viewer of the scene's latest model: started on demand (one per scene,
     reused), stopped when idle; answers 307 to the viewer's URL."""
     from ..errors import SplatforgeError
 
-    settings = request.app.state.settings
-    store = request.app.state.storage
     if not SCENE_ID_RE.match(scene_id):
         raise HTTPException(404, f"scene {scene_id!r} not found")
     with session_scope(settings) as s:

@@ -28,6 +28,8 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from .deps import get_settings
+
 WEB_DIR = Path(__file__).parent / "web"
 templates = Jinja2Templates(directory=str(WEB_DIR / "templates"))
 router = APIRouter(tags=["web"], include_in_schema=False)
@@ -114,7 +116,7 @@ def form_inputs(fields: tuple[FormField, ...] = FORM_FIELDS) -> list[dict[str, A
 def _page(request: Request, name: str, **ctx: Any) -> HTMLResponse:
     from ..presets import PresetName
 
-    settings = request.app.state.settings
+    settings = get_settings(request)
     return templates.TemplateResponse(request, name, {
         "auth_required": bool(settings.api_key), "presets": list(typing.get_args(PresetName)),
         **ctx})

@@ -21,8 +21,9 @@ Both executors end here: the local executor's worker processes
    :func:`splatforge.jobs.artifact_files`: the one layout every front door writes) and a new
    COLMAP model to ``colmap/{scene_id}/`` (outputs of finished stages are uploaded even when
    a later stage fails or is cancelled);
-6. end as ``succeeded``, ``failed`` (error stage and message) or ``cancelled``; the final
-   ``status`` event triggers the completion notification (:func:`.db.announce_job_end`).
+6. end as ``succeeded``, ``failed`` (error stage and message) or ``cancelled`` through
+   :func:`.lifecycle.transition` (which also sends the completion notice); when a monitor
+   ended the job first, its end stands.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from ..jobs.config import job_configs
 from ..jobs.inputs import dataset_format
 from ..paths import redact_paths
 from .db import FINAL_STATUSES, Job, Scene, add_event, session_scope
+from .lifecycle import transition
 from .settings import ServiceSettings
 from .store import (check_allowed_path, colmap_prefix, get_store, media_prefix, open_source,
                     outputs_prefix)
@@ -90,7 +92,7 @@ class _JobRun:
                              sys.prefix, sys.base_prefix, tempfile.gettempdir()]
 
     # -- DB helpers -------------------------------------------------------------------------
-    def _update(self, **values: Any) -> None:
+    def update_job(self, **values: Any) -> None:
         values.setdefault("updated_at", time.time())
         with session_scope(self.settings) as s:
             s.execute(update(Job).where(Job.id == self.job_id).values(**values))
@@ -193,33 +195,36 @@ class _JobRun:
 
     # -- the run ----------------------------------------------------------------------------
     def claim(self) -> tuple[str | None, dict[str, Any]]:
-        """Mark the job running; returns (final status if it must not run, job info)."""
+        """Move the job from ``queued`` to ``running`` (:func:`.lifecycle.transition`);
+        returns (its status when it must not run here, job info)."""
         with session_scope(self.settings) as s:
-            job = s.get(Job, self.job_id, with_for_update=True)
+            job = s.get(Job, self.job_id)
             if job is None:
                 return "failed", {}
             if job.status in FINAL_STATUSES:
                 return job.status, {}
-            now = time.time()
-            if job.cancel_requested:
-                job.status, job.finished_at, job.updated_at = "cancelled", now, now
-                add_event(s, job.id, "status", "cancelled before it started",
-                          data={"status": "cancelled"})
-                return "cancelled", {}
+            cancel = bool(job.cancel_requested)
             scene = s.get(Scene, job.scene_id)
-            job.status = "running"
-            job.worker, job.pid, job.host = self.worker, os.getpid(), socket.gethostname()
-            job.started_at = job.started_at or now
-            job.heartbeat_at = now
-            job.updated_at = now
-            job.attempts = (job.attempts or 0) + 1
-            job.error_stage = job.error_message = None
-            add_event(s, job.id, "status", f"running on {job.host} (pid {job.pid}, "
-                      f"{self.worker})", data={"status": "running", "host": job.host,
-                                               "pid": job.pid, "worker": self.worker})
             info = {"scene_id": job.scene_id, "kind": job.kind, "config": dict(job.config or {}),
                     "source_uri": scene.source_uri if scene else None}
+        if cancel:
+            transition(self.settings, self.job_id, "cancelled", "cancelled before it started",
+                       error_message="cancelled before it started")
+            return self.status(), {}
+        host, pid = socket.gethostname(), os.getpid()
+        if not transition(self.settings, self.job_id, "running",
+                          f"running on {host} (pid {pid}, {self.worker})",
+                          only_from={"queued"}, worker=self.worker, pid=pid, host=host,
+                          error_stage=None, error_message=None,
+                          data={"host": host, "pid": pid, "worker": self.worker}):
+            return self.status(), {}  # someone else runs it, or it ended meanwhile
         return None, info
+
+    def status(self) -> str:
+        """The job's status as the database has it now (``failed`` when there is no job)."""
+        with session_scope(self.settings) as s:
+            return s.execute(select(Job.status).where(Job.id == self.job_id)).scalar() \
+                or "failed"
 
     def run(self) -> str:
         final, info = self.claim()
@@ -242,7 +247,7 @@ class _JobRun:
                     configs = job_configs(info["config"], train_gpus=self.settings.train_gpus)
                     self.set_stage("fetch", "fetching media")
                     media = self.fetch_media(info, work)
-                    self._stage_finish("fetch", f"media: {media.name}")
+                    self.stage_finished("fetch", f"media: {media.name}")
                     from ..pipeline import run_job_pipeline
 
                     result = run_job_pipeline(media, out, self, **configs)
@@ -278,7 +283,7 @@ class _JobRun:
             if status == "succeeded":
                 status, err_stage = "failed", "upload"
                 err_msg = f"uploading artifacts failed: {type(e).__name__}: {e}"
-        self.finish(status, err_stage, err_msg, result)
+        status = self.finish(status, err_stage, err_msg, result)
         if status == "succeeded":
             shutil.rmtree(work, ignore_errors=True)
         return status
@@ -289,7 +294,8 @@ class _JobRun:
         self._event("stage_started", message, stage,
                     job_values=dict(stage=stage, step=None, total=None, fraction=None))
 
-    def _stage_finish(self, stage: str, message: str) -> None:
+    def stage_finished(self, stage: str, message: str) -> None:
+        """The end of one of the sink's own stages, as an event."""
         self.finished_stages.append(stage)
         self._event("stage_finished", message, stage)
 
@@ -360,20 +366,21 @@ class _JobRun:
         prefix = outputs_prefix(scene_id)
         files = artifact_files(out, result.step)
         publish(store, prefix, files)
-        self._stage_finish("upload", f"{len(files)} artifacts -> {prefix}")
+        self.stage_finished("upload", f"{len(files)} artifacts -> {prefix}")
 
     def finish(self, status: str, err_stage: str | None, err_msg: str | None,
-               result: Any) -> None:
-        now = time.time()
+               result: Any) -> str:
+        """End the run: move the job from ``running`` to ``status`` (``queued`` after a
+        shutdown) with the error and the result's metrics; returns the job's status after
+        the move (another party's, when it ended the job first)."""
         # clients read the job row's message too: no server paths (as in :meth:`_event`)
         err_msg = self._redact(err_msg)
-        values: dict[str, Any] = dict(status=status, updated_at=now)
+        values: dict[str, Any] = {}
         if status == "queued":
             values.update(pid=None, eta_s=None)
             msg = "stopped for a server shutdown; queued again (training resumes from its " \
                   "last checkpoint)"
         else:
-            values.update(finished_at=now, eta_s=None if status != "succeeded" else 0.0)
             msg = status + (f" in {err_stage}: {err_msg}" if err_msg else "")
         if status in ("failed", "cancelled"):
             values.update(error_stage=err_stage, error_message=err_msg)
@@ -388,8 +395,10 @@ class _JobRun:
             values["metrics"] = metrics
             if status == "succeeded":
                 values.update(fraction=1.0)
-        self._event("status", msg, err_stage, job_values=values,
-                    data={"status": status, **({"error": err_msg} if err_msg else {})})
+        if transition(self.settings, self.job_id, status, msg, only_from={"running"},
+                      stage=err_stage, data={"error": err_msg} if err_msg else None, **values):
+            return status
+        return self.status()
 
 
 def run_job(job_id: str, settings: ServiceSettings, worker: str | None = None) -> str:

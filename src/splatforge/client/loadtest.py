@@ -87,3 +87,33 @@ def poll_load(base_url: str, paths: list[str], clients: int = 50, seconds: float
         t.join()
     result.seconds = time.monotonic() - t0
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``splatforge-loadtest`` console script: ``splatforge-loadtest URL
+    PATH... [--clients N] [--seconds S] [--api-key KEY]`` polls the paths and prints
+    :meth:`LoadResult.summary` as JSON. Returns 0 when no request failed, else 1 (the first
+    errors go to stderr)."""
+    import argparse
+    import json
+    import os
+    import sys
+
+    ap = argparse.ArgumentParser(prog="splatforge-loadtest", description=main.__doc__)
+    ap.add_argument("url", help="base URL of the service, e.g. http://127.0.0.1:8000")
+    ap.add_argument("paths", nargs="+", help="routes to GET in turn, e.g. /jobs/<id>")
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--api-key", default=os.environ.get("SPLATFORGE_API_KEY"),
+                    help="bearer token ($SPLATFORGE_API_KEY)")
+    args = ap.parse_args(argv)
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
+    result = poll_load(args.url, args.paths, args.clients, args.seconds, headers)
+    print(json.dumps(result.summary()))
+    for err in result.errors[:5]:
+        print(err, file=sys.stderr)
+    return 1 if result.errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
