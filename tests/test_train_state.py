@@ -157,7 +157,7 @@ def test_train_state_round_trips_through_a_checkpoint(tmp_path, plush_scene, plu
         sa, sb = a.optimizers[name].state_dict(), b.optimizers[name].state_dict()
         assert torch.equal(sa["state"][0]["exp_avg"], sb["state"][0]["exp_avg"]), name
     assert b.strategy.counts == a.strategy.counts
-    assert b.sampler.state_dict() == a.sampler.state_dict()
+    assert [b.sampler.next() for _ in range(9)] == [a.sampler.next() for _ in range(9)]
     assert torch.equal(b.bg_generator.get_state(), a.bg_generator.get_state())
     assert torch.equal(torch.rand(5), expected_next)
     # the checkpoint holds the state's entries plus what identifies the run
