@@ -266,7 +266,7 @@ def _rebalance_entry(rank, world, port, scene, scene_config, q):
 
         tr = DistributedTrainer(_config(gpus=2, strategy="default"), scene,
                                 tempfile.mkdtemp(), None, scene_config)
-        tr._setup(None)
+        tr.setup(None)
         for name, opt in tr.optimizers.items():  # Adam moments that differ per Gaussian
             p = tr.params[name]
             p.grad = torch.arange(p.numel(), dtype=p.dtype).reshape(p.shape) + rank
@@ -276,11 +276,11 @@ def _rebalance_entry(rank, world, port, scene, scene_config, q):
             mask = torch.zeros(len(tr.params["means"]), dtype=torch.bool)
             mask[: len(mask) * 3 // 5] = True
             remove(tr.params, tr.optimizers, tr.strategy_state, mask)
-        tr._sync()
+        tr.sync()
         before = tr.gather_full(dst=None)
         sizes_before = list(tr.shard_sizes)
         moved = tr.rebalance()
-        tr._sync()
+        tr.sync()
         after = tr.gather_full(dst=None)
         q.put(pickle.dumps((rank, {"moved": moved, "before": before, "after": after,
                                    "sizes": (sizes_before, list(tr.shard_sizes))})))

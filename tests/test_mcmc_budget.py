@@ -39,7 +39,7 @@ def test_resolved_cap_max_is_15x_the_initial_gaussians_clamped():
     strat, state = make_strategy(TrainConfig(), 1.0, PLUSH_POINTS)
     assert strat.cap_max == PLUSH_CAP and "binoms" in state
     assert strat.counts == {"relocated": 0, "added": 0, "refines": 0, "pruned_significance": 0}
-    assert strat.cap_full == PLUSH_CAP and strat.budget_state() == {"budget_scale": 1.0}
+    assert strat.cap_full == PLUSH_CAP and strat.state_dict()["budget"] == {"budget_scale": 1.0}
     # without num_initial: init_num_pts (100k random points by default) -> clamped to 1M
     assert make_strategy(TrainConfig(), 1.0)[0].cap_max == 1_000_000
     assert make_strategy(TrainConfig(init_num_pts=1000), 1.0)[0].cap_max == 15_000
@@ -348,7 +348,7 @@ def test_position_noise_after_refinement_follows_noise_after_refine(after_refine
     moved = {}
     for step in (5, 19, 20, 35):
         before = params["means"].detach().clone()
-        strat.step_post_backward(params, {}, state, step, {}, lr=1e-3)
+        strat.post_backward(params, {}, state, step, {}, lr=1e-3)
         moved[step] = not torch.equal(params["means"].detach(), before)
     # during refinement the noise always runs; after densify_until_iter only if asked
     assert moved[5] and moved[19]

@@ -241,9 +241,9 @@ def test_default_strategy_resets_opacity_inside_the_refine_window(plush_scene):
                 for k, v in p.items()}
         strat, state = make_strategy(cfg, plush_scene.extent())
         _, _, info = render_view(p, plush_scene, plush_scene.train_indices[0], 0, "torch")
-        strat.step_pre_backward(p, opts, state, step, info)
+        strat.pre_backward(p, opts, state, step, info)
         info["means2d"].sum().backward()  # any loss: only the 2D-mean gradient is read
-        strat.step_post_backward(p, opts, state, step, info)
+        strat.post_backward(p, opts, state, step, info, lr=1e-3)
         return torch.sigmoid(p["opacities"].detach()), strat.counts
 
     opa, counts = one_step(10)

@@ -84,8 +84,8 @@ def test_prune_unseen_removes_a_planted_floater(trained_plush):
     scene = trained_plush.scene
     cfg = trained_plush.config
     stack = camera_stack(scene, scene.train_indices, torch.device("cpu"))
-    strat, state = make_strategy(cfg, float(scene.extent()))
-    strat.seen_fn = lambda m: in_any_frustum(m, *stack)
+    strat, state = make_strategy(cfg, float(scene.extent()),
+                                 seen_fn=lambda m: in_any_frustum(m, *stack))
     n = 5
     centre = torch.as_tensor(np.asarray(scene.points, dtype=np.float32)).mean(0)
     # a point just behind a training camera, where no training photo looks
@@ -105,8 +105,8 @@ def test_prune_unseen_removes_a_planted_floater(trained_plush):
     state["count"] = torch.zeros(n)
     step = strat.refine_every * 2
     strat.refine_stop_iter = 0      # no growth/prune of gsplat's own in this check
-    strat.step_post_backward(params, optimizers, state, step,
-                             {"width": 10, "height": 10, "n_cameras": 1}, packed=False)
+    strat.post_backward(params, optimizers, state, step,
+                        {"width": 10, "height": 10, "n_cameras": 1}, lr=0.0)
     assert len(params["means"]) == n - 1
     assert strat.counts["pruned_unseen"] == 1
 

@@ -296,10 +296,10 @@ def parse_config(model: type[M], data: dict[str, Any] | None = None, prefix: str
 # Training
 # --------------------------------------------------------------------------------------------
 
-from typing import Annotated
+from typing import Annotated, Union
 
 import tyro  # CLI alias metadata only; tyro is a core dependency
-from pydantic import AliasChoices
+from pydantic import AliasChoices, TypeAdapter
 
 #: Steps at which INRIA 3DGS and gsplat save by default (besides the last step).
 DEFAULT_SAVE_STEPS = (7000,)
@@ -318,6 +318,136 @@ def _alias(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
+class DefaultStrategyConfig(StageConfig):
+    """Every setting of gsplat 1.5.3's ``DefaultStrategy`` (INRIA clone/split/prune and opacity
+    reset; ``gsplat/strategy/default.py``) as splatforge trains with it.
+
+    Sizes: ``*_scale3d`` are fractions of the scene extent, ``*_scale2d`` fractions of the
+    image size, ``grow_grad2d`` the mean screen-space gradient in normalised image units.
+    Steps are 1-based (refinement when ``refine_start_iter < step < refine_stop_iter`` and
+    ``step % refine_every == 0``).
+    """
+
+    name: Literal["default"] = "default"
+    prune_opa: float = Field(0.005, gt=0.0, lt=1.0,
+                             description="Prune Gaussians with opacity below this; opacity "
+                                         "resets clamp to twice it (INRIA: 0.005, 0.01).")
+    grow_grad2d: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="Clone/split above this mean 2D gradient (None: 0.0002; 0.0008 with "
+                    "absgrad, gsplat's AbsGS value).")
+    grow_scale3d: float = Field(0.01, gt=0.0, le=10.0,
+                                description="Clone below, split above this 3D scale.")
+    grow_scale2d: float | None = Field(
+        None, gt=0.0, le=10.0,
+        description="Split above this 2D scale (needs prune_scale2d > 0; None: prune_scale2d "
+                    "/ 3).")
+    prune_scale3d: float = Field(0.1, gt=0.0, le=100.0,
+                                 description="Prune above this 3D scale (after a reset).")
+    prune_scale2d: float = Field(
+        0.0, ge=0.0, le=10.0,
+        description="Prune above this 2D scale during refinement (0 = off: gsplat's "
+                    "refine_scale2d_stop_iter 0).")
+    refine_start_iter: int = Field(500, ge=0, le=10_000_000)
+    refine_stop_iter: int = Field(15_000, ge=0, le=10_000_000)
+    refine_every: int = Field(100, ge=1, le=1_000_000)
+    reset_every: int = Field(3000, ge=1, le=10_000_000,
+                             description="Opacity reset every this many steps (inside the "
+                                         "refinement window).")
+    pause_refine_after_reset: int = Field(
+        0, ge=0, le=10_000_000,
+        description="No refinement for this many steps after a reset (gsplat; 0 = off).")
+    absgrad: bool = False
+    revised_opacity: bool = Field(False, description="Bulo et al. 2024's opacity on cloning.")
+    packed: bool = False
+
+    def resolved_grow_grad2d(self) -> float:
+        """``grow_grad2d``, else 2e-4 (8e-4 with absgrad)."""
+        if self.grow_grad2d is not None:
+            return self.grow_grad2d
+        return 8e-4 if self.absgrad else 2e-4
+
+    def resolved_scale2d(self) -> tuple[float, float, int]:
+        """``(prune_scale2d, grow_scale2d, refine_scale2d_stop_iter)`` as gsplat takes them:
+        when ``prune_scale2d`` is 0 the 2D rule is off (stop step 0) and gsplat's 0.15 / 0.05
+        are passed unused."""
+        prune = self.prune_scale2d or 0.15
+        grow = self.grow_scale2d if self.grow_scale2d is not None else prune / 3.0
+        return prune, grow, self.refine_stop_iter if self.prune_scale2d > 0 else 0
+
+
+class MCMCStrategyConfig(StageConfig):
+    """Every setting of gsplat 1.5.3's ``MCMCStrategy`` (Kheradmand et al. 2024;
+    ``gsplat/strategy/mcmc.py``) plus splatforge's budget and pruning additions
+    (:class:`splatforge.train.strategies.MCMCDensification`)."""
+
+    name: Literal["mcmc"] = "mcmc"
+    cap_max: int | None = Field(
+        None, ge=1, le=100_000_000,
+        description="The Gaussian budget. None: CAP_PER_INITIAL x the initial Gaussians, "
+                    "clamped to [CAP_MIN, CAP_MAX].")
+    noise_lr: float = Field(5e5, ge=0.0, le=1e12,
+                            description="Scale of the SGLD position noise (times the means "
+                                        "learning rate; gsplat: 5e5).")
+    min_opacity: float = Field(0.005, gt=0.0, lt=1.0,
+                               description="Gaussians below this opacity are relocated.")
+    refine_start_iter: int = Field(500, ge=0, le=10_000_000)
+    refine_stop_iter: int = Field(15_000, ge=0, le=10_000_000)
+    refine_every: int = Field(100, ge=1, le=1_000_000)
+    noise_after_refine: bool = Field(
+        True, description="Keep the position noise after refine_stop_iter (gsplat does).")
+    prune_significance: float = Field(0.0, ge=0.0, lt=1.0,
+                                      description="Fraction removed at each pruning step.")
+    prune_steps: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=list, description="Steps of significance pruning.")
+
+    def resolved_cap_max(self, num_initial: int) -> int:
+        """``cap_max``, else ``CAP_PER_INITIAL * num_initial`` clamped to
+        ``[CAP_MIN, CAP_MAX]`` (``num_initial``: Gaussians at initialisation)."""
+        if self.cap_max is not None:
+            return self.cap_max
+        return int(min(CAP_MAX, max(CAP_MIN, CAP_PER_INITIAL * int(num_initial))))
+
+
+#: The typed choice of strategy settings (gsplat's ``Union[DefaultStrategy, MCMCStrategy]``),
+#: told apart by ``name``.
+StrategyConfig = Annotated[Union[DefaultStrategyConfig, MCMCStrategyConfig],
+                           Field(discriminator="name")]
+
+#: Strategy-config field -> TrainConfig field, where the names differ (the INRIA names).
+_STRATEGY_FLAT_NAMES = {"refine_start_iter": "densify_from_iter",
+                        "refine_stop_iter": "densify_until_iter",
+                        "refine_every": "densification_interval",
+                        "reset_every": "opacity_reset_interval",
+                        "grow_grad2d": "densify_grad_threshold",
+                        "prune_steps": "prune_significance_steps"}
+
+
+def _flatten_strategy(data: Any) -> Any:
+    """``TrainConfig`` input whose ``strategy`` is a strategy config (a dict with ``name``, or
+    a :data:`StrategyConfig` instance): ``strategy`` becomes the name and each field given
+    there is set on the TrainConfig field it maps to.
+
+    Raises:
+        ValueError: a field given both there and at the top level, with different values.
+    """
+    if not isinstance(data, dict):
+        return data
+    given = data.get("strategy")
+    if isinstance(given, dict):
+        given = TypeAdapter(StrategyConfig).validate_python(given)
+    if not isinstance(given, (DefaultStrategyConfig, MCMCStrategyConfig)):
+        return data
+    out = dict(data, strategy=given.name)
+    for key in given.model_fields_set - {"name"}:
+        flat = _STRATEGY_FLAT_NAMES.get(key, key)
+        value = getattr(given, key)
+        if flat in out and out[flat] != value:
+            raise ValueError(f"strategy.{key} ({value!r}) and {flat} ({out[flat]!r}) disagree")
+        out[flat] = value
+    return out
+
+
 class TrainConfig(StageConfig):
     """Training a 3D Gaussian Splatting scene (Kerbl et al. 2023) with gsplat's strategies.
 
@@ -328,6 +458,13 @@ class TrainConfig(StageConfig):
     position_lr_final, feature_lr, opacity_lr, scaling_lr, rotation_lr and lambda_dssim; the
     CLI accepts --iterations and --save-iterations. The image downsampling factor is the
     scene's data_factor.
+
+    Strategy settings: ``strategy`` names the choice (``--strategy mcmc``); every threshold of
+    the chosen strategy is a field here (INRIA names where INRIA has one, gsplat's otherwise)
+    and :meth:`strategy_config` gives them as the typed choice :data:`StrategyConfig`
+    (:class:`DefaultStrategyConfig` | :class:`MCMCStrategyConfig`), which owns their
+    defaults. JSON, HTTP and job files may also give ``strategy`` as such a config, e.g.
+    ``{"strategy": {"name": "mcmc", "cap_max": 500000, "noise_lr": 1e5}}``.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False,
@@ -384,6 +521,35 @@ class TrainConfig(StageConfig):
     scale_reg: float | None = Field(
         None, ge=0.0, le=100.0,
         description="Weight of mean(scale) in the loss (default 0.01 with mcmc, else 0).")
+    prune_opa: float = Field(
+        DefaultStrategyConfig.model_fields["prune_opa"].default, gt=0.0, lt=1.0,
+        description="default strategy: prune Gaussians with opacity below this; opacity "
+                    "resets clamp to twice it (INRIA: 0.005).")
+    grow_scale3d: float = Field(
+        DefaultStrategyConfig.model_fields["grow_scale3d"].default, gt=0.0, le=10.0,
+        description="default strategy: clone below, split above this 3D scale (fraction of "
+                    "the scene extent).")
+    grow_scale2d: float | None = Field(
+        None, gt=0.0, le=10.0,
+        description="default strategy: split above this 2D scale (fraction of the image "
+                    "size; with prune_scale2d > 0; default prune_scale2d / 3).")
+    prune_scale3d: float = Field(
+        DefaultStrategyConfig.model_fields["prune_scale3d"].default, gt=0.0, le=100.0,
+        description="default strategy: prune above this 3D scale (fraction of the scene "
+                    "extent).")
+    pause_refine_after_reset: int = Field(
+        0, ge=0, le=10_000_000,
+        description="default strategy: no refinement for this many steps after an opacity "
+                    "reset (gsplat; 0 = off).")
+    revised_opacity: bool = Field(
+        False, description="default strategy: revised opacity on cloning (Bulo et al. 2024).")
+    min_opacity: float = Field(
+        MCMCStrategyConfig.model_fields["min_opacity"].default, gt=0.0, lt=1.0,
+        description="mcmc: Gaussians below this opacity are relocated (gsplat: 0.005).")
+    noise_lr: float = Field(
+        MCMCStrategyConfig.model_fields["noise_lr"].default, ge=0.0, le=1e12,
+        description="mcmc: scale of the SGLD position noise, times the means learning rate "
+                    "(gsplat: 5e5).")
     # -- optimiser --------------------------------------------------------------------------
     means_lr: float = Field(
         1.6e-4, gt=0.0, le=1.0, validation_alias=_alias("means_lr", "position_lr_init"),
@@ -557,6 +723,11 @@ class TrainConfig(StageConfig):
         description="Host memory for decoded training images, in MiB (least recently used "
                     "beyond it are decoded again on demand).")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _strategy_as_config(cls, data: Any) -> Any:
+        return _flatten_strategy(data)
+
     @model_validator(mode="after")
     def _cross_field(self) -> "TrainConfig":
         if self.save_steps is not None:
@@ -590,22 +761,29 @@ class TrainConfig(StageConfig):
         end = min(self.densify_until_iter, self.max_steps)
         return sorted({max(1, int(end * f)) for f in (0.4, 0.8)})
 
+    def strategy_config(self) -> DefaultStrategyConfig | MCMCStrategyConfig:
+        """The chosen strategy's settings as its typed config (the fields of this config that
+        map onto it, ``prune_steps`` resolved by :meth:`resolved_prune_steps`)."""
+        cls = MCMCStrategyConfig if self.strategy == "mcmc" else DefaultStrategyConfig
+        values = {key: getattr(self, _STRATEGY_FLAT_NAMES.get(key, key))
+                  for key in cls.model_fields if key != "name"}
+        if cls is MCMCStrategyConfig:
+            values["prune_steps"] = self.resolved_prune_steps()
+        return cls(**values)
+
     def grow_grad2d(self) -> float:
         """Densification gradient threshold: the field, else 2e-4 (8e-4 with absgrad)."""
-        if self.densify_grad_threshold is not None:
-            return self.densify_grad_threshold
-        return 8e-4 if self.absgrad else 2e-4
+        return DefaultStrategyConfig(grow_grad2d=self.densify_grad_threshold,
+                                     absgrad=self.absgrad).resolved_grow_grad2d()
 
     def resolved_cap_max(self, num_initial: int) -> int:
         """The MCMC Gaussian budget: ``cap_max``, else ``CAP_PER_INITIAL * num_initial``
-        clamped to ``[CAP_MIN, CAP_MAX]``.
+        clamped to ``[CAP_MIN, CAP_MAX]`` (:meth:`MCMCStrategyConfig.resolved_cap_max`).
 
         Args:
             num_initial: Gaussians at initialisation (SfM points, or ``init_num_pts``).
         """
-        if self.cap_max is not None:
-            return self.cap_max
-        return int(min(CAP_MAX, max(CAP_MIN, CAP_PER_INITIAL * int(num_initial))))
+        return MCMCStrategyConfig(cap_max=self.cap_max).resolved_cap_max(num_initial)
 
     def regularization(self) -> tuple[float, float]:
         """(opacity_reg, scale_reg): the fields, else 0.01 each with mcmc and 0 otherwise."""

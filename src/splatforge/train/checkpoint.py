@@ -1,10 +1,17 @@
 """Training checkpoints: ``<model_dir>/ckpts/step_N.pt``.
 
-A checkpoint holds everything a run needs to continue exactly as if it had not stopped:
+A checkpoint holds everything a run needs to continue exactly as if it had not stopped: the
+trainer's :class:`~splatforge.train.state.TrainState` as its
+:meth:`~splatforge.train.state.TrainState.state_dict` gives it (and
+:meth:`~splatforge.train.state.TrainState.load_state_dict` restores it), plus the run's config,
+scene fingerprint and backend (:meth:`splatforge.train.trainer.Trainer.checkpoint_payload`):
 
 * ``splats``: name -> raw parameter tensor (see :mod:`splatforge.splats`),
 * ``optimizers``: name -> ``torch.optim`` state dict (Adam moments and step counts),
-* ``strategy_state``: the gsplat strategy's running state (gradient accumulators, ...),
+* ``strategy_state``: the gsplat strategy's running state (gradient accumulators, ...);
+  ``strategy_counts`` / ``strategy_budget``: the strategy object's own state (refinement
+  counters, the MCMC budget after pruning),
+* ``extras``: appearance model and pose corrections with their optimisers, ``num_initial``,
 * ``rng``: torch CPU and CUDA generator states, numpy's and Python's global generators,
 * ``sampler`` / ``background_rng``: the trainer's own view-order and background generators,
 * ``config`` (the :class:`~splatforge.config.TrainConfig` as JSON), ``step`` (steps done),

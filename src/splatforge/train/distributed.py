@@ -37,6 +37,7 @@ import shutil
 import socket
 import tempfile
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -49,17 +50,12 @@ from ..errors import ConfigError, SplatforgeError
 from ..events import EventCallback
 from ..export.model_dir import ModelDir
 from ..splats import PARAM_NAMES
-from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
-from .checkpoint import save_checkpoint as write_checkpoint
-from .data import ImageCache, ViewSampler
+from .checkpoint import capture_rng_state, restore_rng_state
+from .data import ViewSampler
 from .trainer import Trainer, TrainingInterrupted, TrainResult
 
 #: Redistribute the Gaussians when the largest shard exceeds the mean by this factor.
 REBALANCE_RATIO = 1.2
-
-#: Strategy-state entries with one row per Gaussian (gsplat 1.5.3 ``DefaultStrategy``; the
-#: MCMC strategy's ``binoms`` table is not per Gaussian).
-PER_GAUSSIAN_STATE = ("grad2d", "count", "radii")
 
 #: Adam moments with one row per Gaussian.
 ADAM_MOMENTS = ("exp_avg", "exp_avg_sq")
@@ -73,18 +69,37 @@ def shard_sizes(total: int, world: int) -> list[int]:
 
 class DistributedTrainer(Trainer):
     """A :class:`~splatforge.train.trainer.Trainer` for one rank of a process group (the
-    group is initialised by the caller; see the module docstring)."""
+    group is initialised by the caller; see the module docstring), composed from the
+    trainer's hook points: :meth:`check_setup`, :meth:`train_views` (every ``W``-th view),
+    :meth:`after_setup` (cut the state into this rank's shard, seed the rank's streams),
+    :meth:`render_train_view` (across ranks), :meth:`after_step` (exchange sizes,
+    rebalance), :attr:`num_gaussians`, :meth:`full_params` / :meth:`checkpoint_payload`
+    (gathered on rank 0), :meth:`share` and :meth:`sync_point`."""
 
-    def __init__(self, *args: Any, group: Any = None, **kwargs: Any):
+    #: the ranks restore their own view order and background generator
+    restore_streams = False
+
+    def __init__(self, *args: Any, group: Any = None,
+                 stop_requested: Callable[[], bool] | None = None, **kwargs: Any):
+        """``Trainer``'s arguments; ``group``: the process group (None: the default one);
+        ``stop_requested()``: polled each step on this rank; True on any rank stops every
+        rank after the same step (:attr:`stop_everywhere`)."""
         super().__init__(*args, **kwargs)
         self.group = group
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
+        self.stream = self.rank
         self._total = 0
-        self._stop_requested = lambda: False
+        self._stop = False
+        self._stop_requested = stop_requested or (lambda: False)
+        self._comm_device = torch.device("cpu")
+        self.shard_sizes: list[int] = []
         self.rebalances = 0
 
     # ---- collectives over the shards --------------------------------------------------------
+    def _per_gaussian_state(self) -> dict[str, torch.Tensor]:
+        return self.strategy.per_gaussian_state(self.strategy_state, len(self.params["means"]))
+
     def _shard_state(self) -> dict[str, Any]:
         """This rank's per-Gaussian tensors on the CPU: parameters, Adam moments (and step),
         per-Gaussian strategy state."""
@@ -94,11 +109,7 @@ class DistributedTrainer(Trainer):
             st = opt.state.get(self.params[name], {})
             out["adam"][name] = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v)
                                  for k, v in st.items()}
-        n = len(self.params["means"])
-        for key in PER_GAUSSIAN_STATE:
-            v = self.strategy_state.get(key)
-            if isinstance(v, torch.Tensor) and v.shape[:1] == (n,):
-                out["strategy"][key] = v.detach().cpu()
+        out["strategy"] = {k: v.detach().cpu() for k, v in self._per_gaussian_state().items()}
         return out
 
     @staticmethod
@@ -115,10 +126,9 @@ class DistributedTrainer(Trainer):
             for m in ADAM_MOMENTS:
                 adam[name][m] = torch.cat([st[m] for st in states])
         strategy: dict[str, torch.Tensor] = {}
-        for key in PER_GAUSSIAN_STATE:
+        keys = sorted({k for s in shards for k in s["strategy"]})
+        for key in keys:
             have = [s["strategy"].get(key) for s in shards]
-            if all(v is None for v in have):
-                continue
             like = next(v for v in have if v is not None)
             strategy[key] = torch.cat([
                 v if v is not None else torch.zeros((len(s["params"]["means"]),
@@ -161,9 +171,9 @@ class DistributedTrainer(Trainer):
             self.strategy_state[key] = v[lo:hi].to(self.device).contiguous()
         self.shard_sizes = list(sizes)
 
-    def _sync(self) -> None:
-        """One all-gather per step: shard sizes (-> :attr:`num_gaussians`) and whether a stop
-        was requested on any rank."""
+    def sync(self) -> None:
+        """One all-gather: shard sizes (-> :attr:`num_gaussians`) and whether a stop was
+        requested on any rank. A collective."""
         mine = torch.tensor([len(self.params["means"]), int(bool(self._stop_requested()))],
                             dtype=torch.int64, device=self._comm_device)
         every = [torch.empty_like(mine) for _ in range(self.world)]
@@ -191,15 +201,19 @@ class DistributedTrainer(Trainer):
     def num_gaussians(self) -> int:
         return self._total
 
-    # ---- setup -----------------------------------------------------------------------------
-    def _setup(self, ckpt_path: Path | None) -> None:
+    @property
+    def stop_everywhere(self) -> bool:
+        """Some rank's ``stop_requested()`` was True at the last :meth:`sync`."""
+        return self._stop
+
+    # ---- hook points -----------------------------------------------------------------------
+    def check_setup(self) -> None:
         cfg = self.config
-        super()._setup(ckpt_path)   # the whole model on every rank, then cut into shards
         self._comm_device = self.device if self.device.type == "cuda" else torch.device("cpu")
         if cfg.absgrad:
             raise ConfigError("absgrad: not supported with gpus > 1 (the 2D gradients of a "
                               "Gaussian come from several ranks)")
-        if self.use_sparse_grad:
+        if self.session.use_sparse_grad:
             raise ConfigError("sparse_grad: not supported with gpus > 1")
         for name, on in (("appearance", cfg.appearance != "none"), ("pose_opt", cfg.pose_opt),
                          ("res_schedule", cfg.res_schedule),
@@ -219,41 +233,35 @@ class DistributedTrainer(Trainer):
         if len(scene.train_indices) < self.world:
             raise ConfigError(f"gpus: {self.world} ranks but only {len(scene.train_indices)} "
                               "training views")
-        ckpt = load_checkpoint(ckpt_path, map_location="cpu") if ckpt_path else None
+
+    def train_views(self) -> list[int]:
+        """This rank's views: every ``world``-th training view from ``rank``."""
+        return list(self.scene.train_indices[self.rank::self.world])
+
+    def after_setup(self, ckpt: dict[str, Any] | None) -> None:
+        """Cut the whole model (built on every rank) into this rank's shard, split the MCMC
+        budget, seed the rank's random streams (restore them from a checkpoint of the same
+        world size)."""
         same = (ckpt is not None and (ckpt.get("distributed") or {}).get("world_size")
                 == self.world)
         full = {"params": {k: v.detach().cpu() for k, v in self.params.items()},
-                "adam": {}, "strategy": {}}
+                "adam": {name: dict(opt.state.get(self.params[name], {}))
+                         for name, opt in self.optimizers.items()},
+                "strategy": {k: v.cpu() for k, v in self._per_gaussian_state().items()}}
         n = len(self.params["means"])
-        for name, opt in self.optimizers.items():
-            full["adam"][name] = dict(opt.state.get(self.params[name], {}))
-        for key in PER_GAUSSIAN_STATE:
-            v = self.strategy_state.get(key)
-            if isinstance(v, torch.Tensor) and v.shape[:1] == (n,):
-                full["strategy"][key] = v.cpu()
         split = ckpt["distributed"]["shard_sizes"] if same else shard_sizes(n, self.world)
         self._install(full, list(split))
         del full
-        if cfg.strategy == "mcmc":
-            self.strategy.cap_max = shard_sizes(self.strategy.cap_max, self.world)[self.rank]
-        # this rank's views; each rank its own sampler and random streams
-        self.views = list(scene.train_indices[self.rank::self.world])
-        self.sampler = ViewSampler(self.views, cfg.seed + self.rank)
-        self.bg_generator = torch.Generator().manual_seed(cfg.seed + 1 + 7919 * self.rank)
-        torch.manual_seed(cfg.seed + 7919 * self.rank)
+        self.strategy.split_budget(self.rank, self.world)
+        torch.manual_seed(self.config.seed + 7919 * self.rank)
         if same:
             mine = ckpt["distributed"]["ranks"][self.rank]
-            self.sampler.load_state_dict(mine["sampler"])
-            self.bg_generator.set_state(mine["background_rng"])
+            self.state.sampler.load_state_dict(mine["sampler"])
+            self.state.bg_generator.set_state(mine["background_rng"])
             restore_rng_state(mine["rng"])
-        self.images.close()
-        self.images = ImageCache(scene, self.views, int(cfg.image_cache_mb * 1024 * 1024),
-                                 self.device, gpu_resident={"auto": None, "yes": True,
-                                                            "no": False}[cfg.images_on_gpu])
-        self._sync()
+        self.sync()
 
-    # ---- one step --------------------------------------------------------------------------
-    def _render_train_view(self, idx, sh_degree, bg, viewmat, K, size):
+    def render_train_view(self, idx, sh_degree, bg, viewmat, K, size):
         from ..raster.distributed import rasterize_distributed
 
         cfg = self.config
@@ -268,23 +276,25 @@ class DistributedTrainer(Trainer):
         render = render + (1.0 - alphas) * bg.reshape(1, 1, 1, 3)
         return render, alphas, info
 
-    def _train_step(self, k: int) -> dict[str, Any]:
-        out = super()._train_step(k)
-        self._sync()
+    def after_step(self, step: int) -> None:
+        self.sync()
         if self.rebalance():
-            self._sync()
-        return out
+            self.sync()
 
-    # ---- outputs (rank 0 writes what a single process writes) ------------------------------
-    def _checkpoint_payload(self) -> dict[str, Any]:
+    def full_params(self) -> dict[str, torch.Tensor] | None:
         full = self.gather_full(dst=0)
-        mine = {"sampler": self.sampler.state_dict(),
-                "background_rng": self.bg_generator.get_state(), "rng": capture_rng_state()}
+        return full["params"] if full is not None else None
+
+    def checkpoint_payload(self) -> dict[str, Any] | None:
+        full = self.gather_full(dst=0)
+        mine = {"sampler": self.state.sampler.state_dict(),
+                "background_rng": self.state.bg_generator.get_state(),
+                "rng": capture_rng_state()}
         ranks: list[Any] | None = [None] * self.world if self.rank == 0 else None
         dist.gather_object(mine, ranks, dst=0, group=self.group)
         if self.rank != 0:
-            return {}
-        payload = super()._checkpoint_payload()
+            return None
+        payload = super().checkpoint_payload()
         payload["splats"] = full["params"]
         for name, sd in payload["optimizers"].items():
             st = full["adam"].get(name) or {}
@@ -299,42 +309,13 @@ class DistributedTrainer(Trainer):
                                   "shard_sizes": list(self.shard_sizes), "ranks": ranks}
         return payload
 
-    def save_checkpoint(self) -> Path:
-        from .checkpoint import checkpoint_path
+    def share(self, value: Any) -> Any:
+        box = [value]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
 
-        payload = self._checkpoint_payload()
-        path = checkpoint_path(self.model_dir, self.step)
-        if self.rank == 0:
-            write_checkpoint(path, payload)
+    def sync_point(self) -> None:
         dist.barrier(group=self.group)
-        self.checkpoints[self.step] = path
-        return path
-
-    def save_ply(self) -> Path:
-        from ..export.ply import write_ply
-        from ..splats import splats_to_source_frame
-
-        full = self.gather_full(dst=0)
-        path = self.files.point_cloud(self.step)
-        if self.rank == 0:
-            write_ply(path, splats_to_source_frame(full["params"], self.scene))
-        dist.barrier(group=self.group)
-        self.ply_paths[self.step] = path
-        return path
-
-    def _evaluate(self) -> dict[str, Any]:
-        from .evaluate import evaluate_splats
-        from .schedule import sh_degree_at
-
-        full = self.gather_full(dst=0)
-        ev: list[Any] = [None]
-        if self.rank == 0:
-            sh = sh_degree_at(self.step, self.config.sh_degree, self.config.sh_degree_interval)
-            params = {k: v.to(self.device) for k, v in full["params"].items()}
-            ev[0] = evaluate_splats(params, self.scene, self.scene.test_indices, sh,
-                                    self.backend, antialiased=self.config.antialiased)
-        dist.broadcast_object_list(ev, src=0, group=self.group)
-        return ev[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,15 +372,13 @@ def _rank_main(rank: int, world: int, port: int, args: dict[str, Any], q: Any, s
                 (scratch / final.relative_to(model_dir)).parent.mkdir(parents=True)
                 (scratch / final.relative_to(model_dir)).touch()
             model_dir = scratch
-        trainer = DistributedTrainer(cfg, args["scene"], model_dir, events,
-                                     args["scene_config"], None)
-        trainer._stop_requested = stop.is_set
-
         def stop_hook(tr, step):
-            if tr._stop:
+            if tr.stop_everywhere:
                 raise KeyboardInterrupt
 
-        trainer.step_hook = stop_hook
+        trainer = DistributedTrainer(cfg, args["scene"], model_dir, events,
+                                     args["scene_config"], stop_hook,
+                                     stop_requested=stop.is_set)
         try:
             result = trainer.run(args["resume"])
         except TrainingInterrupted as e:
@@ -456,7 +435,7 @@ def run_train_distributed(config: TrainConfig, scene: Any, model_dir: str | Path
                           "are visible")
     model_dir = Path(model_dir)
     probe = Trainer(config, scene, model_dir, events, scene_config)
-    ckpt = probe._resume_checkpoint(resume)  # the same checkpoint for every rank
+    ckpt = probe.resolve_resume(resume)  # the same checkpoint for every rank
     args = {"config": config, "scene": scene, "model_dir": str(model_dir),
             "scene_config": scene_config, "resume": ckpt}
     ctx = torch.multiprocessing.get_context("spawn")
@@ -517,5 +496,5 @@ def run_train_distributed(config: TrainConfig, scene: Any, model_dir: str | Path
     return result
 
 
-__all__ = ["PER_GAUSSIAN_STATE", "REBALANCE_RATIO", "DistributedTrainer",
+__all__ = ["REBALANCE_RATIO", "DistributedTrainer",
            "run_train_distributed", "shard_sizes"]

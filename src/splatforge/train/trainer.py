@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import random
 import signal
 import threading
 import time
@@ -51,18 +50,16 @@ from ..errors import ConfigError, InputError
 from ..events import Event, EventCallback, StageReporter
 from ..export.model_dir import ModelDir
 from ..metrics import psnr as psnr_fn
-from ..splats import PARAM_NAMES, init_splats, splats_to_source_frame
+from ..splats import splats_to_source_frame
 from ..util import atomic_write_text
 from .checkpoint import (
-    capture_rng_state,
     checkpoint_path,
     find_latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    restore_rng_state,
     save_checkpoint,
 )
-from .data import ImageCache, ViewSampler
+from .data import ImageCache
 from .evaluate import camera_tensors, evaluate_splats, render_view
 from .losses import GraphedPhotometricLoss, mcmc_regularization, photometric_loss
 from .optim import fused_adam_step, supports_fused_adam_step
@@ -70,10 +67,17 @@ from .real_capture import CaptureExtras
 from .res_schedule import ResolutionSchedule, downscale_view
 from .schedule import expon_lr, sh_degree_at
 from .selective_adam import SelectiveAdamStepper, visible_gaussians
+from .state import (  # noqa: F401  (ADAM_EPS, SPARSE_GRAD_PARAMS, seed_everything: re-exported)
+    ADAM_EPS,
+    SPARSE_GRAD_PARAMS,
+    TrainState,
+    build_train_state,
+    seed_everything,
+)
+from .strategies import TrainStrategy, make_strategy  # noqa: F401  (make_strategy re-exported)
 from .triton_loss import fused_photometric_loss, triton_loss_available
 
 STAGE = "train"
-ADAM_EPS = 1e-15  # INRIA scene/gaussian_model.py training_setup
 
 #: Config fields that change the shape of the parameters or the optimiser: a checkpoint made
 #: with other values cannot be resumed.
@@ -93,9 +97,6 @@ StepHook = Callable[["Trainer", int], None]
 #: The numbers of a logged step that progress events carry (train_log.jsonl has more).
 PROGRESS_KEYS = ("loss", "psnr", "num_gaussians", "steps_per_second")
 
-#: Parameters whose gradients gsplat makes sparse with ``sparse_grad`` (optimised with
-#: ``torch.optim.SparseAdam``: only Gaussians with a gradient update their moments).
-SPARSE_GRAD_PARAMS = ("means", "quats", "scales")
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -154,8 +155,49 @@ class TrainResult:
         return ModelDir(self.model_dir).metrics
 
 
+@dataclass
+class TrainSession:
+    """What a :class:`Trainer` derives from the config and the scene for one session (never
+    saved; the state is :class:`~splatforge.train.state.TrainState`).
+
+    Attributes:
+        device, backend: torch device and rasterizer backend.
+        scene: the loaded :class:`~splatforge.scene.Scene`; scene_scale its extent (world
+            units).
+        save_steps: steps whose PLY and checkpoint are written.
+        use_sparse_grad: gsplat sparse gradients in use.
+        cameras: training view -> ``(viewmat [4, 4], K [3, 3])`` on ``device``.
+        background: ``[3]`` background colour in [0, 1].
+        regularization: ``(opacity_reg, scale_reg)`` loss weights.
+        start_step: the step this session started from.
+        fast_adam: every optimiser can take the one-call fused Adam step.
+        res_schedule: the coarse-to-fine resolution schedule, or None.
+        adam_stepper: selective Adam / low-precision moments, or None.
+        images: the decoded training images of this trainer's views.
+        triton_loss: the photometric loss runs as Triton kernels.
+        loss_fn: the photometric loss as CUDA graphs, or None.
+    """
+
+    device: torch.device
+    backend: str
+    scene: Any
+    scene_scale: float
+    save_steps: list[int]
+    use_sparse_grad: bool
+    cameras: dict[int, tuple[torch.Tensor, torch.Tensor]]
+    background: torch.Tensor
+    regularization: tuple[float, float]
+    start_step: int = 0
+    fast_adam: bool = False
+    res_schedule: ResolutionSchedule | None = None
+    adam_stepper: SelectiveAdamStepper | None = None
+    images: ImageCache | None = None
+    triton_loss: bool = False
+    loss_fn: GraphedPhotometricLoss | None = None
+
+
 # --------------------------------------------------------------------------------------------
-# Devices, backends, strategies
+# Devices, backends
 # --------------------------------------------------------------------------------------------
 
 def resolve_device(name: str) -> torch.device:
@@ -197,58 +239,6 @@ def resolve_backend(requested: str, device: torch.device) -> str:
         raise
     except (ValueError, RuntimeError, ImportError) as e:
         raise ConfigError(f"backend: {e}") from None
-
-
-def _install_cpu_mcmc_ops() -> None:
-    """Let gsplat's MCMC relocation and position-noise ops run on non-CUDA tensors
-    (:func:`splatforge.raster.mcmc.install_torch_relocation`: CUDA tensors keep gsplat's
-    kernels, others use the PyTorch versions)."""
-    from ..raster.mcmc import install_torch_relocation
-
-    install_torch_relocation()
-
-
-def make_strategy(config: TrainConfig, scene_scale: float, num_initial: int | None = None):
-    """gsplat strategy for ``config`` and its initial state.
-
-    Args:
-        config: the training config (``strategy``, ``cap_max``, refinement window, ...).
-        scene_scale: the scene extent (world units; the default strategy's size thresholds).
-        num_initial: Gaussians at initialisation, for the automatic MCMC budget
-            (:meth:`TrainConfig.resolved_cap_max`; default ``config.init_num_pts``).
-
-    Returns:
-        (strategy, state).
-    """
-    from .strategies import InriaDefaultStrategy, SplatforgeMCMCStrategy
-
-    if config.strategy == "mcmc":
-        n0 = config.init_num_pts if num_initial is None else num_initial
-        strat = SplatforgeMCMCStrategy(
-            cap_max=config.resolved_cap_max(n0), refine_start_iter=config.densify_from_iter,
-            refine_stop_iter=config.densify_until_iter,
-            refine_every=config.densification_interval, min_opacity=0.005,
-            fused_noise=config.fused_mcmc_noise,
-            noise_stop_iter=None if config.noise_after_refine else config.densify_until_iter,
-            prune_steps=tuple(config.resolved_prune_steps()),
-            prune_ratio=config.prune_significance)
-        return strat, strat.initialize_state()
-    strat = InriaDefaultStrategy(
-        prune_opa=0.005, grow_grad2d=config.grow_grad2d(), grow_scale3d=0.01,
-        prune_scale3d=0.1, refine_start_iter=config.densify_from_iter,
-        refine_stop_iter=config.densify_until_iter, reset_every=config.opacity_reset_interval,
-        refine_every=config.densification_interval, absgrad=config.absgrad,
-        refine_scale2d_stop_iter=config.densify_until_iter if config.prune_scale2d > 0 else 0,
-        prune_scale2d=config.prune_scale2d or 0.15,
-        grow_scale2d=(config.prune_scale2d or 0.15) / 3.0)
-    return strat, strat.initialize_state(scene_scale=scene_scale)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, numpy's and torch's (CPU and CUDA) global generators."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 class _SigintFlag:
@@ -294,14 +284,31 @@ def _scene_fingerprint(scene, train_indices: list[int]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 class Trainer:
-    """One training run over a scene into a model folder (see :func:`run_train`)."""
+    """One training run over a scene into a model folder (see :func:`run_train`).
 
-    #: the photometric loss as CUDA graphs (set in :meth:`run` when ``graph_loss`` applies)
-    loss_fn: GraphedPhotometricLoss | None = None
-    #: the photometric loss by :func:`~splatforge.train.triton_loss.fused_photometric_loss`
-    triton_loss: bool = False
-    #: ``(width, height)`` of the latest training render (the resolution schedule lowers it)
-    render_size: tuple[int, int] | None = None
+    The mutable training state is one :class:`~splatforge.train.state.TrainState`
+    (:attr:`state`, built by :meth:`setup` through
+    :func:`~splatforge.train.state.build_train_state`, saved and restored by checkpoints);
+    the rest is derived from the config and the scene each session.
+
+    Hook points (what :class:`~splatforge.train.distributed.DistributedTrainer` overrides;
+    the loop calls nothing else of a subclass):
+
+    * :meth:`check_setup`: refuse settings this trainer cannot run (after the scene loads);
+    * :meth:`train_views`: the training views this trainer draws from;
+    * :meth:`after_setup`: adjust the freshly built state (shard it, seed own streams);
+    * :meth:`render_train_view`: render one training view for the loss and the strategy;
+    * :meth:`after_step`: after each optimisation step (exchange sizes, rebalance);
+    * :attr:`num_gaussians`: Gaussians of the whole model;
+    * :meth:`full_params`: the whole model's parameters for outputs (None: not this
+      process's to write), :meth:`checkpoint_payload`, :meth:`share` (a value computed by
+      the writing process, for all) and :meth:`sync_point` (wait for the others).
+    """
+
+    #: seeds the view order and background generator (``seed + stream``); the rank
+    stream: int = 0
+    #: restore the checkpoint's view order and background generator on resume
+    restore_streams: bool = True
 
     def __init__(self, config: TrainConfig, scene: Any, model_dir: str | Path,
                  events: EventCallback | None = None, scene_config: SceneConfig | None = None,
@@ -315,7 +322,68 @@ class Trainer:
         self.files = ModelDir(self.model_dir)
         self.rep = StageReporter(STAGE, events)
         self._scene_arg = scene
-        self.scene = None
+        #: the training state (None before :meth:`setup`)
+        self.state: TrainState | None = None
+        #: per-session setup (None before :meth:`setup`)
+        self.session: TrainSession | None = None
+        #: ``(width, height)`` of the latest training render (the resolution schedule
+        #: lowers it)
+        self.render_size: tuple[int, int] | None = None
+        #: step -> checkpoint / PLY written in this session
+        self.checkpoints: dict[int, Path] = {}
+        self.ply_paths: dict[int, Path] = {}
+        #: False while a step is half done (no checkpoint can be taken then)
+        self._consistent = True
+
+    # ---- the state and the session, by name --------------------------------------------------
+    @property
+    def params(self) -> dict[str, torch.nn.Parameter]:
+        return self.state.params
+
+    @property
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return self.state.optimizers
+
+    @property
+    def strategy(self) -> TrainStrategy:
+        return self.state.strategy
+
+    @property
+    def strategy_state(self) -> dict[str, Any]:
+        return self.state.strategy_state
+
+    @property
+    def extras(self) -> CaptureExtras:
+        return self.state.extras
+
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    @property
+    def num_initial(self) -> int:
+        return self.state.num_initial
+
+    @property
+    def scene(self) -> Any:
+        return self.session.scene if self.session is not None else None
+
+    @property
+    def device(self) -> torch.device:
+        return self.session.device
+
+    @property
+    def backend(self) -> str:
+        return self.session.backend
+
+    @property
+    def triton_loss(self) -> bool:
+        return self.session is not None and self.session.triton_loss
+
+    @property
+    def num_gaussians(self) -> int:
+        """Gaussians of the whole model (a hook: the distributed trainer sums its shards)."""
+        return len(self.params["means"])
 
     # ---- setup -----------------------------------------------------------------------------
     def _load_scene(self):
@@ -325,7 +393,13 @@ class Trainer:
             return self._scene_arg
         return load_scene(self._scene_arg, self.scene_config, self.rep.events)
 
-    def _resume_checkpoint(self, resume: bool | str | Path | None) -> Path | None:
+    def resolve_resume(self, resume: bool | str | Path | None) -> Path | None:
+        """The checkpoint to continue from (see :func:`run_train`'s ``resume``).
+
+        Raises:
+            InputError: checkpoints in the model folder without ``resume``; a named
+                checkpoint or folder without one.
+        """
         existing = list_checkpoints(self.model_dir)
         if resume is None or resume is False:
             if existing:
@@ -351,145 +425,148 @@ class Trainer:
             raise InputError(path, "checkpoint not found")
         return path
 
-    def _make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        cfg = self.config
-        lrs = {"means": cfg.means_lr * self.scene_scale, "scales": cfg.scales_lr,
-               "quats": cfg.quats_lr, "opacities": cfg.opacities_lr, "sh0": cfg.sh0_lr,
-               "shN": cfg.shN_lr}
-        # gsplat's sparse_grad makes only the means/quats/scales gradients sparse (COO); the
-        # torch backend ignores it (dense gradients everywhere).
-        sparse = set(SPARSE_GRAD_PARAMS) if self.use_sparse_grad else set()
-        # fused Adam: one kernel per step instead of a dozen per parameter (same update rule)
-        fused = {"fused": True} if cfg.fused_adam and self.device.type == "cuda" else {}
-        return {name: (torch.optim.SparseAdam(
-                    [{"params": [self.params[name]], "lr": lrs[name], "name": name}],
-                    eps=ADAM_EPS, betas=(0.9, 0.999)) if name in sparse else torch.optim.Adam(
-                    [{"params": [self.params[name]], "lr": lrs[name], "name": name}],
-                    eps=ADAM_EPS, betas=(0.9, 0.999), **fused))
-                for name in PARAM_NAMES}
+    def setup(self, ckpt_path: Path | None) -> None:
+        """Load the scene, build :attr:`session` and :attr:`state` (fresh, or from
+        ``ckpt_path``), then call :meth:`after_setup`.
 
-    def _setup(self, ckpt_path: Path | None) -> None:
+        Raises:
+            ConfigError: device/backend missing, an incompatible checkpoint, or what
+                :meth:`check_setup` refuses.
+            InputError: a scene without training images, an unreadable checkpoint.
+        """
         cfg = self.config
         rep = self.rep
-        self.device = resolve_device(cfg.device)
-        self.backend = resolve_backend(cfg.backend, self.device)
-        scene = self.scene = self._load_scene()
+        device = resolve_device(cfg.device)
+        backend = resolve_backend(cfg.backend, device)
+        scene = self._load_scene()
         if not scene.train_indices:
             raise InputError(scene.root, "the scene has no training images")
-        self.scene_scale = float(scene.extent())
         for note in cfg.notes():
             rep.info(f"note: {note}")
-        self.save_steps = cfg.resolved_save_steps()
-        self.use_sparse_grad = cfg.sparse_grad and self.backend == "gsplat"
-        if cfg.sparse_grad and not self.use_sparse_grad:
+        use_sparse_grad = cfg.sparse_grad and backend == "gsplat"
+        if cfg.sparse_grad and not use_sparse_grad:
             rep.warning("sparse_grad is a gsplat (CUDA) feature; the torch backend computes "
                         "dense gradients, so dense Adam is used")
-        if cfg.strategy == "mcmc":
-            _install_cpu_mcmc_ops()
-
+        self.session = session = TrainSession(
+            device=device, backend=backend, scene=scene, scene_scale=float(scene.extent()),
+            save_steps=cfg.resolved_save_steps(), use_sparse_grad=use_sparse_grad,
+            cameras={i: camera_tensors(scene, i, device) for i in scene.train_indices},
+            background=torch.tensor(scene.background, dtype=torch.float32, device=device),
+            regularization=cfg.regularization())
+        self.check_setup()
         ckpt = None
         if ckpt_path is not None:
             ckpt = load_checkpoint(ckpt_path, map_location="cpu")
             self._check_compatible(ckpt, ckpt_path)
-        seed_everything(cfg.seed)
-        if ckpt is None:
-            init = init_splats(scene, cfg.sh_degree, cfg.init_type, self.scene_config.min_points,
-                               cfg.init_num_pts, cfg.init_extent, cfg.initial_opacity(),
-                               cfg.initial_scale(), seed=cfg.seed, device=self.device)
-            self.init_method = init.method
-            rep.info(f"initialised {len(init.params['means'])} Gaussians from {init.reason}",
-                     init=init.method, num_gaussians=len(init.params["means"]))
-            tensors = init.params
-            self.num_initial = len(init.params["means"])
-            self.start_step = 0
-        else:
-            self.init_method = "checkpoint"
-            tensors = ckpt["splats"]
-            self.num_initial = int(ckpt.get("num_initial") or len(tensors["means"]))
-            self.start_step = int(ckpt["step"])
-        self.params = {name: torch.nn.Parameter(tensors[name].to(self.device).contiguous())
-                       for name in PARAM_NAMES}
-        self.optimizers = self._make_optimizers()
-        # appearance model, pose refinement, masks (train/real_capture.py)
-        self.extras = CaptureExtras(cfg, scene, self.device)
-        self.extras.add_gaussian_params(self.params, self.optimizers,
-                                        ckpt["splats"] if ckpt is not None else None, cfg.seed)
-        self.fast_adam = all(supports_fused_adam_step(o) for o in self.optimizers.values())
-        self.strategy, self.strategy_state = make_strategy(cfg, self.scene_scale,
-                                                           self.num_initial)
-        if cfg.strategy == "mcmc":
-            rep.info(f"MCMC budget: at most {self.strategy.cap_max} Gaussians",
-                     cap_max=self.strategy.cap_max)
-        self.strategy.check_sanity(self.params, self.optimizers)
-        self._setup_speed_levers()
-        if (cfg.prune_unseen or cfg.camera_clearance > 0) and cfg.strategy == "default":
-            from .visibility import (camera_centres, camera_clearance, camera_stack,
-                                     in_any_frustum, near_cameras)
-
-            stack = camera_stack(scene, scene.train_indices, self.device)
-            margin = cfg.unseen_margin
-            centres = camera_centres(stack[0])
-            pts = torch.as_tensor(np.asarray(scene.points, dtype=np.float32),
-                                  device=self.device).reshape(-1, 3)
-            radii = camera_clearance(pts, *stack, cfg.camera_clearance)
-            prune_unseen = cfg.prune_unseen
-
-            def seen_fn(means: torch.Tensor) -> torch.Tensor:
-                ok = (in_any_frustum(means, *stack, margin=margin) if prune_unseen
-                      else torch.ones(len(means), dtype=torch.bool, device=means.device))
-                if cfg.camera_clearance > 0:
-                    ok &= ~near_cameras(means, centres, radii)
-                return ok
-
-            self.strategy.seen_fn = seen_fn
-        self.sampler = ViewSampler(scene.train_indices, cfg.seed)
-        self.bg_generator = torch.Generator().manual_seed(cfg.seed + 1)
-        self.train_seconds = 0.0
-        if ckpt is not None:
-            for name, opt in self.optimizers.items():
-                opt.load_state_dict(ckpt["optimizers"][name])
-            st = ckpt["strategy_state"]
-            for k, v in st.items():
-                self.strategy_state[k] = v.to(self.device) if isinstance(v, torch.Tensor) else v
-            if hasattr(self.strategy, "counts") and ckpt.get("strategy_counts"):
-                self.strategy.counts.update(ckpt["strategy_counts"])
-            if hasattr(self.strategy, "load_budget_state"):  # the budget after pruning
-                self.strategy.load_budget_state(ckpt.get("strategy_budget"))
-            self.sampler.load_state_dict(ckpt["sampler"])
-            self.extras.load_state_dict(ckpt.get("extras"))
-            self.bg_generator.set_state(ckpt["background_rng"])
-            self.train_seconds = float(ckpt.get("train_seconds", 0.0))
-            restore_rng_state(ckpt["rng"])
-        self.step = self.start_step
-        budget = int(cfg.image_cache_mb * 1024 * 1024)
-        self.images = ImageCache(scene, scene.train_indices, budget, self.device,
-                                 gpu_resident={"auto": None, "yes": True,
-                                               "no": False}[cfg.images_on_gpu])
-        self.cameras = {i: camera_tensors(scene, i, self.device) for i in scene.train_indices}
-        self.background = torch.tensor(scene.background, dtype=torch.float32, device=self.device)
-
-    def _setup_speed_levers(self) -> None:
-        """Issue 16's opt-in levers: the resolution schedule, selective Adam / bfloat16
-        moments, significance pruning (see their modules)."""
-        cfg = self.config
-        self.res_schedule = (ResolutionSchedule(
+        views = self.train_views()
+        self.state = build_train_state(
+            cfg, scene, self.scene_config, device, ckpt, rep, views=views,
+            stream=self.stream, restore_streams=self.restore_streams,
+            sparse_grad=use_sparse_grad, seen_fn=self._seen_fn(), score_fn=self._score_fn())
+        session.start_step = self.state.step
+        session.fast_adam = all(supports_fused_adam_step(o) for o in self.optimizers.values())
+        session.res_schedule = (ResolutionSchedule(
             cfg.res_schedule_start, cfg.res_schedule_levels,
             max(1, int(round(cfg.res_schedule_until * cfg.max_steps))))
             if cfg.res_schedule else None)
-        self.adam_stepper = None
-        if (cfg.selective_adam or cfg.adam_moments_dtype != "float32") \
-                and not self.use_sparse_grad:
-            self.adam_stepper = SelectiveAdamStepper(getattr(torch, cfg.adam_moments_dtype),
-                                                     seed=cfg.seed)
-        if cfg.prune_significance > 0 and cfg.strategy == "mcmc":
-            from .significance import blend_weight_significance
+        if (cfg.selective_adam or cfg.adam_moments_dtype != "float32") and not use_sparse_grad:
+            session.adam_stepper = SelectiveAdamStepper(getattr(torch, cfg.adam_moments_dtype),
+                                                        seed=cfg.seed)
+        session.images = ImageCache(scene, views, int(cfg.image_cache_mb * 1024 * 1024), device,
+                                    gpu_resident={"auto": None, "yes": True,
+                                                  "no": False}[cfg.images_on_gpu])
+        # (on a CPU only under Triton's interpreter, which tests use)
+        session.triton_loss = (cfg.triton_loss and cfg.ssim_lambda > 0
+                               and triton_loss_available(device))
+        session.loss_fn = (GraphedPhotometricLoss(
+                               cfg.ssim_lambda, max_graphs=4 + cfg.res_schedule_levels
+                               if cfg.res_schedule else 4)
+                           if cfg.graph_loss and cfg.fused_ssim and device.type == "cuda"
+                           and cfg.ssim_lambda > 0 and not session.triton_loss else None)
+        self.after_setup(ckpt)
 
-            def score_fn(params: dict[str, torch.Tensor]) -> torch.Tensor:
-                return blend_weight_significance(params, self.scene, self.scene.train_indices,
-                                                 self.backend, self.cameras,
-                                                 antialiased=cfg.antialiased)
+    def _score_fn(self) -> Callable[[dict], torch.Tensor] | None:
+        """mcmc significance pruning's score: the summed blend weight over the training
+        views (:mod:`splatforge.train.significance`)."""
+        cfg = self.config
+        if not (cfg.prune_significance > 0 and cfg.strategy == "mcmc"):
+            return None
+        from .significance import blend_weight_significance
 
-            self.strategy.score_fn = score_fn
+        session = self.session
+
+        def score_fn(params: dict[str, torch.Tensor]) -> torch.Tensor:
+            return blend_weight_significance(params, session.scene,
+                                             session.scene.train_indices, session.backend,
+                                             session.cameras, antialiased=cfg.antialiased)
+
+        return score_fn
+
+    def _seen_fn(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The default strategy's ``seen_fn`` for prune_unseen / camera_clearance
+        (:mod:`splatforge.train.visibility`), or None."""
+        cfg = self.config
+        if not ((cfg.prune_unseen or cfg.camera_clearance > 0) and cfg.strategy == "default"):
+            return None
+        from .visibility import (camera_centres, camera_clearance, camera_stack,
+                                 in_any_frustum, near_cameras)
+
+        scene, device = self.session.scene, self.session.device
+        stack = camera_stack(scene, scene.train_indices, device)
+        margin = cfg.unseen_margin
+        centres = camera_centres(stack[0])
+        pts = torch.as_tensor(np.asarray(scene.points, dtype=np.float32),
+                              device=device).reshape(-1, 3)
+        radii = camera_clearance(pts, *stack, cfg.camera_clearance)
+        prune_unseen = cfg.prune_unseen
+
+        def seen_fn(means: torch.Tensor) -> torch.Tensor:
+            ok = (in_any_frustum(means, *stack, margin=margin) if prune_unseen
+                  else torch.ones(len(means), dtype=torch.bool, device=means.device))
+            if cfg.camera_clearance > 0:
+                ok &= ~near_cameras(means, centres, radii)
+            return ok
+
+        return seen_fn
+
+    # ---- hook points (defaults: one process) -------------------------------------------------
+    def check_setup(self) -> None:
+        """Refuse settings this trainer cannot run (hook; :attr:`session` is set).
+
+        Raises:
+            ConfigError: naming the setting.
+        """
+
+    def train_views(self) -> list[int]:
+        """The training views this trainer draws from (hook): all of the scene's."""
+        return list(self.scene.train_indices)
+
+    def after_setup(self, ckpt: dict[str, Any] | None) -> None:
+        """Called once the state is built, with the checkpoint it was built from (hook)."""
+
+    def after_step(self, step: int) -> None:
+        """Called after each optimisation step, before it is logged (hook)."""
+
+    def full_params(self) -> dict[str, torch.Tensor] | None:
+        """The whole model's splat parameters for outputs (PLY, evaluation), the mean
+        appearance baked in; None where this process does not write (hook)."""
+        return self.extras.export_params(self.params)
+
+    def checkpoint_payload(self) -> dict[str, Any] | None:
+        """What ``ckpts/step_N.pt`` holds: :meth:`TrainState.state_dict` plus the run's
+        config, scene fingerprint and backend; None where this process does not write
+        (hook)."""
+        return {**self.state.state_dict(),
+                "config": self.config.model_dump(mode="json"),
+                "scene": _scene_fingerprint(self.scene, self.scene.train_indices),
+                "backend": self.backend}
+
+    def share(self, value: Any) -> Any:
+        """``value`` as computed by the writing process, on every process (hook)."""
+        return value
+
+    def sync_point(self) -> None:
+        """Wait until every process got here (hook; one process: nothing to wait for)."""
 
     def _check_compatible(self, ckpt: dict[str, Any], path: Path) -> None:
         cfg = self.config
@@ -520,41 +597,27 @@ class Trainer:
                               f"max_steps ({cfg.max_steps})")
 
     # ---- outputs ---------------------------------------------------------------------------
-    def _checkpoint_payload(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "splats": {k: v.detach().cpu() for k, v in self.params.items()},
-            "optimizers": {k: _state_to_cpu(o.state_dict()) for k, o in self.optimizers.items()},
-            "strategy_state": {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v)
-                               for k, v in self.strategy_state.items()},
-            "strategy_counts": dict(getattr(self.strategy, "counts", {}) or {}),
-            "strategy_budget": (self.strategy.budget_state()
-                                if hasattr(self.strategy, "budget_state") else None),
-            "num_initial": self.num_initial,
-            "rng": capture_rng_state(),
-            "sampler": self.sampler.state_dict(),
-            "background_rng": self.bg_generator.get_state(),
-            "config": self.config.model_dump(mode="json"),
-            "scene": _scene_fingerprint(self.scene, self.scene.train_indices),
-            "train_seconds": self.train_seconds,
-            "backend": self.backend,
-            "extras": self.extras.state_dict(),
-        }
-
     def save_checkpoint(self) -> Path:
-        """Write ``ckpts/step_<step>.pt`` for the current step (atomically)."""
-        path = save_checkpoint(checkpoint_path(self.model_dir, self.step),
-                               self._checkpoint_payload())
+        """Write ``ckpts/step_<step>.pt`` for the current step (atomically; by the writing
+        process, :meth:`checkpoint_payload`)."""
+        payload = self.checkpoint_payload()
+        path = checkpoint_path(self.model_dir, self.step)
+        if payload is not None:
+            save_checkpoint(path, payload)
+        self.sync_point()
         self.checkpoints[self.step] = path
         return path
 
     def save_ply(self) -> Path:
-        """Write ``point_cloud/iteration_<step>/point_cloud.ply`` in the source frame."""
+        """Write ``point_cloud/iteration_<step>/point_cloud.ply`` in the source frame (by the
+        writing process, :meth:`full_params`)."""
         from ..export.ply import write_ply
 
         path = self.files.point_cloud(self.step)
-        write_ply(path, splats_to_source_frame(self.extras.export_params(self.params),
-                                               self.scene))
+        params = self.full_params()
+        if params is not None:
+            write_ply(path, splats_to_source_frame(params, self.scene))
+        self.sync_point()
         self.ply_paths[self.step] = path
         return path
 
@@ -577,24 +640,27 @@ class Trainer:
         atomic_write_text(path, "".join(k + "\n" for k in keep))
 
     # ---- one step --------------------------------------------------------------------------
-    @property
-    def num_gaussians(self) -> int:
-        """Gaussians of the whole model (a hook: the distributed trainer sums its shards)."""
-        return len(self.params["means"])
-
-    def _render_train_view(self, idx: int, sh_degree: int, bg: torch.Tensor,
+    def render_train_view(self, idx: int, sh_degree: int, bg: torch.Tensor,
                            viewmat: torch.Tensor, K: torch.Tensor, size: dict[str, int]
                            ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """``(render [1, H, W, 3], alphas [1, H, W, 1], info)`` of training view ``idx`` for
         the loss and the strategy, with the per-image appearance and pose corrections applied
         (train/real_capture.py); ``size`` is ``{}`` or the resolution schedule's
-        ``{"width", "height"}``. A hook: the distributed trainer renders across ranks."""
+        ``{"width", "height"}``. A hook: the distributed trainer renders across ranks.
+
+        Args:
+            idx: the view (scene image index).
+            sh_degree: SH degree of this step.
+            bg: ``[3]`` background colour in [0, 1].
+            viewmat: ``[4, 4]`` world-to-camera; K: ``[3, 3]`` intrinsics, pixels.
+            size: ``{}`` or the resolution schedule's ``{"width", "height"}``.
+        """
         cfg = self.config
         render, alphas, info = render_view(
             self.extras.render_params(self.params, idx), self.scene, idx, sh_degree,
             self.backend, background=bg, antialiased=cfg.antialiased, packed=cfg.packed,
             viewmat=self.extras.viewmat(viewmat, idx), K=K, absgrad=cfg.absgrad,
-            sparse_grad=self.use_sparse_grad, **size)
+            sparse_grad=self.session.use_sparse_grad, **size)
         return self.extras.post_render(render, idx), alphas, info
 
     def _train_step(self, k: int) -> dict[str, Any]:
@@ -602,80 +668,73 @@ class Trainer:
         # (benchmarks/train_gpu.py --profile); without a profiler they cost ~1 us each
         rf = torch.profiler.record_function
         cfg = self.config
+        st, se = self.state, self.session
         with rf("sf.data"):
-            idx = self.sampler.next()
-            nxt = self.sampler.peek()
+            idx = st.sampler.next()
+            nxt = st.sampler.peek()
             if nxt is not None:
-                self.images.prefetch(nxt)
-            gt_u8 = self.images.get(idx)                          # [H, W, 3] uint8
+                se.images.prefetch(nxt)
+            gt_u8 = se.images.get(idx)                          # [H, W, 3] uint8
             sh_degree = sh_degree_at(k, cfg.sh_degree, cfg.sh_degree_interval)
-            means_lr = self.scene_scale * expon_lr(k, cfg.means_lr, cfg.means_lr_final,
+            means_lr = se.scene_scale * expon_lr(k, cfg.means_lr, cfg.means_lr_final,
                                                    cfg.max_steps)
             for group in self.optimizers["means"].param_groups:
                 group["lr"] = means_lr
             if cfg.random_background:
-                bg = torch.rand(3, generator=self.bg_generator).to(self.device)
+                bg = torch.rand(3, generator=st.bg_generator).to(se.device)
             else:
-                bg = self.background
-            viewmat, K = self.cameras[idx]
+                bg = se.background
+            viewmat, K = se.cameras[idx]
             size = {}
-            if self.res_schedule is not None:  # coarse-to-fine (res_schedule.py)
-                gt_u8, K, w, h = downscale_view(gt_u8, K, self.res_schedule.factor(k))
+            if se.res_schedule is not None:  # coarse-to-fine (res_schedule.py)
+                gt_u8, K, w, h = downscale_view(gt_u8, K, se.res_schedule.factor(k))
                 size = {"width": w, "height": h}
-                if hasattr(self.strategy, "set_budget_fraction"):
-                    self.strategy.set_budget_fraction(self.res_schedule.budget_fraction(k))
+                st.strategy.set_budget_fraction(se.res_schedule.budget_fraction(k))
             self.render_size = (int(gt_u8.shape[1]), int(gt_u8.shape[0]))  # (W, H) rendered
         with rf("sf.render"):
-            render, alphas, info = self._render_train_view(idx, sh_degree, bg, viewmat, K, size)
-            if cfg.strategy == "default":
-                self.strategy.step_pre_backward(self.params, self.optimizers,
-                                                self.strategy_state, k, info)
+            render, alphas, info = self.render_train_view(idx, sh_degree, bg, viewmat, K, size)
+            st.strategy.pre_backward(st.params, st.optimizers, st.strategy_state, k, info)
         with rf("sf.loss"):
-            render_in, gt_in = self.extras.loss_inputs(render[0], gt_u8, idx)  # masks
-            if self.triton_loss:  # five Triton kernels, reading the uint8 image
+            render_in, gt_in = st.extras.loss_inputs(render[0], gt_u8, idx)  # masks
+            if se.triton_loss:  # five Triton kernels, reading the uint8 image
                 loss, l1, ssim_val = fused_photometric_loss(render_in, gt_in, cfg.ssim_lambda)
             else:
                 gt = gt_in.float() / 255.0
-                if self.loss_fn is not None:  # CUDA graphs of the same loss
-                    loss, l1, ssim_val = self.loss_fn(render_in, gt)
+                if se.loss_fn is not None:  # CUDA graphs of the same loss
+                    loss, l1, ssim_val = se.loss_fn(render_in, gt)
                 else:
                     loss, l1, ssim_val = photometric_loss(render_in, gt, cfg.ssim_lambda,
                                                           fused_ssim=cfg.fused_ssim)
-            reg = mcmc_regularization(self.params, *self.regularization)
+            reg = mcmc_regularization(st.params, *se.regularization)
             total = loss + reg if reg is not None else loss
-            extra = self.extras.loss_terms(alphas, idx)
+            extra = st.extras.loss_terms(alphas, idx)
             if extra is not None:
                 total = total + extra
         with rf("sf.backward"):
             total.backward()
         with rf("sf.optimizer"):
-            if self.use_sparse_grad:
+            if se.use_sparse_grad:
                 # gsplat's sparse_grad gives COO gradients for the projection's inputs, but a
                 # dense one still reaches means through the SH view directions (and scales
                 # through the MCMC regulariser): SparseAdam takes the rows that have one.
                 for name in SPARSE_GRAD_PARAMS:
-                    g = self.params[name].grad
+                    g = st.params[name].grad
                     if g is not None and not g.is_sparse:
-                        self.params[name].grad = g.to_sparse(1)
-            if self.adam_stepper is not None:  # selective_adam / adam_moments_dtype
-                vis = (visible_gaussians(info, len(self.params["means"]))
+                        st.params[name].grad = g.to_sparse(1)
+            if se.adam_stepper is not None:  # selective_adam / adam_moments_dtype
+                vis = (visible_gaussians(info, len(st.params["means"]))
                        if cfg.selective_adam else None)
-                self.adam_stepper(self.optimizers.values(), vis)
-            elif self.fast_adam:
-                fused_adam_step(self.optimizers.values())
+                se.adam_stepper(st.optimizers.values(), vis)
+            elif se.fast_adam:
+                fused_adam_step(st.optimizers.values())
             else:
-                for opt in self.optimizers.values():
+                for opt in st.optimizers.values():
                     opt.step()
                     opt.zero_grad(set_to_none=True)
-            self.extras.step()
+            st.extras.step()
         with rf("sf.densify"):
-            if cfg.strategy == "default":
-                self.strategy.step_post_backward(self.params, self.optimizers,
-                                                 self.strategy_state, k, info,
-                                                 packed=cfg.packed)
-            else:
-                self.strategy.step_post_backward(self.params, self.optimizers,
-                                                 self.strategy_state, k, info, lr=means_lr)
+            st.strategy.post_backward(st.params, st.optimizers, st.strategy_state, k, info,
+                                      lr=means_lr)
         return {"render": render.detach(), "gt": gt_u8, "loss": total.detach(),
                 "l1": l1.detach(),
                 "ssim": ssim_val.detach(), "sh_degree": sh_degree, "means_lr": means_lr,
@@ -686,41 +745,34 @@ class Trainer:
         cfg = self.config
         rep = self.rep
         rep.started(f"training into {self.model_dir}", model_dir=str(self.model_dir))
-        ckpt_path = self._resume_checkpoint(resume)
-        self._setup(ckpt_path)
-        self.regularization = cfg.regularization()
-        # (on a CPU only under Triton's interpreter, which tests use)
-        self.triton_loss = (cfg.triton_loss and cfg.ssim_lambda > 0
-                            and triton_loss_available(self.device))
-        self.loss_fn = (GraphedPhotometricLoss(
-                            cfg.ssim_lambda, max_graphs=4 + cfg.res_schedule_levels
-                            if cfg.res_schedule else 4)
-                        if cfg.graph_loss and cfg.fused_ssim and self.device.type == "cuda"
-                        and cfg.ssim_lambda > 0 and not self.triton_loss else None)
+        ckpt_path = self.resolve_resume(resume)
+        self.setup(ckpt_path)
+        se = self.session
+        start = se.start_step
         self.model_dir.mkdir(parents=True, exist_ok=True)
-        self.checkpoints: dict[int, Path] = {}
-        self.ply_paths: dict[int, Path] = {}
+        self.checkpoints = {}
+        self.ply_paths = {}
         if ckpt_path is not None:
-            stale = [(s, p) for s, p in list_checkpoints(self.model_dir) if s > self.start_step]
+            stale = [(s, p) for s, p in list_checkpoints(self.model_dir) if s > start]
             for _, p in stale:
                 p.unlink(missing_ok=True)
             if stale:
-                rep.warning(f"removed {len(stale)} checkpoint(s) after step {self.start_step} "
+                rep.warning(f"removed {len(stale)} checkpoint(s) after step {start} "
                             f"from an earlier run: "
                             + ", ".join(str(p.name) for _, p in stale))
-            self._truncate_log(self.start_step)
-            rep.info(f"resuming from {ckpt_path} at step {self.start_step} of {cfg.max_steps}",
-                     checkpoint=str(ckpt_path), step=self.start_step)
+            self._truncate_log(start)
+            rep.info(f"resuming from {ckpt_path} at step {start} of {cfg.max_steps}",
+                     checkpoint=str(ckpt_path), step=start)
         else:
             self.files.train_log.unlink(missing_ok=True)
         atomic_write_text(self.files.train_config, json.dumps({
             "train": cfg.model_dump(mode="json"),
             "scene": self.scene_config.model_dump(mode="json"),
             "scene_path": str(self.scene.root), "backend": self.backend,
-            "device": str(self.device), "save_steps": self.save_steps}, indent=2) + "\n")
+            "device": str(self.device), "save_steps": se.save_steps}, indent=2) + "\n")
         rep.info(f"{self.num_gaussians} Gaussians, {len(self.scene.train_indices)} "
                  f"training / {len(self.scene.test_indices)} held-out views, backend "
-                 f"{self.backend} on {self.device}, scene extent {self.scene_scale:.4g}",
+                 f"{self.backend} on {self.device}, scene extent {se.scene_scale:.4g}",
                  backend=self.backend, device=str(self.device))
 
         flag = _SigintFlag()
@@ -738,7 +790,7 @@ class Trainer:
                         step=self.step, checkpoint=str(path) if path else None)
             raise TrainingInterrupted(self.step, path) from None
         finally:
-            self.images.close()
+            se.images.close()
 
         if self.step == cfg.max_steps and self.step not in self.ply_paths:
             if not self.files.point_cloud(self.step).is_file():
@@ -758,19 +810,20 @@ class Trainer:
             + (f", test PSNR {metrics['test']['psnr']:.2f} dB" if metrics["test"]["psnr"]
                is not None else ""),
             step=self.step, num_gaussians=metrics["num_gaussians"],
-            train_seconds=round(self.train_seconds, 3), psnr=metrics["test"]["psnr"],
+            train_seconds=round(self.state.train_seconds, 3), psnr=metrics["test"]["psnr"],
             ssim=metrics["test"]["ssim"])
         return TrainResult(
             model_dir=self.model_dir, step=self.step,
-            num_gaussians=self.num_gaussians, train_seconds=self.train_seconds,
+            num_gaussians=self.num_gaussians, train_seconds=self.state.train_seconds,
             steps_per_second=speed, backend=self.backend, device=str(self.device),
-            init=self.init_method, resumed_from=ckpt_path, ply_paths=dict(self.ply_paths),
+            init=self.state.init_method, resumed_from=ckpt_path, ply_paths=dict(self.ply_paths),
             checkpoints=dict(self.checkpoints), metrics=metrics)
 
     def _loop(self, flag: _SigintFlag) -> tuple[int, float]:
         cfg = self.config
         n = cfg.max_steps
-        save = set(self.save_steps)
+        st, se = self.state, self.session
+        save = set(se.save_steps)
         self._consistent = True
         self.rep.start_steps("training", n)
         t_session = time.monotonic()
@@ -779,17 +832,18 @@ class Trainer:
         window_time = 0.0
         window_steps = 0
         last_event = 0.0
-        for k in range(self.start_step + 1, n + 1):
+        for k in range(se.start_step + 1, n + 1):
             t0 = time.perf_counter()
             self._consistent = False
             out = self._train_step(k)
-            self.step = k
+            self.after_step(k)
+            st.step = k
             self._consistent = True
             logged = k % cfg.log_every == 0 or k == n
             if logged and self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             dt = time.perf_counter() - t0
-            self.train_seconds += dt
+            st.train_seconds += dt
             session_time += dt
             session_steps += 1
             window_time += dt
@@ -805,15 +859,14 @@ class Trainer:
                         "num_gaussians": self.num_gaussians,
                         "sh_degree": out["sh_degree"], "means_lr": out["means_lr"],
                         "steps_per_second": sps}
-            done = k - self.start_step
+            done = k - se.start_step
             elapsed = time.monotonic() - t_session
             eta = elapsed / done * (n - k) if done else None
             if logged:
                 rec = {"step": k, "max_steps": n, **data, "eta_s": eta,
-                       "train_seconds": self.train_seconds, "time": time.time()}
-                counts = getattr(self.strategy, "counts", None)
-                if counts:
-                    rec["densification"] = dict(counts)
+                       "train_seconds": st.train_seconds, "time": time.time()}
+                if st.strategy.counts:
+                    rec["densification"] = dict(st.strategy.counts)
                 self._log(rec)
             if k in save:
                 self.save_ply()
@@ -826,7 +879,7 @@ class Trainer:
                               f"SSIM {ev['ssim']:.4f}", step=k, psnr=ev["psnr"],
                               ssim=ev["ssim"])
             wall = time.monotonic()
-            if logged or k == self.start_step + 1 or wall - last_event >= 1.0:
+            if logged or k == se.start_step + 1 or wall - last_event >= 1.0:
                 last_event = wall
                 if not data:
                     data = {"num_gaussians": self.num_gaussians}
@@ -841,10 +894,15 @@ class Trainer:
 
     def _evaluate(self) -> dict[str, Any]:
         sh = sh_degree_at(self.step, self.config.sh_degree, self.config.sh_degree_interval)
-        params = self.extras.export_params(self.params)  # mean appearance baked in
-        return evaluate_splats(params, self.scene, self.scene.test_indices, sh, self.backend,
-                               antialiased=self.config.antialiased,
-                               masks=self.extras.mask_fn() if self.config.eval_masked else None)
+        params = self.full_params()  # mean appearance baked in
+        ev = None
+        if params is not None:
+            params = {k: v.to(self.device) for k, v in params.items()}
+            ev = evaluate_splats(params, self.scene, self.scene.test_indices, sh, self.backend,
+                                 antialiased=self.config.antialiased,
+                                 masks=self.extras.mask_fn() if self.config.eval_masked
+                                 else None)
+        return self.share(ev)
 
     def _final_metrics(self, speed: float) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -853,7 +911,7 @@ class Trainer:
             "step": self.step,
             "max_steps": self.config.max_steps,
             "num_gaussians": self.num_gaussians,
-            "train_seconds": self.train_seconds,
+            "train_seconds": self.state.train_seconds,
             "steps_per_second": speed,
             "test": {"psnr": ev["psnr"], "ssim": ev["ssim"], "cc_psnr": ev["cc_psnr"],
                      "cc_ssim": ev["cc_ssim"], "masked": ev["masked"],
@@ -864,10 +922,10 @@ class Trainer:
             "backend": self.backend,
             "device": str(self.device),
             "strategy": self.config.strategy,
-            "init": self.init_method,
-            "image_cache": {"gpu_resident": self.images.gpu_resident,
-                            "decodes": self.images.decodes,
-                            "train_image_bytes": self.images.total_bytes},
+            "init": self.state.init_method,
+            "image_cache": {"gpu_resident": self.session.images.gpu_resident,
+                            "decodes": self.session.images.decodes,
+                            "train_image_bytes": self.session.images.total_bytes},
         }
         if ev["num_images"]:
             self._log({"step": self.step, "kind": "eval", "psnr": ev["psnr"], "ssim": ev["ssim"],
@@ -875,12 +933,6 @@ class Trainer:
         atomic_write_text(self.files.metrics,
                           json.dumps(metrics, indent=2, default=_json_default) + "\n")
         return metrics
-
-
-def _state_to_cpu(sd: dict[str, Any]) -> dict[str, Any]:
-    state = {k: {kk: (vv.detach().cpu() if isinstance(vv, torch.Tensor) else vv)
-                 for kk, vv in v.items()} for k, v in sd["state"].items()}
-    return {"state": state, "param_groups": sd["param_groups"]}
 
 
 def _json_default(o: Any) -> Any:
