@@ -383,3 +383,47 @@ def test_cli_reconstruct_video_only_folder(tmp_path, monkeypatch):
               "--preset", "preview", "--max-num-images", "8"])
     ingest = json.loads((out / "workspace" / "ingest.json").read_text())
     assert len(list((out / "workspace" / "input").iterdir())) == 8, ingest
+
+
+def test_stages_run_once_and_current_stages_are_not_rerun(tmp_path, monkeypatch):
+    """Through run_reconstruct on a COLMAP dataset: every file of the model folder and the
+    exports is written once in a run (cameras.json, cfg_args and input.ply by the trainer
+    only), the config.json written reads back as the ReconstructConfig that ran, and a
+    second run finds every stage current and writes none of their files again."""
+    import os
+
+    import splatforge.util
+    from splatforge.config import SceneConfig, TrainConfig
+    from splatforge.presets import resolve_config
+    from splatforge.reconstruct_config import ReconstructConfig
+
+    writes: list[str] = []
+    real_replace = os.replace
+
+    def counting_replace(src, dst, *a, **k):
+        writes.append(str(Path(dst).resolve()))
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(splatforge.util.os, "replace", counting_replace)
+    out = tmp_path / "o"
+    kw = dict(scene=SceneConfig(data_factor=8), train=TrainConfig(**{**CI_TRAIN, "max_steps": 6}))
+    res, _ = _recon(PLUSH_DOG, out, **kw)
+    model = out / "model"
+    once = [model / n for n in ("cameras.json", "cfg_args", "input.ply", "config.json")]
+    once += [model / "point_cloud" / "iteration_6" / "point_cloud.ply",
+             model / "eval" / "metrics.csv", *(out / f"scene{e}" for e in (".spz", ".sog"))]
+    for p in once:
+        assert writes.count(str(p.resolve())) == 1, (p, writes.count(str(p.resolve())))
+    saved = json.loads((model / "config.json").read_text())
+    assert saved.pop("input") == str(PLUSH_DOG.resolve())
+    ran = ReconstructConfig.from_json(saved)
+    assert ran == resolve_config(ReconstructConfig(preset="preview", **kw)).model_copy(
+        update={"scene": ran.scene})  # the scene's cache folder is the run's
+    assert ran.scene.data_factor == 8 and ran.train.max_steps == 6
+
+    writes.clear()
+    r2, _ = _recon(PLUSH_DOG, out, **kw)
+    assert {s: v["status"] for s, v in r2.stages.items()} == dict.fromkeys(
+        ("ingest", "sfm", "train", "eval", "export"), "skipped")
+    assert r2.psnr == pytest.approx(res.psnr)
+    assert [w for w in writes if not w.endswith("reconstruct.json")] == []
