@@ -3,8 +3,9 @@
 A preset is a :class:`~splatforge.reconstruct_config.ReconstructConfig` instance (gsplat's
 and nerfstudio's way). :func:`resolve_config` lays the fields the user gave (nested
 ``model_fields_set``: given on the command line, in the HTTP job body or in a job file) over
-the preset named by the config, so the preset fills only what was not given. Any field the user gives wins, also when
-it equals the model default (``--preset preview --strategy mcmc`` trains with MCMC).
+the preset named by the config, so the preset fills only what was not given. Any field the
+user gives wins, also when it equals the model default (``--preset preview --strategy mcmc``
+trains with MCMC).
 
 Every front door (``splatforge reconstruct``, ``POST /scenes/{id}/jobs``, the AWS worker and
 job files) uses :data:`DEFAULT_PRESET` when no preset is named.
