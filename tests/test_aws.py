@@ -435,7 +435,7 @@ def test_job_schema_and_mapping(tmp_path):
     assert spec.sfm.mapping == "global" and spec.sfm.matching == "sequential"
     assert spec.ingest.max_num_images == 150 and spec.ingest.blur_filter_percent > 0
     assert spec.train.max_steps == 20 and spec.train.strategy == "default"
-    assert not spec.sfm_enabled and spec.train_enabled and not spec.include_spz
+    assert not spec.sfm_enabled and spec.train_enabled and not spec.export.spz
     assert job.output_prefix == "workflow-output/job-1/"
     colmap = parse_job({**TOOLBOX_JOB, "sfm": {"softwareName": "colmap"},
                         "training": {"model": "splatfacto-mcmc"}}).pipeline_spec()

@@ -230,7 +230,7 @@ def test_worker_gpus_gives_each_job_all_of_them(monkeypatch):
     ranks unless the job says otherwise; bad lists are refused before anything starts."""
     from splatforge.errors import ConfigError
     from splatforge.service.celery_exec import worker
-    from splatforge.jobs.config import job_configs
+    from splatforge.jobs.config import job_config
     from splatforge.service.settings import ServiceSettings
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # restored afterwards
@@ -240,11 +240,11 @@ def test_worker_gpus_gives_each_job_all_of_them(monkeypatch):
     with pytest.raises(ConfigError, match="--gpus"):
         worker(gpu=0, gpus="1,2")
     worker_gpus = 2
-    assert job_configs({"preset": "preview"}, worker_gpus)["train"].gpus == 2
-    got = job_configs({"preset": "preview", "train": {"max_steps": 7}}, worker_gpus)["train"]
+    assert job_config({"preset": "preview"}, worker_gpus).train.gpus == 2
+    got = job_config({"preset": "preview", "train": {"max_steps": 7}}, worker_gpus).train
     assert (got.gpus, got.max_steps) == (2, 7)
-    assert job_configs({"train": {"gpus": 1}}, worker_gpus)["train"].gpus == 1
-    assert "train" not in job_configs({"preset": "preview"})
+    assert job_config({"train": {"gpus": 1}}, worker_gpus).train.gpus == 1
+    assert "train" not in job_config({"preset": "preview"}).model_fields_set
     # the worker's --gpus reaches the runner through the service settings
     monkeypatch.setenv("SPLATFORGE_TRAIN_GPUS", "2")
     assert ServiceSettings.from_env().train_gpus == 2

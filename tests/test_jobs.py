@@ -90,6 +90,7 @@ def test_sink_stops_the_pipeline_between_stages(tmp_path):
     from splatforge.config import SceneConfig, TrainConfig
     from splatforge.jobs import JobSink, JobStopped
     from splatforge.pipeline import run_job_pipeline
+    from splatforge.reconstruct_config import ReconstructConfig
 
     class Sink:
         def __init__(self):
@@ -107,8 +108,8 @@ def test_sink_stops_the_pipeline_between_stages(tmp_path):
     sink = Sink()
     assert isinstance(sink, JobSink)
     with pytest.raises(JobStopped) as e:
-        run_job_pipeline(PLUSH_DOG, tmp_path / "o", sink,
-                         scene=SceneConfig(data_factor=8), train=TrainConfig(max_steps=2))
+        run_job_pipeline(PLUSH_DOG, tmp_path / "o", sink, ReconstructConfig(
+            scene=SceneConfig(data_factor=8), train=TrainConfig(max_steps=2)))
     assert e.value.reason == "cancel"
     assert not (tmp_path / "o" / "model").exists()  # stopped before training
 

@@ -50,17 +50,17 @@ def test_resolved_cap_max_is_15x_the_initial_gaussians_clamped():
 
 
 def test_preview_preset_keeps_the_inria_strategy():
-    from splatforge.pipeline import resolve_configs
-    from splatforge.presets import apply_preset
+    from splatforge.presets import resolve_config
+    from splatforge.reconstruct_config import ReconstructConfig
 
-    cfg, _ = apply_preset("preview", {"train": TrainConfig()})
-    assert cfg["train"].strategy == "default"
-    assert cfg["train"].regularization() == (0.0, 0.0)
-    cfg, _ = resolve_configs("preview", train=TrainConfig(max_steps=123))
-    assert cfg["train"].strategy == "default" and cfg["train"].max_steps == 123
+    cfg = resolve_config(ReconstructConfig(preset="preview", train=TrainConfig()))
+    assert cfg.train.strategy == "default"
+    assert cfg.train.regularization() == (0.0, 0.0)
+    cfg = resolve_config(ReconstructConfig(preset="preview", train=TrainConfig(max_steps=123)))
+    assert cfg.train.strategy == "default" and cfg.train.max_steps == 123
     # the default preset is the model defaults: MCMC with the automatic budget
-    cfg, _ = resolve_configs("default")
-    assert cfg["train"].strategy == "mcmc" and cfg["train"].cap_max is None
+    cfg = resolve_config(ReconstructConfig(preset="default"))
+    assert cfg.train.strategy == "mcmc" and cfg.train.cap_max is None
 
 
 # --------------------------------------------------------------------------------------------

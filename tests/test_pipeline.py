@@ -26,15 +26,16 @@ CI_TRAIN = dict(max_steps=40, densify_from_iter=10, densification_interval=10,
 def _recon(media, out, **kw):
     from splatforge.config import SceneConfig, SfmConfig, TrainConfig
     from splatforge.pipeline import run_reconstruct
+    from splatforge.reconstruct_config import ReconstructConfig
 
     events: list = []
-    train = kw.pop("train", None) or TrainConfig(**CI_TRAIN)
-    scene = kw.pop("scene", None) or SceneConfig(data_factor=4)  # ~100 px wide, for CI time
+    kw.setdefault("train", TrainConfig(**CI_TRAIN))
+    kw.setdefault("scene", SceneConfig(data_factor=4))  # ~100 px wide, for CI time
     # pycolmap's multi-threaded mapper is not deterministic (29-84 of the 84 photos seen
     # registered with the preview preset); one thread with a fixed seed is, so CI is stable
     kw.setdefault("sfm", SfmConfig(num_threads=1))
-    res = run_reconstruct(media, out, preset="preview", train=train, scene=scene,
-                          events=events.append, **kw)
+    res = run_reconstruct(media, out, ReconstructConfig(preset="preview", **kw),
+                          events=events.append)
     return res, events
 
 
@@ -243,24 +244,29 @@ def test_malformed_inputs_keep_earlier_outputs(recon, tmp_path):
 
 
 def test_presets_fill_only_defaults():
-    from splatforge.config import SfmConfig, TrainConfig
+    from splatforge.config import SceneConfig, SfmConfig, TrainConfig
     from splatforge.errors import ConfigError
-    from splatforge.pipeline import resolve_configs
-    from splatforge.presets import preview_data_factor
+    from splatforge.presets import preview_data_factor, resolve_config
+    from splatforge.reconstruct_config import ReconstructConfig
 
-    cfg, deferred = resolve_configs("preview", train=TrainConfig(max_steps=123),
-                                    sfm=SfmConfig(max_num_features=1024))
-    assert cfg["train"].max_steps == 123 and cfg["train"].sh_degree == 1
-    assert cfg["sfm"].max_num_features == 1024 and cfg["sfm"].max_image_size == 800
-    assert deferred == {"scene.data_factor": "auto"}
-    cfg, deferred = resolve_configs("default")
-    assert cfg["train"].max_steps == 30_000 and not deferred
-    cfg, _ = resolve_configs("quality", train=TrainConfig(max_steps=10_000))
-    assert cfg["train"].antialiased and cfg["train"].save_steps == [7000]
+    def resolve(preset, **kw):
+        return resolve_config(ReconstructConfig(preset=preset, **kw))
+
+    cfg = resolve("preview", train=TrainConfig(max_steps=123),
+                  sfm=SfmConfig(max_num_features=1024))
+    assert cfg.train.max_steps == 123 and cfg.train.sh_degree == 1
+    assert cfg.sfm.max_num_features == 1024 and cfg.sfm.max_image_size == 800
+    assert cfg.target_width == 200  # data_factor chosen from the images at run time
+    assert resolve("preview", scene=SceneConfig(data_factor=2)).target_width is None
+    assert resolve_config(cfg) == cfg  # resolving twice changes nothing
+    cfg = resolve("default")
+    assert cfg.train.max_steps == 30_000 and cfg.target_width is None
+    cfg = resolve("quality", train=TrainConfig(max_steps=10_000))
+    assert cfg.train.antialiased and cfg.train.save_steps == [7000]
     assert preview_data_factor(401) == 2 and preview_data_factor(750) == 4
     assert preview_data_factor(1600) == 8 and preview_data_factor(150) == 1
-    with pytest.raises(ConfigError, match="unknown preset"):
-        resolve_configs("fastest")
+    with pytest.raises(ConfigError, match="preset"):
+        ReconstructConfig(preset="fastest")
 
 
 def test_cli_reconstruct_rejects_non_media(tmp_path, capsys):
@@ -377,3 +383,47 @@ def test_cli_reconstruct_video_only_folder(tmp_path, monkeypatch):
               "--preset", "preview", "--max-num-images", "8"])
     ingest = json.loads((out / "workspace" / "ingest.json").read_text())
     assert len(list((out / "workspace" / "input").iterdir())) == 8, ingest
+
+
+def test_stages_run_once_and_current_stages_are_not_rerun(tmp_path, monkeypatch):
+    """Through run_reconstruct on a COLMAP dataset: every file of the model folder and the
+    exports is written once in a run (cameras.json, cfg_args and input.ply by the trainer
+    only), the config.json written reads back as the ReconstructConfig that ran, and a
+    second run finds every stage current and writes none of their files again."""
+    import os
+
+    import splatforge.util
+    from splatforge.config import SceneConfig, TrainConfig
+    from splatforge.presets import resolve_config
+    from splatforge.reconstruct_config import ReconstructConfig
+
+    writes: list[str] = []
+    real_replace = os.replace
+
+    def counting_replace(src, dst, *a, **k):
+        writes.append(str(Path(dst).resolve()))
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(splatforge.util.os, "replace", counting_replace)
+    out = tmp_path / "o"
+    kw = dict(scene=SceneConfig(data_factor=8), train=TrainConfig(**{**CI_TRAIN, "max_steps": 6}))
+    res, _ = _recon(PLUSH_DOG, out, **kw)
+    model = out / "model"
+    once = [model / n for n in ("cameras.json", "cfg_args", "input.ply", "config.json")]
+    once += [model / "point_cloud" / "iteration_6" / "point_cloud.ply",
+             model / "eval" / "metrics.csv", *(out / f"scene{e}" for e in (".spz", ".sog"))]
+    for p in once:
+        assert writes.count(str(p.resolve())) == 1, (p, writes.count(str(p.resolve())))
+    saved = json.loads((model / "config.json").read_text())
+    assert saved.pop("input") == str(PLUSH_DOG.resolve())
+    ran = ReconstructConfig.from_json(saved)
+    assert ran == resolve_config(ReconstructConfig(preset="preview", **kw)).model_copy(
+        update={"scene": ran.scene})  # the scene's cache folder is the run's
+    assert ran.scene.data_factor == 8 and ran.train.max_steps == 6
+
+    writes.clear()
+    r2, _ = _recon(PLUSH_DOG, out, **kw)
+    assert {s: v["status"] for s, v in r2.stages.items()} == dict.fromkeys(
+        ("ingest", "sfm", "train", "eval", "export"), "skipped")
+    assert r2.psnr == pytest.approx(res.psnr)
+    assert [w for w in writes if not w.endswith("reconstruct.json")] == []

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from .config import IngestConfig, SceneConfig, SfmConfig, TrainConfig
 from .errors import SplatforgeError
-from .presets import DEFAULT_PRESET, PresetName
+from .reconstruct_config import DEFAULT_PRESET, EvalConfig, PresetName, ReconstructConfig
 from .progress import ConsoleEvents
 from .viewer.command import ViewerOptions, finish_training_viewer, start_training_viewer, view
 
@@ -50,7 +50,7 @@ def _flags(model: type[BaseModel]) -> dict[str, str]:
 def given_on_command_line(cfg: BaseModel, model: type[M]) -> M:
     """``cfg`` (a stage config tyro built, every field filled) as a ``model`` whose
     ``model_fields_set`` holds only the fields whose option :func:`main` saw on the command
-    line, so that a preset fills the others (:func:`splatforge.presets.apply_preset`), and
+    line, so that a preset fills the others (:func:`splatforge.presets.resolve_config`), and
     an option given with its default value still wins. Outside :func:`main` (a Python
     caller), ``cfg``'s own fields set are kept."""
     argv = _ARGV.get()
@@ -307,6 +307,25 @@ class _ReconstructSfmConfig(SfmConfig):
     seed: Annotated[int, tyro.conf.arg(name="sfm-seed")] = SfmConfig.model_fields["seed"]
 
 
+def reconstruct_config(preset: PresetName = DEFAULT_PRESET, force: bool = False,
+                       lpips_weights: Path | None = None,
+                       ingest: IngestConfig = IngestConfig(), sfm: SfmConfig = SfmConfig(),
+                       scene: SceneConfig = SceneConfig(),
+                       train: TrainConfig = TrainConfig()) -> ReconstructConfig:
+    """The :class:`ReconstructConfig` of ``splatforge reconstruct``'s options: the stage
+    fields given on the command line (:func:`given_on_command_line`) are the fields given."""
+    stages = {"ingest": given_on_command_line(ingest, IngestConfig),
+              "sfm": given_on_command_line(sfm, SfmConfig),
+              "scene": given_on_command_line(scene, SceneConfig),
+              "train": given_on_command_line(train, TrainConfig)}
+    given: dict[str, object] = {k: v for k, v in stages.items() if v.model_fields_set}
+    if force:
+        given["force"] = True
+    if lpips_weights is not None:
+        given["eval"] = EvalConfig(lpips_weights=lpips_weights)
+    return ReconstructConfig(preset=preset, **given)
+
+
 def reconstruct(media: tyro.conf.Positional[Path], output: Output,
                 preset: PresetName = DEFAULT_PRESET,
                 force: bool = False, lpips_weights: Path | None = None,
@@ -345,12 +364,8 @@ def reconstruct(media: tyro.conf.Positional[Path], output: Output,
     live = start_training_viewer(viewer)
     sink = CallbackSink(live.events(events) if live else events, "reconstruct")
     try:
-        res = run_job_pipeline(media, output, sink, preset=preset,
-                               ingest=given_on_command_line(ingest, IngestConfig),
-                               sfm=given_on_command_line(sfm, SfmConfig),
-                               scene=given_on_command_line(scene, SceneConfig),
-                               train=given_on_command_line(train, TrainConfig), force=force,
-                               lpips_weights=lpips_weights,
+        config = reconstruct_config(preset, force, lpips_weights, ingest, sfm, scene, train)
+        res = run_job_pipeline(media, output, sink, config,
                                step_hook=live.step_hook if live else None)
     except TrainingInterrupted as e:
         events.close()
@@ -396,7 +411,7 @@ def _notify_cli(url: str | None, output: Path, status: str, *, res: object = Non
 from .service.cli import serve  # noqa: E402
 from .aws.commands import aws_task, submit_job  # noqa: E402
 from .service.celery_exec import worker  # noqa: E402
-from .service.client import client  # noqa: E402
+from .client.commands import client  # noqa: E402
 
 COMMANDS = {"info": info, "ingest": ingest, "sfm": sfm, "train": train, "serve": serve,
             "convert": convert, "compress": compress,

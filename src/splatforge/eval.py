@@ -178,9 +178,13 @@ def _device_backend(device: str) -> tuple[torch.device, str]:
 
 
 def open_model(model_dir: str | Path, iteration: int | None = None,
-               events: EventCallback | None = None, device: str = "auto"
+               events: EventCallback | None = None, device: str = "auto",
+               scene: Any = None
                ) -> tuple[ModelInfo, Any, dict[str, torch.Tensor], torch.device, str]:
     """Read a model folder for rendering.
+
+    ``scene``: the dataset as loaded for training (``splatforge reconstruct`` passes the one
+    it trained on); None reads it again from the model's ``train_config.json``.
 
     Returns:
         ``(info, scene, params, device, backend)``: the scene read as it was for training
@@ -190,7 +194,8 @@ def open_model(model_dir: str | Path, iteration: int | None = None,
     from .scene import load_scene
 
     info = read_model_info(model_dir, iteration)
-    scene = load_scene(info.scene_path, info.scene_config, events)
+    if scene is None:
+        scene = load_scene(info.scene_path, info.scene_config, events)
     dev, backend = _device_backend(device)
     params = {k: v.to(dev) for k, v in load_model_splats(info, scene).items()}
     return info, scene, params, dev, backend
@@ -215,7 +220,8 @@ def _save_png(path: Path, arr: np.ndarray) -> None:
 @torch.no_grad()
 def run_eval(model_dir: str | Path, events: EventCallback | None = None, *,
              iteration: int | None = None, lpips_weights: str | Path | None = None,
-             device: str = "auto", save_images: bool = True) -> dict[str, Any]:
+             device: str = "auto", save_images: bool = True,
+             scene: Any = None) -> dict[str, Any]:
     """Evaluate ``model_dir`` on its held-out views (see the module docstring for outputs).
 
     Args:
@@ -226,6 +232,7 @@ def run_eval(model_dir: str | Path, events: EventCallback | None = None, *,
             format); without them LPIPS is skipped and said so.
         device: ``auto`` | ``cpu`` | ``cuda[:N]`` | ``mps``.
         save_images: write the side-by-side PNGs.
+        scene: the dataset as loaded for training (not read again); None reads it.
 
     Returns:
         the ``eval`` record merged into ``metrics.json``: ``iteration``, ``psnr`` (dB),
@@ -249,7 +256,7 @@ def run_eval(model_dir: str | Path, events: EventCallback | None = None, *,
     t0 = time.monotonic()
     model_dir = Path(model_dir)
     rep.started(f"evaluating {model_dir}")
-    info, scene, params, dev, backend = open_model(model_dir, iteration, events, device)
+    info, scene, params, dev, backend = open_model(model_dir, iteration, events, device, scene)
     sh = sh_degree_of(params)
     if lp_model is not None:
         lp_model = lp_model.to(dev)

@@ -17,13 +17,25 @@ folder, a ``transforms.json`` dataset or a splatforge workspace (detected with
 :func:`splatforge.scene.detect_format`; ingest and sfm are skipped and the dataset is read in
 place).
 
-Resuming: each stage is skipped when its outputs are complete (ingest: ``ingest.json`` current
-for the media; sfm: ``sfm.json`` complete; train: the final ``point_cloud/iteration_<max_steps>``
-and ``metrics.json`` at that step; eval: ``eval/metrics.csv`` for that iteration; export: every
-export file present). An interrupted training run continues from its last checkpoint
-(``run_train(resume=True)``). When a stage runs, every later stage runs again (training starts
-afresh after a new SfM). ``force=True`` redoes everything. A failing stage raises and leaves the
-outputs of earlier runs in place (stages write to temporary files and rename).
+Every front door parses its options into one
+:class:`~splatforge.reconstruct_config.ReconstructConfig` and calls :func:`run_job_pipeline`
+(or :func:`run_reconstruct`), which resolves the config once
+(:func:`splatforge.presets.resolve_config`), classifies the input once
+(:func:`splatforge.jobs.inputs.classify_input`) and runs the stages in order over one
+:class:`Run` (the workspace, the :class:`~splatforge.export.model_dir.ModelDir`, the scene
+loaded once, the result).
+
+Stages are objects (:class:`IngestStage`, :class:`SfmStage`, :class:`TrainStage`,
+:class:`EvalStage`, :class:`ExportStage`). Each says whether it applies to the input, whether
+its outputs are current, runs at most once and writes only its own files. The rule: a stage
+is skipped when its outputs are current and no stage before it ran in this run (ingest:
+``ingest.json`` current for the media; sfm: ``sfm.json`` complete; train: the final
+``point_cloud/iteration_<max_steps>`` and ``metrics.json`` at that step, trained with the same
+options; eval: ``eval/metrics.csv`` for that iteration; export: every export file and
+``config.json`` present). When a stage runs, every later stage runs again (training starts
+afresh after a new SfM); an interrupted training run continues from its last checkpoint
+(``run_train(resume=True)``). ``force`` redoes everything. A failing stage raises and leaves
+the outputs of earlier runs in place (stages write to temporary files and rename).
 """
 
 from __future__ import annotations
@@ -33,16 +45,18 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np  # noqa: F401  (import-order guard: numpy before pycolmap, see NOTES.md)
 
-from .config import IngestConfig, SceneConfig, SfmConfig, TrainConfig
-from .errors import ConfigError, StopRequested
+from .config import TrainConfig
+from .errors import ConfigError, InputError, StopRequested
 from .events import EventCallback, StageReporter
 from .export.model_dir import ModelDir
+from .jobs.inputs import InputKind, classify_input, has_images
 from .jobs.sink import JobSink, JobStopped
-from .presets import DEFAULT_PRESET, apply_preset, preview_data_factor
+from .presets import preview_data_factor, resolve_config
+from .reconstruct_config import ReconstructConfig
 from .util import atomic_write_text
 
 STAGES = ("ingest", "sfm", "train", "eval", "export")
@@ -52,6 +66,9 @@ SUMMARY_NAME = "reconstruct.json"
 #: values of these is still current).
 _TRAIN_COSMETIC = {"log_every", "eval_every", "image_cache_mb", "device", "backend",
                    "save_steps"}
+
+#: ExportConfig field -> the web format it turns on or off.
+_EXPORT_FORMATS = {"spz": ".spz", "sog": ".sog"}
 
 
 @dataclass
@@ -71,7 +88,8 @@ class ReconstructResult:
         num_gaussians: Gaussians in the final model. step: its training step.
         psnr / ssim: held-out means (None without held-out views).
         outputs: file path -> size in bytes.
-        config: the resolved configuration of every stage (``config.json``).
+        config: the resolved configuration (``config.json``: the
+            :class:`~splatforge.reconstruct_config.ReconstructConfig` and the input).
     """
 
     output: Path
@@ -139,15 +157,235 @@ def _sizes(paths: list[Path]) -> dict[str, int]:
     return {str(p): p.stat().st_size for p in paths if p.is_file()}
 
 
-def _train_is_current(model_dir: Path, train: TrainConfig, scene: SceneConfig) -> bool:
-    """True when ``model_dir`` holds a finished run of ``train`` on ``scene`` options: the
-    final PLY, ``metrics.json`` at that step and the INRIA companions (``cameras.json``,
+# -- the run every stage works on ------------------------------------------------------------
+
+@dataclass
+class Run:
+    """One reconstruct run: what its stages share.
+
+    Attributes:
+        config: the resolved config (its ``scene`` completed from the data before training).
+        given: the input as the caller named it. input: its one classification; ``media`` is
+            what ingest reads, ``dataset`` the posed dataset (None until SfM made one, unless
+            the input is one).
+        out: the output folder; ``workspace`` and ``model`` (the :class:`ModelDir`) in it.
+        result: filled by the stages.
+        upstream_ran: a stage before the current one ran in this run (or ``force``).
+    """
+
+    config: ReconstructConfig
+    given: Path
+    input: InputKind
+    media: Path
+    dataset: Path | None
+    out: Path
+    reporter: StageReporter
+    events: EventCallback | None = None
+    step_hook: Any = None
+    should_stop: Callable[[], bool] | None = None
+    result: ReconstructResult | None = None
+    upstream_ran: bool = False
+    _scene: Any = None
+
+    @property
+    def workspace(self) -> Path:
+        return self.out / "workspace"
+
+    @property
+    def model(self) -> ModelDir:
+        return ModelDir(self.out / "model")
+
+    @property
+    def kind(self) -> str:
+        return self.result.input_kind
+
+    def scene(self) -> Any:
+        """The posed dataset read with ``config.scene``: loaded once per run."""
+        if self._scene is None:
+            from .scene import load_scene
+
+            self._scene = load_scene(self.result.dataset, self.config.scene, self.events)
+        return self._scene
+
+
+class Stage:
+    """A pipeline stage over a :class:`Run`: it may not apply to the input, may be current
+    (its outputs complete for this config), runs at most once and writes only its files."""
+
+    name: ClassVar[str]
+
+    def not_needed(self, run: Run) -> str | None:
+        """Why the stage does not apply to this input (skipped even with ``force``)."""
+        return None
+
+    def prepare(self, run: Run) -> None:
+        """What the stage needs before it can tell whether it is current."""
+
+    def current(self, run: Run) -> str | None:
+        """Why its outputs are current (then :meth:`read` takes them), or None."""
+        return None
+
+    def read(self, run: Run) -> None:
+        """Take the result of current outputs into ``run.result``."""
+
+    def run(self, run: Run) -> None:
+        raise NotImplementedError
+
+
+class IngestStage(Stage):
+    """Media -> ``<workspace>/input`` + ``ingest.json``."""
+
+    name = "ingest"
+
+    def not_needed(self, run: Run) -> str | None:
+        return f"input is a {run.kind} dataset" if run.dataset is not None else None
+
+    def current(self, run: Run) -> str | None:
+        from .sfm import ingest_is_current, load_state
+
+        ws = run.workspace
+        if ingest_is_current(load_state(ws / "ingest.json"), run.media, run.config.ingest, ws):
+            return f"{ws / 'input'} is up to date"
+        return None
+
+    def run(self, run: Run) -> None:
+        from .ingest import run_ingest
+
+        run_ingest(run.config.ingest, run.media, run.workspace, run.events)
+
+
+class SfmStage(Stage):
+    """``<workspace>/input`` -> ``images/``, ``sparse/0/``, ``sfm.json``: the posed dataset."""
+
+    name = "sfm"
+
+    def not_needed(self, run: Run) -> str | None:
+        return f"input is a {run.kind} dataset" if run.dataset is not None else None
+
+    def current(self, run: Run) -> str | None:
+        from .sfm import read_sfm_json
+
+        self._done = read_sfm_json(run.workspace)
+        return f"{run.workspace / 'sfm.json'} is complete" if self._done is not None else None
+
+    def read(self, run: Run) -> None:
+        self._record(run, self._done)
+
+    def run(self, run: Run) -> None:
+        from .sfm import run_sfm
+
+        ws = run.workspace
+        self._record(run, run_sfm(run.config.sfm, ws / "input", ws, run.events,
+                                  ingest=run.config.ingest, force=run.upstream_ran))
+
+    @staticmethod
+    def _record(run: Run, sfm_res: Any) -> None:
+        res = run.result
+        res.num_images, res.num_registered = sfm_res.num_images, sfm_res.num_registered
+        res.left_out = sfm_res.left_out
+
+
+class TrainStage(Stage):
+    """The posed dataset -> the model folder's PLYs, checkpoints, ``metrics.json`` and the
+    INRIA companions (all the trainer's)."""
+
+    name = "train"
+
+    def prepare(self, run: Run) -> None:
+        _settle_scene_config(run)
+        sc = run.scene()
+        if run.result.num_images is None:
+            run.result.num_images = run.result.num_registered = len(sc.images)
+        run.result.step = run.config.train.max_steps
+
+    def current(self, run: Run) -> str | None:
+        model, train = run.model, run.config.train
+        if _train_is_current(model, train, run.config.scene.data_factor):
+            return f"{model.root} holds step {train.max_steps}"
+        return None
+
+    def read(self, run: Run) -> None:
+        run.result.num_gaussians = (run.model.read_metrics() or {}).get("num_gaussians")
+
+    def run(self, run: Run) -> None:
+        from .train import run_train
+
+        root = run.model.root
+        if run.upstream_ran and root.exists():
+            shutil.rmtree(root)  # forced, or a model of an earlier SfM: stale
+        tr = run_train(run.config.train, run.scene(), root, run.events,
+                       scene_config=run.config.scene, resume=True, step_hook=run.step_hook,
+                       should_stop=run.should_stop)
+        run.result.num_gaussians = tr.num_gaussians
+
+
+class EvalStage(Stage):
+    """The final PLY on the held-out views -> ``eval/`` and ``metrics.json``'s ``eval``."""
+
+    name = "eval"
+
+    def current(self, run: Run) -> str | None:
+        files = run.model
+        ev = (files.read_metrics() or {}).get("eval") or {}
+        if (files.eval_dir / "metrics.csv").is_file() and ev.get("iteration") == run.result.step:
+            return f"{files.eval_dir} is current"
+        return None
+
+    def read(self, run: Run) -> None:
+        self._record(run, (run.model.read_metrics() or {})["eval"])
+
+    def run(self, run: Run) -> None:
+        from .eval import run_eval
+
+        self._record(run, run_eval(run.model.root, run.events, iteration=run.result.step,
+                                   lpips_weights=run.config.eval.lpips_weights,
+                                   device=run.config.train.device, scene=run.scene()))
+
+    @staticmethod
+    def _record(run: Run, ev: dict[str, Any]) -> None:
+        run.result.psnr, run.result.ssim = ev.get("psnr"), ev.get("ssim")
+
+
+class ExportStage(Stage):
+    """``config.json`` in the model folder and the web formats next to it."""
+
+    name = "export"
+
+    @staticmethod
+    def targets(run: Run) -> dict[str, Path]:
+        off = {ext for key, ext in _EXPORT_FORMATS.items()
+               if not getattr(run.config.export, key)}
+        return {ext: run.out / f"scene{ext}" for ext in _export_writers() if ext not in off}
+
+    def current(self, run: Run) -> str | None:
+        if all(p.is_file() for p in self.targets(run).values()) and run.model.config.is_file():
+            return "every export file exists"
+        return None
+
+    def run(self, run: Run) -> None:
+        from .export import read_ply
+
+        run.model.write_config(run.result.config)
+        targets = self.targets(run)
+        writers = _export_writers()
+        if targets:
+            splats = read_ply(run.model.point_cloud(run.result.step))
+            for ext, path in targets.items():
+                writers[ext](path, splats)
+        missing = sorted({".splat", ".spz"} - set(writers))
+        if missing:
+            run.reporter.warning(f"export: no writer for {', '.join(missing)} in this "
+                                 "version; skipped")
+
+
+def _train_is_current(files: ModelDir, train: TrainConfig, data_factor: int) -> bool:
+    """True when ``files`` holds a finished run of ``train`` at ``data_factor``: the final
+    PLY, ``metrics.json`` at that step and the INRIA companions (``cameras.json``,
     ``cfg_args``, ``input.ply``), all written by the trainer.
 
     Raises:
         ConfigError: the finished model was trained with other (non-cosmetic) options.
     """
-    files = ModelDir(model_dir)
     metrics = files.read_metrics()
     try:
         tc = json.loads(files.train_config.read_text())
@@ -160,68 +398,77 @@ def _train_is_current(model_dir: Path, train: TrainConfig, scene: SceneConfig) -
     old = {k: v for k, v in (tc.get("train") or {}).items() if k not in _TRAIN_COSMETIC}
     new = {k: v for k, v in train.model_dump(mode="json").items() if k not in _TRAIN_COSMETIC}
     if old != new:
-        raise ConfigError(f"{model_dir} holds a finished model trained with other options "
+        raise ConfigError(f"{files.root} holds a finished model trained with other options "
                           "(" + ", ".join(sorted(k for k in new if old.get(k) != new[k]))
                           + "): run with --force to train again, or choose another -o folder")
-    return (tc.get("scene") or {}).get("data_factor") == scene.data_factor
+    return (tc.get("scene") or {}).get("data_factor") == data_factor
 
 
-def _eval_is_current(model_dir: Path, step: int) -> bool:
-    files = ModelDir(model_dir)
-    ev = (files.read_metrics() or {}).get("eval") or {}
-    return (files.eval_dir / "metrics.csv").is_file() and ev.get("iteration") == step
+def _settle_scene_config(run: Run) -> None:
+    """Scene options resolved from the data, once the posed dataset exists: ``data_factor``
+    from ``target_width``, the cache folder of a dataset input; then the config written with
+    the model (``result.config``) is final."""
+    cfg = run.config
+    scene = cfg.scene
+    if cfg.target_width is not None:
+        w = _image_width(run.result.dataset)
+        f = preview_data_factor(w, cfg.target_width) if w else 1
+        scene = scene.model_copy(update={"data_factor": f})
+        run.reporter.info(f"preset {cfg.preset}: data_factor {f} (images {w} px wide)")
+    if scene.cache_dir is None and run.dataset is not None:
+        scene = scene.model_copy(update={"cache_dir": (run.out / "cache").resolve()})
+    run.config = cfg.model_copy(update={"scene": scene})
+    run.result.config = {"input": str(run.media.resolve()),
+                         **run.config.model_dump(mode="json", exclude={"force"})}
 
 
-def _source_splats(model_dir: Path, step: int, scene: Any) -> Any:
-    """Splats of ``iteration_<step>`` in the source frame, as the export writers take them:
-    what ``read_ply`` returns, else numpy arrays from the checkpoint."""
-    try:
-        from .export import read_ply  # type: ignore[attr-defined]
-        return read_ply(ModelDir(model_dir).point_cloud(step))
-    except ImportError:
-        pass
-    from .splats import splats_to_source_frame
-    from .train.checkpoint import checkpoint_path, load_checkpoint
+def _plan_input(given: Path, config: ReconstructConfig
+                ) -> tuple[InputKind, Path, Path | None, ReconstructConfig]:
+    """Classify ``given`` once: ``(input, media, dataset, config)``. With known poses
+    (``sfm.pose_prior``) the prior's path is resolved inside the media, and a posed dataset's
+    photos go through ingest and SfM (SfM triangulates with the poses)."""
+    inp = classify_input(given, label=str(given))
+    media, dataset = inp.path, (inp.path if inp.is_dataset else None)
+    if dataset is None and not config.sfm_enabled:
+        raise InputError(given, "holds photos or a video, but SfM is disabled: a posed "
+                                "dataset (a COLMAP output, transforms.json) is needed")
+    if config.sfm.pose_prior is None:
+        return inp, media, dataset, config
+    from .sfm import resolve_pose_prior
 
-    ck = load_checkpoint(checkpoint_path(model_dir, step), map_location="cpu")
-    return splats_to_source_frame(ck["splats"], scene)
+    sfm = config.sfm.model_copy(
+        update={"pose_prior": resolve_pose_prior(config.sfm.pose_prior, given)})
+    config = config.model_copy(update={"sfm": sfm})
+    if dataset is not None:
+        from .ingest import detect_media_kind
 
-
-def resolve_configs(preset: str, ingest: IngestConfig | None = None,
-                    sfm: SfmConfig | None = None, scene: SceneConfig | None = None,
-                    train: TrainConfig | None = None
-                    ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Apply ``preset`` to the fields the user did not give (not in a config's
-    ``model_fields_set``; see :mod:`splatforge.presets`).
-
-    Returns:
-        ``(configs, deferred)``: stage -> config, and values resolved from the data later.
-    """
-    configs = {"ingest": ingest or IngestConfig(), "sfm": sfm or SfmConfig(),
-               "scene": scene or SceneConfig(), "train": train or TrainConfig()}
-    return apply_preset(preset, configs)
+        imgs = given / "images"
+        inp = InputKind(detect_media_kind(given), given)
+        media = imgs if imgs.is_dir() and not has_images(given) else given
+        dataset = None
+    return inp, media, dataset, config
 
 
-def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = DEFAULT_PRESET,
-                    ingest: IngestConfig | None = None, sfm: SfmConfig | None = None,
-                    scene: SceneConfig | None = None, train: TrainConfig | None = None,
-                    events: EventCallback | None = None, force: bool = False,
-                    lpips_weights: str | Path | None = None,
-                    step_hook: Any = None,
+def _stages(config: ReconstructConfig) -> list[Stage]:
+    stages: list[Stage] = [IngestStage(), SfmStage()]
+    if config.train_enabled:
+        stages += [TrainStage(), EvalStage(), ExportStage()]
+    return stages
+
+
+def run_reconstruct(media: str | Path, output: str | Path,
+                    config: ReconstructConfig | None = None, *,
+                    events: EventCallback | None = None, step_hook: Any = None,
                     should_stop: Callable[[], bool] | None = None) -> ReconstructResult:
     """ingest -> sfm -> train -> eval -> export over ``output`` (see the module docstring).
 
     Args:
         media: photos folder, .zip, video, COLMAP folder or transforms.json dataset.
         output: the output folder (created).
-        preset: ``preview`` | ``default`` | ``quality``; fills the config fields the user did
-            not give.
-        ingest, sfm, scene, train: stage configs (None = defaults); the fields in their
-            ``model_fields_set`` win over the preset.
+        config: the job's config as parsed (None = defaults); its preset fills the fields
+            the user did not give (:func:`splatforge.presets.resolve_config`).
         events: progress callback; every stage reports under its own name, the pipeline as
             ``reconstruct``.
-        force: redo every stage.
-        lpips_weights: passed to :func:`splatforge.eval.run_eval`.
         step_hook: passed to :func:`splatforge.train.run_train` (the live viewer's hook).
         should_stop: polled before every stage and after every training step; True stops
             the run (:class:`~splatforge.errors.StopRequested` between stages,
@@ -238,156 +485,44 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = DEFA
         TrainingInterrupted: Ctrl-C during training (a checkpoint was written; run again).
         StopRequested: ``should_stop`` returned True between stages.
     """
-    from .eval import run_eval
-    from .scene import load_scene
-    from .train import run_train
-
-    from .jobs.inputs import classify_input, has_images
-
-    given = Path(media)
-    out = Path(output)
-    rep = StageReporter("reconstruct", events)
-    configs, deferred = resolve_configs(preset, ingest, sfm, scene, train)
-    inp = classify_input(given, label=str(given))
-    kind, media = inp.kind, inp.path
-    dataset = media if inp.is_dataset else None
-    if configs["sfm"].pose_prior is not None:  # known poses: SfM triangulates with them
-        from .sfm import resolve_pose_prior
-
-        configs["sfm"] = configs["sfm"].model_copy(
-            update={"pose_prior": resolve_pose_prior(configs["sfm"].pose_prior, given)})
-        if dataset is not None:  # the dataset's photos go through ingest and SfM
-            from .ingest import detect_media_kind
-
-            imgs = given / "images"
-            kind, dataset = detect_media_kind(given), None
-            media = imgs if imgs.is_dir() and not has_images(given) else given
+    cfg = resolve_config(config or ReconstructConfig())
+    given, out = Path(media), Path(output)
+    inp, media, dataset, cfg = _plan_input(given, cfg)
     out.mkdir(parents=True, exist_ok=True)
-    ws = out / "workspace"
-    model_dir = out / "model"
-    files = ModelDir(model_dir)
-    rep.started(f"{media} ({kind}) -> {out}, preset {preset}", input_kind=kind, preset=preset)
-    res = ReconstructResult(output=out, model_dir=model_dir, dataset=ws, input_kind=kind,
-                            preset=preset)
-    upstream_ran = force
-
-    def check_stop(stage: str) -> None:
-        if should_stop is not None and should_stop():
-            raise StopRequested(f"stopped before {stage}")
-
-    def mark(stage: str, status: str, t0: float, reason: str = "") -> None:
-        res.stages[stage] = {"status": status, "seconds": round(time.monotonic() - t0, 3),
-                             "reason": reason}
-        if status == "skipped":
-            rep.info(f"{stage}: skipped ({reason})", stage=stage)
-
-    # -- ingest + sfm ---------------------------------------------------------------------
-    if dataset is not None:
-        res.dataset = dataset
+    rep = StageReporter("reconstruct", events)
+    run = Run(config=cfg, given=given, input=inp, media=media, dataset=dataset, out=out,
+              reporter=rep, events=events, step_hook=step_hook, should_stop=should_stop,
+              upstream_ran=cfg.force)
+    res = run.result = ReconstructResult(
+        output=out, model_dir=run.model.root, dataset=dataset or run.workspace,
+        input_kind=inp.kind, preset=cfg.preset)
+    rep.started(f"{media} ({inp.kind}) -> {out}, preset {cfg.preset}", input_kind=inp.kind,
+                preset=cfg.preset)
+    for stage in _stages(cfg):
         t = time.monotonic()
-        mark("ingest", "skipped", t, f"input is a {kind} dataset")
-        mark("sfm", "skipped", t, f"input is a {kind} dataset")
-    else:
-        from .ingest import run_ingest
-        from .sfm import ingest_is_current, load_state, read_sfm_json, run_sfm
+        reason = stage.not_needed(run)
+        if reason is None:
+            if should_stop is not None and should_stop():
+                raise StopRequested(f"stopped before {stage.name}")
+            stage.prepare(run)
+            reason = None if run.upstream_ran else stage.current(run)
+            if reason is None:
+                stage.run(run)
+                run.upstream_ran = True
+            else:
+                stage.read(run)
+        res.stages[stage.name] = {"status": "ran" if reason is None else "skipped",
+                                  "seconds": round(time.monotonic() - t, 3),
+                                  "reason": reason or ""}
+        if reason is not None:
+            rep.info(f"{stage.name}: skipped ({reason})", stage=stage.name)
 
-        check_stop("ingest")
-        t = time.monotonic()
-        manifest = load_state(ws / "ingest.json")
-        if not force and ingest_is_current(manifest, media, configs["ingest"], ws):
-            mark("ingest", "skipped", t, f"{ws / 'input'} is up to date")
-        else:
-            run_ingest(configs["ingest"], media, ws, events)
-            upstream_ran = True
-            mark("ingest", "ran", t)
-        check_stop("sfm")
-        t = time.monotonic()
-        done = read_sfm_json(ws)
-        if done is not None and not upstream_ran:
-            sfm_res = done
-            mark("sfm", "skipped", t, f"{ws / 'sfm.json'} is complete")
-        else:
-            sfm_res = run_sfm(configs["sfm"], ws / "input", ws, events,
-                              ingest=configs["ingest"], force=upstream_ran)
-            upstream_ran = True
-            mark("sfm", "ran", t)
-        res.num_images, res.num_registered = sfm_res.num_images, sfm_res.num_registered
-        res.left_out = sfm_res.left_out
-
-    # -- scene options resolved from the data ---------------------------------------------
-    scene_cfg: SceneConfig = configs["scene"]
-    if deferred.get("scene.data_factor") == "auto":
-        w = _image_width(res.dataset)
-        f = preview_data_factor(w) if w else 1
-        scene_cfg = scene_cfg.model_copy(update={"data_factor": f})
-        rep.info(f"preset {preset}: data_factor {f} (images {w} px wide)")
-    if scene_cfg.cache_dir is None and dataset is not None:
-        scene_cfg = scene_cfg.model_copy(update={"cache_dir": (out / "cache").resolve()})
-    configs["scene"] = scene_cfg
-    train_cfg: TrainConfig = configs["train"]
-    res.config = {"preset": preset, "input": str(media.resolve()),
-                  **{k: v.model_dump(mode="json") for k, v in configs.items()}}
-
-    # -- train ------------------------------------------------------------------------------
-    check_stop("train")
-    t = time.monotonic()
-    if force and model_dir.exists():
-        shutil.rmtree(model_dir)
-    sc = load_scene(res.dataset, scene_cfg, events)
-    if res.num_images is None:
-        res.num_images = res.num_registered = len(sc.images)
-    if not upstream_ran and _train_is_current(model_dir, train_cfg, scene_cfg):
-        mark("train", "skipped", t, f"{model_dir} holds step {train_cfg.max_steps}")
-        res.num_gaussians = (files.read_metrics() or {}).get("num_gaussians")
-        train_ran = False
-    else:
-        if upstream_ran and model_dir.exists() and not force:
-            shutil.rmtree(model_dir)  # a model of an earlier SfM is stale
-        tr = run_train(train_cfg, sc, model_dir, events, scene_config=scene_cfg, resume=True,
-                       step_hook=step_hook, should_stop=should_stop)
-        res.num_gaussians = tr.num_gaussians
-        train_ran = True
-        mark("train", "ran", t)
-    res.step = train_cfg.max_steps
-    upstream_ran = upstream_ran or train_ran
-
-    # -- eval -------------------------------------------------------------------------------
-    check_stop("eval")
-    t = time.monotonic()
-    if not upstream_ran and _eval_is_current(model_dir, res.step):
-        ev = (files.read_metrics() or {})["eval"]
-        mark("eval", "skipped", t, f"{model_dir / 'eval'} is current")
-    else:
-        ev = run_eval(model_dir, events, iteration=res.step, lpips_weights=lpips_weights,
-                      device=train_cfg.device)
-        upstream_ran = True
-        mark("eval", "ran", t)
-    res.psnr, res.ssim = ev.get("psnr"), ev.get("ssim")
-
-    # -- export -----------------------------------------------------------------------------
-    check_stop("export")
-    t = time.monotonic()
-    writers = _export_writers()
-    targets = {ext: out / f"scene{ext}" for ext in writers}
-    if (not upstream_ran and all(p.is_file() for p in targets.values())
-            and files.config.is_file()):
-        mark("export", "skipped", t, "every export file exists")
-    else:
-        # cameras.json, cfg_args and input.ply are the trainer's (refined poses with
-        # pose_opt); export adds config.json and the web formats
-        files.write_config(res.config)
-        if targets:
-            splats = _source_splats(model_dir, res.step, sc)
-            for ext, path in targets.items():
-                writers[ext](path, splats)
-        missing = sorted({".splat", ".spz"} - set(writers))
-        if missing:
-            rep.warning(f"export: no writer for {', '.join(missing)} in this version; "
-                        "skipped")
-        mark("export", "ran", t)
-
-    res.outputs = _sizes([files.point_cloud(res.step), *files.inria_files, files.config,
-                          files.metrics, files.eval_dir / "metrics.csv", *targets.values()])
+    files = run.model
+    paths = [*files.inria_files, files.config, files.metrics, files.eval_dir / "metrics.csv",
+             *ExportStage.targets(run).values()]
+    if res.step is not None:
+        paths.insert(0, files.point_cloud(res.step))
+    res.outputs = _sizes(paths) if cfg.train_enabled else {}
     atomic_write_text(out / SUMMARY_NAME, json.dumps(res.to_json(), indent=2) + "\n")
     rep.finished(f"{res.num_gaussians} Gaussians"
                  + (f", held-out PSNR {res.psnr:.2f} dB" if res.psnr is not None else ""),
@@ -395,16 +530,19 @@ def run_reconstruct(media: str | Path, output: str | Path, *, preset: str = DEFA
     return res
 
 
-def run_job_pipeline(media: str | Path, out: str | Path, sink: JobSink, *,
-                     step_hook: Any = None, **configs: Any) -> Any:
-    """``run_reconstruct(media, out, **configs)`` reporting to ``sink``.
+def run_job_pipeline(media: str | Path, out: str | Path, sink: JobSink,
+                     config: ReconstructConfig | None = None, *,
+                     step_hook: Any = None) -> ReconstructResult:
+    """The one function every front door calls: :func:`run_reconstruct` of ``config``
+    reporting to ``sink``.
 
     Args:
-        media: the classified input path (:func:`splatforge.jobs.inputs.classify_input`).
+        media: the input path (classified here, once).
         out: the output folder.
         sink: a :class:`JobSink`.
+        config: the job's :class:`~splatforge.reconstruct_config.ReconstructConfig` as
+            parsed (None = defaults).
         step_hook: passed through (the live viewer's hook).
-        **configs: ``preset``, ``ingest``, ``sfm``, ``scene``, ``train``, ``force``, ...
 
     Returns:
         :class:`splatforge.pipeline.ReconstructResult`.
@@ -416,8 +554,8 @@ def run_job_pipeline(media: str | Path, out: str | Path, sink: JobSink, *,
         and whatever :func:`~splatforge.pipeline.run_reconstruct` raises.
     """
     try:
-        return run_reconstruct(media, out, events=sink.on_event, step_hook=step_hook,
-                               should_stop=lambda: sink.should_stop() is not None, **configs)
+        return run_reconstruct(media, out, config, events=sink.on_event, step_hook=step_hook,
+                               should_stop=lambda: sink.should_stop() is not None)
     except KeyboardInterrupt:
         reason = sink.should_stop()
         if reason is None:

@@ -49,8 +49,8 @@ from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, ValidationErro
 from ..config import format_validation_error
 from ..errors import ConfigError, InputError
 from ..storage import S3Store, colmap_prefix, normalize_prefix
-from .task import (AwsClients, PipelineSpec, StatusReporter, TaskOutcome, make_clients,
-                   run_worker)
+from ..reconstruct_config import ExportConfig, ReconstructConfig
+from .task import AwsClients, StatusReporter, TaskOutcome, make_clients, run_worker
 
 log = logging.getLogger("splatforge.aws")
 
@@ -179,9 +179,9 @@ class JobSpec(_Section):
         """``outputPrefix/uuid/``."""
         return normalize_prefix(self.s3.outputPrefix + self.uuid)
 
-    def pipeline_spec(self) -> PipelineSpec:
-        """The splatforge stage configs of this job (the default preset for the rest)."""
-        from ..config import IngestConfig, SceneConfig, SfmConfig, TrainConfig
+    def pipeline_spec(self) -> ReconstructConfig:
+        """The :class:`ReconstructConfig` of this job (the default preset for the rest)."""
+        from ..config import IngestConfig, SfmConfig, TrainConfig
 
         vp = self.videoProcessing
         ingest = IngestConfig(
@@ -205,11 +205,11 @@ class JobSpec(_Section):
         train = TrainConfig(max_steps=self.training.maxSteps,
                             strategy=MODELS[self.training.model],
                             appearance=APPEARANCE.get(self.training.model, "none"))
-        return PipelineSpec(ingest=ingest, sfm=SfmConfig(**sfm_kw), scene=SceneConfig(),
-                            train=train, train_enabled=self.training.enable,
-                            sfm_enabled=self.sfm.enable,
-                            include_spz=self.postProcessing.enableSpz,
-                            include_sog=self.postProcessing.enableSog)
+        return ReconstructConfig(
+            ingest=ingest, sfm=SfmConfig(**sfm_kw), train=train,
+            train_enabled=self.training.enable, sfm_enabled=self.sfm.enable,
+            export=ExportConfig(spz=self.postProcessing.enableSpz,
+                                sog=self.postProcessing.enableSog))
 
 
 def parse_job(data: Any, source: str = "job") -> JobSpec:

@@ -51,7 +51,7 @@ from pydantic_settings import SettingsConfigDict
 from ..errors import ConfigError, InputError, SplatforgeError
 from ..settings_env import EnvSettings
 from ..events import Event
-from ..presets import DEFAULT_PRESET
+from ..reconstruct_config import ReconstructConfig
 from ..jobs.sink import JobStopped
 from ..storage import (InvalidKey, ObjectNotFound, S3Store, colmap_prefix, normalize_prefix,
                        outputs_prefix, validate_key)
@@ -449,21 +449,6 @@ def upload_outputs(store: S3Store, files: dict[str, Path], prefix: str) -> list[
 
 
 @dataclass
-class PipelineSpec:
-    """What to run on the downloaded input: the stage configs and output choices."""
-
-    ingest: Any
-    sfm: Any
-    scene: Any
-    train: Any
-    preset: str = DEFAULT_PRESET
-    train_enabled: bool = True
-    sfm_enabled: bool = True
-    include_spz: bool = True
-    include_sog: bool = True
-
-
-@dataclass
 class TaskOutcome:
     """What a finished (or failed) run reports.
 
@@ -489,11 +474,13 @@ class TaskOutcome:
 
 
 def run_worker(*, scene_id: str, store: S3Store, input_prefix: str, input_key: str | None,
-               output_prefix: str, spec: PipelineSpec, reporter: StatusReporter,
+               output_prefix: str, spec: ReconstructConfig, reporter: StatusReporter,
                work_dir: Path | None = None) -> TaskOutcome:
     """downloading -> training_3dgs -> uploading -> complete, reported through ``reporter``.
 
     Args:
+        spec: the job's config (``sfm_enabled`` False: the input must be a COLMAP output;
+            ``train_enabled`` False: ingest + SfM only; ``export``: the web formats).
         input_key: a single object under ``input_prefix`` (a video or zip of the job file),
             or None for everything under ``input_prefix``.
         work_dir: folder for the download and the reconstruct output (kept; a re-run
@@ -534,11 +521,11 @@ def run_worker(*, scene_id: str, store: S3Store, input_prefix: str, input_key: s
                     except ObjectNotFound:
                         raise _input_error(origin, "no such object or prefix") from None
                     kind, media = classify_input(inp / Path(input_key).name, origin)
-            scene_cfg = spec.scene
-            if scene_cfg.cache_dir is None:
-                scene_cfg = scene_cfg.model_copy(update={"cache_dir": (work / "cache")})
+            if spec.scene.cache_dir is None:
+                spec = spec.model_copy(update={"scene": spec.scene.model_copy(
+                    update={"cache_dir": (work / "cache")})})
             if kind == "colmap":
-                validate_colmap(media, scene_cfg, origin, reporter.events)
+                validate_colmap(media, spec.scene, origin, reporter.events)
             elif not spec.sfm_enabled:
                 raise _input_error(origin, "holds photos or a video, but SfM is disabled: a "
                                            "posed COLMAP output (sparse/0/, images/) is needed")
@@ -548,28 +535,19 @@ def run_worker(*, scene_id: str, store: S3Store, input_prefix: str, input_key: s
             stage = "training_3dgs"
             reporter.set_stage(stage)
             out = work / "out"
-            if spec.train_enabled:
-                from ..pipeline import run_job_pipeline
+            if kind == "colmap" and not spec.train_enabled:
+                raise _input_error(origin, "is already a COLMAP output and training is "
+                                           "disabled: nothing to do")
+            from ..pipeline import run_job_pipeline
 
-                res = run_job_pipeline(media, out, reporter, preset=spec.preset,
-                                       ingest=spec.ingest, sfm=spec.sfm, scene=scene_cfg,
-                                       train=spec.train)
-                files = output_files(out, res.step, spec.include_spz, spec.include_sog)
+            res = run_job_pipeline(media, out, reporter, spec)
+            if spec.train_enabled:
+                files = output_files(out, res.step, spec.export.spz, spec.export.sog)
                 summary = {"numGaussians": res.num_gaussians, "psnr": res.psnr}
             else:
-                from ..sfm import run_sfm
-
-                if kind == "colmap":
-                    raise _input_error(origin, "is already a COLMAP output and training is "
-                                               "disabled: nothing to do")
-                ws = out / "workspace"
-                from ..ingest import run_ingest
-
-                run_ingest(spec.ingest, media, ws, reporter.events)
-                run_sfm(spec.sfm, ws / "input", ws, reporter.events, ingest=spec.ingest)
                 from ..jobs.manifest import sfm_files
 
-                files = sfm_files(ws)
+                files = sfm_files(out / "workspace")
                 summary = {}
             reporter.progress(1.0)
 
@@ -604,13 +582,13 @@ def run_worker(*, scene_id: str, store: S3Store, input_prefix: str, input_key: s
 
 # -- the entry point ------------------------------------------------------------------------
 
-def settings_spec(s: TaskSettings) -> PipelineSpec:
-    """The pipeline configs of a task's environment (the default preset; ITERATIONS,
-    DENSIFY_UNTIL_ITER, DENSIFICATION_INTERVAL and DATA_FACTOR override it)."""
-    from ..config import IngestConfig, SceneConfig, SfmConfig, TrainConfig
+def settings_spec(s: TaskSettings) -> ReconstructConfig:
+    """The :class:`ReconstructConfig` of a task's environment (the default preset;
+    ITERATIONS, DENSIFY_UNTIL_ITER, DENSIFICATION_INTERVAL and DATA_FACTOR are given)."""
+    from ..config import SceneConfig, TrainConfig
 
-    return PipelineSpec(
-        ingest=IngestConfig(), sfm=SfmConfig(), scene=SceneConfig(data_factor=s.data_factor),
+    return ReconstructConfig(
+        scene=SceneConfig(data_factor=s.data_factor),
         train=TrainConfig(max_steps=s.iterations, densify_until_iter=s.densify_until_iter,
                           densification_interval=s.densification_interval))
 

@@ -1,49 +1,37 @@
-"""A job's configuration JSON: validated once where the request arrives
+"""A job's configuration JSON: a :class:`~splatforge.reconstruct_config.ReconstructConfig`'s
+given fields. Validated where the request arrives
 (:class:`splatforge.service.routes_jobs.JobRequest`, the job file of :mod:`splatforge.aws.job`)
-and parsed again only where a job file is read back (:func:`job_configs`, in the worker).
+and parsed again only where a job's stored JSON is read back (:func:`job_config`, in the
+worker).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..config import IngestConfig, SceneConfig, SfmConfig, TrainConfig, parse_config
-from ..errors import ConfigError
-from ..presets import DEFAULT_PRESET
+from ..reconstruct_config import ReconstructConfig, parse_stage_config
 
-#: Stage name -> config model of a job's config JSON.
-STAGE_MODELS = {"ingest": IngestConfig, "sfm": SfmConfig, "scene": SceneConfig,
-                "train": TrainConfig}
+__all__ = ["DELIVERY_KEYS", "job_config", "job_configs", "parse_stage_config"]
 
-
-def parse_stage_config(stage: str, model: Any, data: dict[str, Any]) -> Any:
-    """``model`` validated from ``data``; errors name fields as ``stage.field``.
-
-    Raises:
-        ConfigError: naming each invalid field, its value and the allowed range.
-    """
-    try:
-        return parse_config(model, data, prefix=f"{stage}.")
-    except ConfigError as e:
-        msg = str(e)
-        if f"\n  {stage}." not in msg:
-            msg = msg.replace("\n  ", f"\n  {stage}.")
-        raise ConfigError(msg) from None
+#: Keys of a stored job config that are not reconstruction options (the service's own).
+DELIVERY_KEYS = ("notify_url",)
 
 
-def job_configs(config: dict[str, Any], train_gpus: int = 1) -> dict[str, Any]:
-    """``run_reconstruct`` keyword arguments (``preset`` and the stage configs) from a job's
-    stored config JSON. ``train_gpus`` > 1 (a worker that owns several GPUs) becomes
+def job_config(config: dict[str, Any], train_gpus: int = 1) -> ReconstructConfig:
+    """The :class:`ReconstructConfig` of a job's stored config JSON (the keys present are
+    the fields given). ``train_gpus`` > 1 (a worker that owns several GPUs) becomes
     ``train.gpus`` unless the job's train config sets ``gpus`` itself.
 
     Raises:
-        ConfigError: an invalid value (the field named).
+        ConfigError: an invalid value (the field named as ``stage.field``).
     """
-    out: dict[str, Any] = {"preset": config.get("preset") or DEFAULT_PRESET}
-    for name, model in STAGE_MODELS.items():
-        if config.get(name) is not None:
-            out[name] = parse_stage_config(name, model, config[name])
-    if train_gpus > 1 and "gpus" not in (config.get("train") or {}):
-        out["train"] = (out.get("train") or TrainConfig()).model_copy(
-            update={"gpus": train_gpus})
-    return out
+    data = {k: v for k, v in config.items() if k not in DELIVERY_KEYS and v is not None}
+    if train_gpus > 1 and "gpus" not in (data.get("train") or {}):
+        data["train"] = {**(data.get("train") or {}), "gpus": train_gpus}
+    return ReconstructConfig.from_json(data)
+
+
+def job_configs(config: dict[str, Any], train_gpus: int = 1) -> dict[str, Any]:
+    """The keyword arguments of :func:`splatforge.pipeline.run_job_pipeline` for a job's
+    stored config JSON: ``{"config": job_config(config, train_gpus)}``."""
+    return {"config": job_config(config, train_gpus)}

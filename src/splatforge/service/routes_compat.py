@@ -22,7 +22,8 @@ from sqlalchemy import select
 
 from ..ingest import IMAGE_EXTENSIONS
 from ..jobs.manifest import MODEL_NAME, model_key
-from ..presets import DEFAULT_PRESET
+from ..config import SceneConfig, TrainConfig
+from ..reconstruct_config import ReconstructConfig
 from .db import Job, Scene, session_scope
 from .deps import ExecutorDep, SessionDep, SettingsDep, StoreDep
 from .lifecycle import create_job
@@ -87,8 +88,8 @@ def train_gsplat(scene_id: str, settings: SettingsDep, store: StoreDep, executor
         if scene is None:
             s.add(Scene(id=scene_id, name=f"{scene_id} (compat)", media_kind="colmap",
                         updated_at=time.time()))
-    config = {"preset": DEFAULT_PRESET, "scene": {"data_factor": data_factor},
-              "train": {"max_steps": max_steps}}
+    config = ReconstructConfig(scene=SceneConfig(data_factor=data_factor),
+                               train=TrainConfig(max_steps=max_steps)).given()
     job_id = create_job(settings, executor, scene_id, config, max_steps, kind="train_gsplat")
     return JSONResponse({"scene_id": scene_id, "job_id": job_id, "status": "processing",
                          "status_url": f"/scene/{scene_id}/train_gsplat/status"},

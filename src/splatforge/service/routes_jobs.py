@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 
 from ..config import IngestConfig, SceneConfig, SfmConfig, TrainConfig
 from ..errors import ConfigError
-from ..presets import DEFAULT_PRESET, PresetName
+from ..reconstruct_config import DEFAULT_PRESET, PresetName, ReconstructConfig
 from .db import FINAL_STATUSES, Job, JobEvent, session_scope
 from .deps import ExecutorDep, SessionDep, SettingsDep
 from .lifecycle import create_job, stop_job
@@ -43,9 +43,10 @@ MAX_EVENT_ID = 2**63 - 1
 
 
 class JobRequest(BaseModel):
-    """A pipeline configuration: the CLI's stage models (``splatforge.config``). Fields left
-    out take the preset's values, then the model defaults; every field given wins, also
-    when it equals the model default."""
+    """A pipeline configuration: the client-settable part of a
+    :class:`~splatforge.reconstruct_config.ReconstructConfig` (:meth:`to_config`), plus
+    where to notify. Fields left out take the preset's values, then the model defaults;
+    every field given wins, also when it equals the model default."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -71,6 +72,11 @@ class JobRequest(BaseModel):
                 raise ValueError(str(e)) from None
         return value
 
+    def to_config(self) -> ReconstructConfig:
+        """The job's :class:`ReconstructConfig` (the fields given stay the fields given)."""
+        return ReconstructConfig.model_validate(
+            self.model_dump(exclude_unset=True, exclude_none=True, exclude={"notify_url"}))
+
 
 def _unprocessable(loc: list[str], msg: str) -> HTTPException:
     return HTTPException(422, [{"loc": ["body", *loc], "msg": msg, "type": "value_error"}])
@@ -84,7 +90,7 @@ def check_job_request(body: JobRequest, settings: Any) -> tuple[dict[str, Any], 
             host refused by :func:`splatforge.jobs.notify.check_notify_url`) or a
             combination that only fails once the preset is applied.
     """
-    from ..pipeline import resolve_configs
+    from ..presets import resolve_config
     from .store import check_allowed_path
 
     if body.scene is not None and body.scene.cache_dir is not None:
@@ -95,8 +101,7 @@ def check_job_request(body: JobRequest, settings: Any) -> tuple[dict[str, Any], 
         except Exception as e:  # noqa: BLE001
             raise _unprocessable(["sfm", "vocab_tree_path"], str(e)) from None
     try:
-        configs, _ = resolve_configs(body.preset, body.ingest, body.sfm, body.scene,
-                                     body.train)
+        resolved = resolve_config(body.to_config())
     except ConfigError as e:
         raise _unprocessable(["train"], str(e)) from None
     if body.notify_url is not None:
@@ -108,7 +113,7 @@ def check_job_request(body: JobRequest, settings: Any) -> tuple[dict[str, Any], 
             raise _unprocessable(["notify_url"], str(e)) from None
     config = body.model_dump(mode="json", exclude_unset=True, exclude_none=True)
     config["preset"] = body.preset
-    return config, configs["train"].max_steps
+    return config, resolved.train.max_steps
 
 
 @router.post("/scenes/{scene_id}/jobs", status_code=202, response_model=JobCreated)
