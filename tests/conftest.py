@@ -62,7 +62,10 @@ def plush_scene_config(plush_cache):
 
 @pytest.fixture(scope="session")
 def plush_scene(plush_scene_config):
-    """plush_dog at data_factor 8 (94x62 pixels), normalised, 73 train / 11 test views."""
+    """plush_dog at data_factor 8 (94x62 pixels), normalised, 73 train / 11 test views.
+
+    Used by trained_plush and, for short runs of their own, test_compress, test_distributed,
+    test_mcmc_budget, test_train, test_train_levers, test_viewer and test_viewer_live."""
     from splatforge.scene import load_scene
 
     return load_scene(PLUSH_DOG, plush_scene_config)
@@ -73,7 +76,11 @@ def trained_plush(tmp_path_factory, plush_scene, plush_scene_config) -> TrainedR
     """plush_dog trained once for SESSION_STEPS steps on CPU with the default strategy and a
     compressed schedule (refinement at steps 100, 150 and 200; SH degree 1 from step 100; no
     opacity reset, which would need more steps to recover than CI can afford), logging every
-    10 steps; saves at SESSION_SAVE_STEPS. About 1.5 minutes on 2 idle cores."""
+    10 steps; saves at SESSION_SAVE_STEPS. About 1.5 minutes on 2 idle cores.
+
+    Used (read only; copied where a test changes it) by test_train, test_eval_render,
+    test_compress, test_real_captures, test_train_speedups, test_viewer and
+    test_viewer_browser."""
     from splatforge.config import TrainConfig
     from splatforge.splats import init_splats
     from splatforge.train import evaluate_splats, run_train
@@ -109,7 +116,7 @@ def sample_recon(tmp_path_factory):
     at data_factor 4 (~100 px wide).
 
     Used by test_pipeline (its ``recon``: the stages, the model folder, resume, the CLI) and
-    test_sfm_complete (its ``sample_runs``: this run's workspace is the first of the three
+    test_sfm_complete (its ``sample_runs``: this run's workspace is the third of the three
     preview-option SfM runs of the sample). Leave the folder as it is, except for what
     test_pipeline's resume tests rewrite (exports); copy it to change more."""
     from splatforge.config import SceneConfig, SfmConfig, TrainConfig
