@@ -40,11 +40,13 @@ def _recon(media, out, **kw):
 
 
 @pytest.fixture(scope="module")
-def recon(tmp_path_factory):
-    """One preview reconstruction of the shipped sample (photos -> every stage)."""
-    out = tmp_path_factory.mktemp("recon") / "plush"
-    res, events = _recon(SAMPLE, out)
-    return res, events, out
+def recon(sample_recon):
+    """One preview reconstruction of the shipped sample (photos -> every stage): conftest's
+    session run (the same call as ``_recon(SAMPLE, out)``), shared with test_sfm_complete."""
+    from conftest import SAMPLE_RECON_TRAIN
+
+    assert SAMPLE_RECON_TRAIN == CI_TRAIN
+    return sample_recon
 
 
 def _digest(paths: list[Path]) -> dict[str, str]:

@@ -45,12 +45,23 @@ def _angle_deg(r1: np.ndarray, r2: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def sample_runs(tmp_path_factory):
-    """The shipped sample through SfM three times with the preview preset's options."""
+def sample_runs(tmp_path_factory, sample_recon):
+    """The shipped sample through SfM three times with the preview preset's options: two
+    direct ``run_sfm`` calls (the first two, which the tests compare), then the SfM stage of
+    conftest's ``sample_recon`` (shared with test_pipeline): the same photos byte for byte
+    (ingest copies JPEGs unchanged) and the same options, with one extraction/matching
+    thread (which gives the same result at any count)."""
     runs = []
-    for i in range(3):
+    for i in range(2):
         ws = tmp_path_factory.mktemp(f"sample{i}")
         runs.append((ws, run_sfm(SfmConfig(**PREVIEW_SFM), SAMPLE, ws)))
+    _, _, out = sample_recon
+    shared = out / "workspace"
+    assert json.loads((out / "model" / "config.json").read_text())["sfm"] == \
+        SfmConfig(**PREVIEW_SFM, num_threads=1).model_dump(mode="json")
+    assert {p.name: p.read_bytes() for p in (shared / "input").iterdir()} == \
+        {p.name: p.read_bytes() for p in SAMPLE.iterdir()}
+    runs.append((shared, read_sfm_json(shared)))
     return runs
 
 
