@@ -71,7 +71,7 @@ def run_statue(args) -> list[dict]:
         if args.recipe == "preview":  # the preview preset's training (short CPU runs)
             from splatforge.presets import PRESETS
 
-            pv = dict(PRESETS["preview"]["train"])
+            pv = PRESETS["preview"].train.model_dump(exclude_unset=True)
             pv["densify_until_iter"] = min(pv["densify_until_iter"], int(args.steps * 0.8))
             overrides = {**pv, **overrides}
         cfg = TrainConfig(**overrides)

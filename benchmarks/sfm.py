@@ -234,7 +234,7 @@ def train_psnr(ws: Path, steps: int, out: Path) -> float | None:
         width = im.width
     sc = SceneConfig(data_factor=preview_data_factor(width), cache_dir=out / "cache")
     scene = load_scene(ws, sc)
-    kw = dict(PRESETS["preview"]["train"])
+    kw = PRESETS["preview"].train.model_dump(exclude_unset=True)
     kw.update(max_steps=steps, device="cpu", backend="torch", seed=0)
     kw["densify_until_iter"] = min(kw["densify_until_iter"], int(steps * 0.8))
     res = run_train(TrainConfig(**kw), scene, out / "model", scene_config=sc)

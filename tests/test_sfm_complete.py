@@ -26,7 +26,7 @@ from splatforge.sfm import read_sfm_json, run_sfm
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "plush_dog" / "images"
 DATASETS = ROOT.parent / "shared" / "datasets"
-PREVIEW_SFM = PRESETS["preview"]["sfm"]
+PREVIEW_SFM = PRESETS["preview"].sfm.model_dump(exclude_unset=True)
 
 pytestmark = pytest.mark.slow
 

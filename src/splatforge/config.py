@@ -210,7 +210,7 @@ class SceneConfig(StageConfig):
 
     @model_validator(mode="after")
     def _folder_names(self) -> "SceneConfig":
-        # dataset-relative folder names only (issue 14): the loader resolves them inside the
+        # dataset-relative folder names only: the loader resolves them inside the
         # dataset (splatforge.paths.resolve_inside), this refuses the obvious escapes early
         for key in ("images", "masks"):
             v = getattr(self, key)

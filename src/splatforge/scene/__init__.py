@@ -3,7 +3,7 @@
 Every reader produces the one in-memory :class:`Scene` (see :mod:`splatforge.scene.types`):
 
 >>> from splatforge.scene import load_scene, describe_scene, load_image
->>> scene = load_scene("../shared/datasets/plush_dog")          # doctest: +SKIP
+>>> scene = load_scene("datasets/plush_dog")                    # doctest: +SKIP
 >>> print(describe_scene(scene))                                # doctest: +SKIP
 >>> rgb = load_image(scene.images[0], scene.background)         # [H, W, 3] uint8
 

@@ -307,7 +307,7 @@ def _read_colmap(root: Path, model_dir: Path, config: SceneConfig, rep: StageRep
     if not model.images:
         raise InputError(images_file, "the model has no registered images")
     ims = sorted(model.images.values(), key=lambda im: im.name)
-    # every name must lie inside the image folder before any file is touched (issue 14)
+    # every name must lie inside the image folder before any file is touched
     for im in ims:
         join_inside(root / (config.images or "images"), im.name,
                        f"{images_file.name} image name")

@@ -277,8 +277,8 @@ def create_app(settings: ServiceSettings | None = None, *, start_executor: bool 
     app.include_router(scenes_router)
     app.include_router(jobs_router)
     app.include_router(compat_router)
-    app.include_router(render_router)  # POST /scenes/{id}/renders (issue 19)
-    mount_web(app)  # the web app at / (issue 19)
+    app.include_router(render_router)  # POST /scenes/{id}/renders
+    mount_web(app)  # the web app at /
     try:
         from .routes_view import router as view_router
     except ImportError:

@@ -239,7 +239,7 @@ class _JobRun:
         result = None
         try:
             try:
-                if info["kind"] == "render":  # a camera-path video (issue 19)
+                if info["kind"] == "render":  # a camera-path video
                     from .render_jobs import run_render_job
 
                     run_render_job(self, info, work)

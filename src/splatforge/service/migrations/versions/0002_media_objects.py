@@ -6,7 +6,7 @@ Create Date: 2026-12-04
 
 Each upload reserves its stored names here first (a unique (scene_id, name) pair), so two
 uploads can never store two files under one name, and a scene's ``media_files`` /
-``media_bytes`` grow by exactly what was stored (issue 23, items 6 and 8).
+``media_bytes`` grow by exactly what was stored.
 """
 
 from __future__ import annotations
