@@ -121,10 +121,11 @@ def sample_recon(tmp_path_factory):
     test_pipeline's resume tests rewrite (exports); copy it to change more."""
     from splatforge.config import SceneConfig, SfmConfig, TrainConfig
     from splatforge.pipeline import run_reconstruct
+    from splatforge.reconstruct_config import ReconstructConfig
 
     out = tmp_path_factory.mktemp("recon") / "plush"
     events: list = []
-    res = run_reconstruct(SAMPLE, out, preset="preview", train=TrainConfig(**SAMPLE_RECON_TRAIN),
-                          scene=SceneConfig(data_factor=4), sfm=SfmConfig(num_threads=1),
-                          events=events.append)
+    config = ReconstructConfig(preset="preview", train=TrainConfig(**SAMPLE_RECON_TRAIN),
+                               scene=SceneConfig(data_factor=4), sfm=SfmConfig(num_threads=1))
+    res = run_reconstruct(SAMPLE, out, config, events=events.append)
     return res, events, out

@@ -395,7 +395,7 @@ def test_stages_run_once_and_current_stages_are_not_rerun(tmp_path, monkeypatch)
     import os
 
     import splatforge.util
-    from splatforge.config import SceneConfig, TrainConfig
+    from splatforge.config import SceneConfig, SfmConfig, TrainConfig
     from splatforge.presets import resolve_config
     from splatforge.reconstruct_config import ReconstructConfig
 
@@ -408,7 +408,8 @@ def test_stages_run_once_and_current_stages_are_not_rerun(tmp_path, monkeypatch)
 
     monkeypatch.setattr(splatforge.util.os, "replace", counting_replace)
     out = tmp_path / "o"
-    kw = dict(scene=SceneConfig(data_factor=8), train=TrainConfig(**{**CI_TRAIN, "max_steps": 6}))
+    kw = dict(scene=SceneConfig(data_factor=8), train=TrainConfig(**{**CI_TRAIN, "max_steps": 6}),
+              sfm=SfmConfig(num_threads=1))  # every option _recon gives, so both sides match
     res, _ = _recon(PLUSH_DOG, out, **kw)
     model = out / "model"
     once = [model / n for n in ("cameras.json", "cfg_args", "input.ply", "config.json")]
