@@ -35,9 +35,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from .config import TrainConfig
 from .errors import ConfigError, InputError
+from .eval import open_model, sh_degree_of
 from .events import EventCallback, StageReporter
 from .export.model_dir import ModelDir
+from .splats import splats_to_source_frame
+from .train import evaluate_splats, run_train
+from .train.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from .train.evaluate import render_view
 from .util import atomic_write_text
 
 STAGE = "compress"
@@ -56,8 +62,6 @@ def significance(params: dict[str, torch.Tensor], scene: Any, indices: list[int]
         indices: image indices to sum over (the training views).
         backend: rasterizer backend (``gsplat`` / ``torch``).
     """
-    from .train.evaluate import render_view
-
     n = len(params["means"])
     dev = params["means"].device
     total = torch.zeros(n, dtype=torch.float64, device=dev)
@@ -176,11 +180,6 @@ def run_compress(model_dir: str | Path, *, keep: float | None = 0.5,
         InputError: unreadable model folder, or fine-tuning without a checkpoint.
         ConfigError: bad ``keep`` / ``target_mb`` / ``sh_degree`` / ``finetune_steps``.
     """
-    from .config import TrainConfig
-    from .eval import open_model, sh_degree_of
-    from .splats import splats_to_source_frame
-    from .train import evaluate_splats, run_train
-    from .train.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 
     rep = StageReporter(STAGE, events)
     model_dir = Path(model_dir)

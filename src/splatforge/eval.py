@@ -39,6 +39,12 @@ from .config import SceneConfig
 from .errors import InputError
 from .events import EventCallback, StageReporter
 from .export.model_dir import ModelDir, parse_cfg_args
+from .metrics import LPIPS, psnr, ssim
+from .scene import load_image, load_scene
+from .train.appearance import color_correct
+from .train.checkpoint import checkpoint_path, load_checkpoint
+from .train.evaluate import render_view
+from .train.trainer import resolve_backend, resolve_device
 from .util import atomic_path, atomic_write_text
 
 LPIPS_SKIPPED = "no weights given (--lpips-weights); weights cannot be downloaded here"
@@ -154,8 +160,6 @@ def load_model_splats(info: ModelInfo, scene: Any) -> dict[str, torch.Tensor]:
             "shN": shN.reshape(n, -1, 3),
         }
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
-    from .train.checkpoint import checkpoint_path, load_checkpoint
-
     ck = checkpoint_path(info.model_dir, info.iteration)
     if not ck.is_file():
         raise InputError(info.ply, "no PLY reader (splatforge.export.read_ply) available and no "
@@ -171,8 +175,6 @@ def sh_degree_of(params: dict[str, torch.Tensor]) -> int:
 
 
 def _device_backend(device: str) -> tuple[torch.device, str]:
-    from .train.trainer import resolve_backend, resolve_device
-
     dev = resolve_device(device)
     return dev, resolve_backend("auto", dev)
 
@@ -191,8 +193,6 @@ def open_model(model_dir: str | Path, iteration: int | None = None,
         (normalised), the splats in its frame on ``device``, and the rasterizer backend
         (``gsplat`` on CUDA, ``torch`` elsewhere).
     """
-    from .scene import load_scene
-
     info = read_model_info(model_dir, iteration)
     if scene is None:
         scene = load_scene(info.scene_path, info.scene_config, events)
@@ -245,10 +245,6 @@ def run_eval(model_dir: str | Path, events: EventCallback | None = None, *,
     """
     import time
 
-    from .metrics import LPIPS, psnr, ssim
-    from .scene import load_image
-    from .train.appearance import color_correct
-    from .train.evaluate import render_view
 
     # A bad weights file fails before any scene loading.
     lp_model = LPIPS.from_file(lpips_weights) if lpips_weights else None

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, InputError
+from .eval import open_model, sh_degree_of
 from .events import EventCallback, StageReporter
 from .util import atomic_path
 
@@ -337,8 +338,6 @@ def run_render(model_dir: str | Path, output: str | Path, path: str = "orbit", *
     Raises:
         InputError: an unusable model folder. ConfigError: bad path/frames/fps values.
     """
-    from .eval import open_model, sh_degree_of
-
     if fps <= 0:
         raise ConfigError(f"fps: must be > 0, got {fps}")
     if frames_between < 1:
