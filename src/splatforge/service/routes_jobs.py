@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,6 +23,7 @@ from sqlalchemy import func, select
 
 from ..config import IngestConfig, SceneConfig, SfmConfig, TrainConfig
 from ..errors import ConfigError
+from ..presets import resolve_config
 from ..reconstruct_config import DEFAULT_PRESET, PresetName, ReconstructConfig
 from .db import FINAL_STATUSES, Job, JobEvent, session_scope
 from .deps import ExecutorDep, SessionDep, SettingsDep
@@ -90,7 +90,6 @@ def check_job_request(body: JobRequest, settings: Any) -> tuple[dict[str, Any], 
             host refused by :func:`splatforge.jobs.notify.check_notify_url`) or a
             combination that only fails once the preset is applied.
     """
-    from ..presets import resolve_config
     from .store import check_allowed_path
 
     if body.scene is not None and body.scene.cache_dir is not None:
