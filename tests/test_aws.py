@@ -559,9 +559,12 @@ def test_handle_s3_event_runs_an_sfm_only_job_in_place(aws):
     assert aws.item("job-sfm")["processingStage"] == "complete"
 
 
-def test_classify_downloaded_input(tmp_path):
-    from splatforge.aws.task import classify_input
+def test_plan_downloaded_input(tmp_path):
+    """The worker plans the downloaded input once (the pipeline's own classifier), and its
+    messages name the S3 origin, not the worker's disk."""
+    from splatforge.aws.task import plan_task_input
     from splatforge.errors import InputError
+    from splatforge.reconstruct_config import ReconstructConfig
 
     def folder(name: str, *files: str) -> Path:
         d = tmp_path / name
@@ -570,18 +573,26 @@ def test_classify_downloaded_input(tmp_path):
             (d / f).write_bytes(b"x")
         return d
 
-    d = folder("colmap", "sparse/0/cameras.bin", "images/a.jpg")
-    assert classify_input(d, "s3://b/p/") == ("colmap", d)
+    def plan(d: Path, **kw):
+        return plan_task_input(d, ReconstructConfig(**kw), "s3://b/p/")
+
+    with pytest.raises(InputError, match=r"s3://b/p/sparse/0/cameras.bin: truncated or corrupt") as e:
+        plan(folder("colmap", "sparse/0/cameras.bin", "sparse/0/images.bin", "images/a.jpg"))
+    assert str(tmp_path) not in str(e.value)
     d = folder("video", "clip.MP4")
-    assert classify_input(d, "s3://b/p/") == ("media", d / "clip.MP4")
+    p = plan(d)
+    assert (p.input.kind, p.media, p.dataset) == ("video", d / "clip.MP4", None)
     d = folder("zip", "photos.zip")
-    assert classify_input(d, "s3://b/p/") == ("media", d / "photos.zip")
+    assert plan(d).media == d / "photos.zip"
     d = folder("nested", "images/a.jpg", "images/b.JPG", "LICENSE")
-    assert classify_input(d, "s3://b/p/") == ("media", d / "images")
+    assert plan(d).media == d / "images"
     d = folder("flat", "a.jpg", "b.png")
-    assert classify_input(d, "s3://b/p/") == ("media", d)
+    assert (plan(d).input.kind, plan(d).media) == ("images", d)
     with pytest.raises(InputError, match=r"(?s)s3://b/p/: holds neither.*found: notes.txt"):
-        classify_input(folder("other", "notes.txt"), "s3://b/p/")
+        plan(folder("other", "notes.txt"))
+    with pytest.raises(InputError, match=r"s3://b/p/: holds photos or a video, but SfM is "
+                                         r"disabled"):
+        plan(folder("nosfm", "a.jpg"), sfm_enabled=False)
 
 
 # -- one layout for every front door; completion notifications -----------------------------------

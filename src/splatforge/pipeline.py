@@ -185,6 +185,7 @@ class Run:
     should_stop: Callable[[], bool] | None = None
     result: ReconstructResult | None = None
     upstream_ran: bool = False
+    plan: InputPlan | None = None
     _scene: Any = None
 
     @property
@@ -204,7 +205,11 @@ class Run:
         if self._scene is None:
             from .scene import load_scene
 
-            self._scene = load_scene(self.result.dataset, self.config.scene, self.events)
+            p = self.plan
+            if p is not None and p.scene is not None and p.scene_config == self.config.scene:
+                self._scene = p.scene  # checked by the front door before the job started
+            else:
+                self._scene = load_scene(self.result.dataset, self.config.scene, self.events)
         return self._scene
 
 
@@ -422,31 +427,90 @@ def _settle_scene_config(run: Run) -> None:
                          **run.config.model_dump(mode="json", exclude={"force"})}
 
 
-def _plan_input(given: Path, config: ReconstructConfig
-                ) -> tuple[InputKind, Path, Path | None, ReconstructConfig]:
-    """Classify ``given`` once: ``(input, media, dataset, config)``. With known poses
-    (``sfm.pose_prior``) the prior's path is resolved inside the media, and a posed dataset's
-    photos go through ingest and SfM (SfM triangulates with the poses)."""
-    inp = classify_input(given, label=str(given))
+@dataclass
+class InputPlan:
+    """A job's input, classified once, with its config resolved once: what
+    :func:`run_reconstruct` runs. A front door that must check the input before the job
+    starts (the AWS worker's ``downloading`` stage) makes the plan itself with
+    :func:`plan_input` and hands it on, so nothing is classified, resolved or loaded twice.
+
+    Attributes:
+        given: the input as the caller named it. label: how messages name it.
+        input: its one classification. media: what ingest reads. dataset: the posed dataset
+            (None when SfM makes one).
+        config: the resolved config (:func:`splatforge.presets.resolve_config`).
+        scene: the dataset as :meth:`load_scene` read it (None until then), with
+            ``scene_config`` the options it was read with; the run reuses it when its final
+            scene options are the same.
+    """
+
+    given: Path
+    label: str
+    input: InputKind
+    media: Path
+    dataset: Path | None
+    config: ReconstructConfig
+    scene: Any = None
+    scene_config: Any = None
+
+    def load_scene(self, events: EventCallback | None = None) -> Any:
+        """Read the posed dataset now (to check it before the job starts); kept for the run.
+
+        Returns:
+            the :class:`splatforge.scene.Scene`.
+
+        Raises:
+            InputError: the input is no posed dataset, or the dataset does not read.
+        """
+        from .scene import load_scene
+
+        if self.dataset is None:
+            raise InputError(None, f"{self.label}: not a posed dataset")
+        self.scene = load_scene(self.dataset, self.config.scene, events)
+        self.scene_config = self.config.scene
+        return self.scene
+
+
+def plan_input(media: str | Path, config: ReconstructConfig | None = None, *,
+               label: str | None = None) -> InputPlan:
+    """Resolve ``config`` and classify ``media``, once.
+
+    With known poses (``sfm.pose_prior``) the prior's path is resolved inside the media, and a
+    posed dataset's photos go through ingest and SfM (SfM triangulates with the poses).
+
+    Args:
+        media: photos folder, .zip, video, COLMAP folder or transforms.json dataset.
+        config: the job's config as parsed (None = defaults).
+        label: how messages name the input (an ``s3://`` origin; default its name).
+
+    Raises:
+        InputError: the input does not exist, is no supported media, or holds photos while
+            SfM is disabled.
+        ConfigError: an unknown preset or invalid values.
+    """
+    config = resolve_config(config or ReconstructConfig())
+    given = Path(media)
+    shown = label or str(given)
+    inp = classify_input(given, label=shown)
     media, dataset = inp.path, (inp.path if inp.is_dataset else None)
     if dataset is None and not config.sfm_enabled:
-        raise InputError(given, "holds photos or a video, but SfM is disabled: a posed "
-                                "dataset (a COLMAP output, transforms.json) is needed")
-    if config.sfm.pose_prior is None:
-        return inp, media, dataset, config
-    from .sfm import resolve_pose_prior
+        raise InputError(None, f"{shown}: holds photos or a video, but SfM is disabled: a "
+                               "posed dataset (a COLMAP output, transforms.json) is needed")
+    if config.sfm.pose_prior is not None:
+        from .sfm import resolve_pose_prior
 
-    sfm = config.sfm.model_copy(
-        update={"pose_prior": resolve_pose_prior(config.sfm.pose_prior, given)})
-    config = config.model_copy(update={"sfm": sfm})
-    if dataset is not None:
-        from .ingest import detect_media_kind
+        sfm = config.sfm.model_copy(
+            update={"pose_prior": resolve_pose_prior(config.sfm.pose_prior, given)})
+        config = config.model_copy(update={"sfm": sfm})
+        if dataset is not None:
+            from .ingest import detect_media_kind
 
-        imgs = given / "images"
-        inp = InputKind(detect_media_kind(given), given)
-        media = imgs if imgs.is_dir() and not has_images(given) else given
-        dataset = None
-    return inp, media, dataset, config
+            imgs = given / "images"
+            inp = InputKind(detect_media_kind(given), given)
+            media = imgs if imgs.is_dir() and not has_images(given) else given
+            dataset = None
+    return InputPlan(given=given, label=shown, input=inp, media=media, dataset=dataset,
+                     config=config)
 
 
 def _stages(config: ReconstructConfig) -> list[Stage]:
@@ -456,14 +520,15 @@ def _stages(config: ReconstructConfig) -> list[Stage]:
     return stages
 
 
-def run_reconstruct(media: str | Path, output: str | Path,
+def run_reconstruct(media: str | Path | InputPlan, output: str | Path,
                     config: ReconstructConfig | None = None, *,
                     events: EventCallback | None = None, step_hook: Any = None,
                     should_stop: Callable[[], bool] | None = None) -> ReconstructResult:
     """ingest -> sfm -> train -> eval -> export over ``output`` (see the module docstring).
 
     Args:
-        media: photos folder, .zip, video, COLMAP folder or transforms.json dataset.
+        media: photos folder, .zip, video, COLMAP folder or transforms.json dataset, or an
+            :class:`InputPlan` of one (then ``config`` is the plan's).
         output: the output folder (created).
         config: the job's config as parsed (None = defaults); its preset fills the fields
             the user did not give (:func:`splatforge.presets.resolve_config`).
@@ -485,14 +550,18 @@ def run_reconstruct(media: str | Path, output: str | Path,
         TrainingInterrupted: Ctrl-C during training (a checkpoint was written; run again).
         StopRequested: ``should_stop`` returned True between stages.
     """
-    cfg = resolve_config(config or ReconstructConfig())
-    given, out = Path(media), Path(output)
-    inp, media, dataset, cfg = _plan_input(given, cfg)
+    if isinstance(media, InputPlan):
+        if config is not None:
+            raise ValueError("give the config to plan_input, not with its plan")
+        plan = media
+    else:
+        plan = plan_input(media, config)
+    cfg, inp, media, dataset, out = plan.config, plan.input, plan.media, plan.dataset, Path(output)
     out.mkdir(parents=True, exist_ok=True)
     rep = StageReporter("reconstruct", events)
-    run = Run(config=cfg, given=given, input=inp, media=media, dataset=dataset, out=out,
+    run = Run(config=cfg, given=plan.given, input=inp, media=media, dataset=dataset, out=out,
               reporter=rep, events=events, step_hook=step_hook, should_stop=should_stop,
-              upstream_ran=cfg.force)
+              upstream_ran=cfg.force, plan=plan)
     res = run.result = ReconstructResult(
         output=out, model_dir=run.model.root, dataset=dataset or run.workspace,
         input_kind=inp.kind, preset=cfg.preset)
@@ -530,14 +599,15 @@ def run_reconstruct(media: str | Path, output: str | Path,
     return res
 
 
-def run_job_pipeline(media: str | Path, out: str | Path, sink: JobSink,
+def run_job_pipeline(media: str | Path | InputPlan, out: str | Path, sink: JobSink,
                      config: ReconstructConfig | None = None, *,
                      step_hook: Any = None) -> ReconstructResult:
     """The one function every front door calls: :func:`run_reconstruct` of ``config``
     reporting to ``sink``.
 
     Args:
-        media: the input path (classified here, once).
+        media: the input path (classified here, once), or the :class:`InputPlan` a front
+            door made of it with :func:`plan_input` (then ``config`` is None).
         out: the output folder.
         sink: a :class:`JobSink`.
         config: the job's :class:`~splatforge.reconstruct_config.ReconstructConfig` as

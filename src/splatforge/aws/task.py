@@ -363,33 +363,27 @@ class StageFailed(Exception):
         self.stage = stage
 
 
-def classify_input(folder: Path, origin: str) -> tuple[str, Path]:
-    """``("colmap", folder)`` for a posed dataset, else ``("media", path)``: the one
-    classifier (:func:`splatforge.jobs.inputs.classify_input`), messages naming ``origin``.
-
-    Raises:
-        InputError: neither a posed dataset nor media.
-    """
-    from ..jobs.inputs import classify_input as classify
-
-    k = classify(folder, origin)
-    return ("colmap" if k.is_dataset else "media"), k.path
-
-
-def validate_colmap(folder: Path, scene_config: Any, origin: str, events: Any = None) -> Any:
-    """Read the COLMAP model and check every registered image (before any training).
+def plan_task_input(path: Path, spec: Any, origin: str, events: Any = None) -> Any:
+    """The downloaded input planned once (:func:`splatforge.pipeline.plan_input`: the config
+    resolved, the input classified, messages naming ``origin``), and a posed dataset read
+    and checked before any training; the pipeline runs this plan and reuses the loaded scene.
 
     Returns:
-        the loaded :class:`splatforge.scene.Scene`.
+        the :class:`splatforge.pipeline.InputPlan`.
 
     Raises:
-        InputError: the model is unreadable or corrupt, or images are missing (the message
+        InputError: neither a posed dataset nor media; photos while SfM is disabled; the
+            dataset's model is unreadable or corrupt, or images are missing (the message
             names the object under ``origin``).
     """
-    from ..scene import load_scene
+    from ..pipeline import plan_input
 
+    plan = plan_input(path, spec, label=origin)
+    if plan.dataset is None:
+        return plan
+    folder = plan.dataset
     try:
-        return load_scene(folder, scene_config, events)
+        plan.load_scene(events)
     except InputError as e:
         rel = _relative(e.path, folder)
         raise _input_error(f"{origin}{rel}" if rel else origin, e.problem, e.hint) from None
@@ -397,6 +391,7 @@ def validate_colmap(folder: Path, scene_config: Any, origin: str, events: Any = 
         raise _input_error(f"{origin}sparse/0/",
                            f"unreadable COLMAP model ({type(e).__name__}: {e})",
                            "upload the sparse/0/*.bin (or .txt) files of a COLMAP run") from None
+    return plan
 
 
 def _input_error(origin: str, problem: str, hint: str | None = None) -> InputError:
@@ -509,38 +504,33 @@ def run_worker(*, scene_id: str, store: S3Store, input_prefix: str, input_key: s
                                        "upload a COLMAP output (sparse/0/, images/) or photos "
                                        "or a video there") from None
                 log.info("downloaded %d objects from %s", n, origin)
-                kind, media = classify_input(inp, origin)
+                fetched = inp
             else:
                 key = validate_key(normalize_prefix(input_prefix) + input_key)
                 if store.exists(key):
-                    media = store.get_file(key, inp / Path(input_key).name)
-                    kind = "media"
+                    fetched = store.get_file(key, inp / Path(input_key).name)
                 else:
                     try:
                         store.download_prefix(key, inp / Path(input_key).name)
                     except ObjectNotFound:
                         raise _input_error(origin, "no such object or prefix") from None
-                    kind, media = classify_input(inp / Path(input_key).name, origin)
+                    fetched = inp / Path(input_key).name
             if spec.scene.cache_dir is None:
                 spec = spec.model_copy(update={"scene": spec.scene.model_copy(
                     update={"cache_dir": (work / "cache")})})
-            if kind == "colmap":
-                validate_colmap(media, spec.scene, origin, reporter.events)
-            elif not spec.sfm_enabled:
-                raise _input_error(origin, "holds photos or a video, but SfM is disabled: a "
-                                           "posed COLMAP output (sparse/0/, images/) is needed")
+            plan = plan_task_input(fetched, spec, origin, reporter.events)
             reporter.progress(1.0)
 
             # -- training_3dgs ----------------------------------------------------------
             stage = "training_3dgs"
             reporter.set_stage(stage)
             out = work / "out"
-            if kind == "colmap" and not spec.train_enabled:
+            if plan.dataset is not None and not spec.train_enabled:
                 raise _input_error(origin, "is already a COLMAP output and training is "
                                            "disabled: nothing to do")
             from ..pipeline import run_job_pipeline
 
-            res = run_job_pipeline(media, out, reporter, spec)
+            res = run_job_pipeline(plan, out, reporter)
             if spec.train_enabled:
                 files = output_files(out, res.step, spec.export.spz, spec.export.sog)
                 summary = {"numGaussians": res.num_gaussians, "psnr": res.psnr}

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..reconstruct_config import ReconstructConfig, parse_stage_config
 
-__all__ = ["DELIVERY_KEYS", "job_config", "job_configs", "parse_stage_config"]
+__all__ = ["DELIVERY_KEYS", "job_config", "parse_stage_config"]
 
 #: Keys of a stored job config that are not reconstruction options (the service's own).
 DELIVERY_KEYS = ("notify_url",)
@@ -29,9 +29,3 @@ def job_config(config: dict[str, Any], train_gpus: int = 1) -> ReconstructConfig
     if train_gpus > 1 and "gpus" not in (data.get("train") or {}):
         data["train"] = {**(data.get("train") or {}), "gpus": train_gpus}
     return ReconstructConfig.from_json(data)
-
-
-def job_configs(config: dict[str, Any], train_gpus: int = 1) -> dict[str, Any]:
-    """The keyword arguments of :func:`splatforge.pipeline.run_job_pipeline` for a job's
-    stored config JSON: ``{"config": job_config(config, train_gpus)}``."""
-    return {"config": job_config(config, train_gpus)}

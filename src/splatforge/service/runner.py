@@ -43,8 +43,8 @@ from typing import Any
 from sqlalchemy import select, update
 
 from ..events import Event
-from ..jobs import JobStopped, artifact_files, classify_input, image_folder, publish
-from ..jobs.config import job_configs
+from ..jobs import JobStopped, artifact_files, image_folder, publish
+from ..jobs.config import job_config
 from ..jobs.inputs import dataset_format
 from ..paths import redact_paths
 from .db import FINAL_STATUSES, Job, Scene, add_event, session_scope
@@ -244,13 +244,14 @@ class _JobRun:
 
                     run_render_job(self, info, work)
                 else:
-                    configs = job_configs(info["config"], train_gpus=self.settings.train_gpus)
-                    self.set_stage("fetch", "fetching media")
-                    media = self.fetch_media(info, work)
-                    self.stage_finished("fetch", f"media: {media.name}")
-                    from ..pipeline import run_job_pipeline
+                    from ..pipeline import plan_input, run_job_pipeline
 
-                    result = run_job_pipeline(media, out, self, **configs)
+                    config = job_config(info["config"], train_gpus=self.settings.train_gpus)
+                    self.set_stage("fetch", "fetching media")
+                    plan = plan_input(self.fetch_media(info, work), config,
+                                      label="the scene's media")
+                    self.stage_finished("fetch", f"media: {plan.media.name}")
+                    result = run_job_pipeline(plan, out, self)
             finally:
                 self.done.set()
         except (JobStopped, KeyboardInterrupt) as e:
@@ -301,7 +302,7 @@ class _JobRun:
 
     # -- inputs -----------------------------------------------------------------------------
     def fetch_media(self, info: dict[str, Any], work: Path) -> Path:
-        """The media or dataset path to give :func:`run_reconstruct`.
+        """The fetched media or dataset, for :func:`splatforge.pipeline.plan_input`.
 
         Raises:
             InputError: no media, a source outside the allowed roots, or (train_gsplat) no
@@ -330,7 +331,7 @@ class _JobRun:
         if not media_dir.is_dir() or not any(media_dir.iterdir()):
             raise InputError(None, "the scene has no media",
                              "upload images, a zip or a video first")
-        return classify_input(media_dir, "the scene's media").path
+        return media_dir  # classified once, by the pipeline's plan_input
 
     def _colmap_dataset(self, scene_id: str, media_dir: Path, work: Path) -> Path:
         from ..errors import InputError
