@@ -335,7 +335,7 @@ def test_automatic_budget_from_the_sfm_points_fresh_and_resumed(budget_run, tmp_
 
 @pytest.mark.parametrize("after_refine", [True, False])
 def test_position_noise_after_refinement_follows_noise_after_refine(after_refine):
-    from splatforge.train.trainer import make_strategy
+    from splatforge.train.strategies import make_strategy
 
     cfg = TrainConfig(max_steps=40, densify_from_iter=2, densify_until_iter=20,
                       densification_interval=1000, noise_after_refine=after_refine,

@@ -407,6 +407,18 @@ def test_stages_run_once_and_current_stages_are_not_rerun(tmp_path, monkeypatch)
         return real_replace(src, dst, *a, **k)
 
     monkeypatch.setattr(splatforge.util.os, "replace", counting_replace)
+    import splatforge.scene
+    import splatforge.train.evaluate as evaluate
+
+    loads: list[str] = []
+    real_load = splatforge.scene.load_scene
+    monkeypatch.setattr(splatforge.scene, "load_scene",
+                        lambda p, *a, **k: loads.append(str(p)) or real_load(p, *a, **k))
+    rendered: list[int] = []  # views rendered for scoring (the held-out ones)
+    real_render = evaluate.render_view
+    monkeypatch.setattr(evaluate, "render_view",
+                        lambda params, scene, i, *a, **k: rendered.append(i)
+                        or real_render(params, scene, i, *a, **k))
     out = tmp_path / "o"
     kw = dict(scene=SceneConfig(data_factor=8), train=TrainConfig(**{**CI_TRAIN, "max_steps": 6}),
               sfm=SfmConfig(num_threads=1))  # every option _recon gives, so both sides match
@@ -417,6 +429,11 @@ def test_stages_run_once_and_current_stages_are_not_rerun(tmp_path, monkeypatch)
              model / "eval" / "metrics.csv", *(out / f"scene{e}" for e in (".spz", ".sog"))]
     for p in once:
         assert writes.count(str(p.resolve())) == 1, (p, writes.count(str(p.resolve())))
+    assert len(loads) == 1  # the scene is read once per run
+    metrics = json.loads((model / "metrics.json").read_text())
+    test_views = [r["index"] for r in metrics["eval"]["images"]]
+    assert len(test_views) == 11 and sorted(rendered) == sorted(test_views)  # scored once
+    assert metrics["test"]["psnr"] == pytest.approx(metrics["eval"]["psnr"]) == res.psnr
     saved = json.loads((model / "config.json").read_text())
     assert saved.pop("input") == str(PLUSH_DOG.resolve())
     ran = ReconstructConfig.from_json(saved)

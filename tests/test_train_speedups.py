@@ -79,7 +79,7 @@ def test_frustum_and_clearance_tests():
 
 def test_prune_unseen_removes_a_planted_floater(trained_plush):
     """A Gaussian placed where no training photo looks is removed at the next refinement."""
-    from splatforge.train.trainer import make_strategy
+    from splatforge.train.strategies import make_strategy
 
     scene = trained_plush.scene
     cfg = trained_plush.config

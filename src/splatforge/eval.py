@@ -13,7 +13,9 @@ trained on) and writes::
     <model_dir>/eval/<name>.png         ground truth | render | absolute error x 4, side by side
     <model_dir>/metrics.json            merged: "eval" (per image and means, the iteration) and
                                         top-level "psnr", "ssim", "lpips", "lpips_skipped";
-                                        the trainer's keys are kept
+                                        the trainer's keys are kept, and its "test" filled
+                                        with these scores when the trainer left it to this
+                                        stage (reconstruct: the views are scored once)
 
 PSNR is per image, then averaged (INRIA ``metrics.py``); SSIM is
 :func:`splatforge.metrics.ssim` (Gaussian window 11, sigma 1.5). Renders use the torch
@@ -39,11 +41,11 @@ from .config import SceneConfig
 from .errors import InputError
 from .events import EventCallback, StageReporter
 from .export.model_dir import ModelDir, parse_cfg_args
-from .metrics import LPIPS, psnr, ssim
-from .scene import load_image, load_scene
-from .train.appearance import color_correct
+from .metrics import LPIPS
+from .scene import load_scene
 from .train.checkpoint import checkpoint_path, load_checkpoint
-from .train.evaluate import render_view
+from .train.evaluate import evaluate_splats, held_out_record
+from .train.real_capture import MaskCache
 from .train.trainer import resolve_backend, resolve_device
 from .util import atomic_path, atomic_write_text
 
@@ -67,11 +69,6 @@ class ModelInfo:
     ply: Path | None
     device: str = "auto"
     antialiased: bool = False
-
-
-def list_iterations(model_dir: str | Path) -> list[int]:
-    """Sorted steps N with ``point_cloud/iteration_N/point_cloud.ply`` in ``model_dir``."""
-    return ModelDir(model_dir).iterations()
 
 
 def read_model_info(model_dir: str | Path, iteration: int | None = None) -> ModelInfo:
@@ -221,7 +218,7 @@ def _save_png(path: Path, arr: np.ndarray) -> None:
 def run_eval(model_dir: str | Path, events: EventCallback | None = None, *,
              iteration: int | None = None, lpips_weights: str | Path | None = None,
              device: str = "auto", save_images: bool = True,
-             scene: Any = None) -> dict[str, Any]:
+             scene: Any = None, masked: bool = False) -> dict[str, Any]:
     """Evaluate ``model_dir`` on its held-out views (see the module docstring for outputs).
 
     Args:
@@ -233,6 +230,8 @@ def run_eval(model_dir: str | Path, events: EventCallback | None = None, *,
         device: ``auto`` | ``cpu`` | ``cuda[:N]`` | ``mps``.
         save_images: write the side-by-side PNGs.
         scene: the dataset as loaded for training (not read again); None reads it.
+        masked: score only the pixels inside each view's mask where the dataset has masks
+            (``TrainConfig.eval_masked``; see :func:`splatforge.train.evaluate.evaluate_splats`).
 
     Returns:
         the ``eval`` record merged into ``metrics.json``: ``iteration``, ``psnr`` (dB),
@@ -261,32 +260,34 @@ def run_eval(model_dir: str | Path, events: EventCallback | None = None, *,
         rep.warning("the dataset has no held-out views (test_every 0): nothing to evaluate")
     out_dir = ModelDir(model_dir).eval_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    masks = None
+    if masked:
+        mc = MaskCache(scene, dev)
+        if mc.has_masks():
+            masks = mc.keep
     rep.start_steps("views", len(idx))
-    for k, i in enumerate(idx, 1):
-        gt_u8 = load_image(scene.images[i], scene.background)
-        gt = torch.from_numpy(np.array(gt_u8, copy=True)).to(dev).float() / 255.0
-        render, _, _ = render_view(params, scene, i, sh, backend, antialiased=info.antialiased)
-        r = render[0].clamp(0.0, 1.0)
-        rc = color_correct(r, gt)  # gsplat's cc_psnr protocol (train/appearance.py)
-        row = {"name": scene.images[i].name, "psnr": float(psnr(r, gt)),
-               "ssim": float(ssim(r, gt)), "cc_psnr": float(psnr(rc, gt)),
-               "cc_ssim": float(ssim(rc, gt))}
+
+    def on_view(k: int, row: dict[str, Any], r: torch.Tensor, gt: torch.Tensor) -> None:
         if lp_model is not None:
             row["lpips"] = float(lp_model(r, gt))
-        rows.append(row)
         if save_images:
+            gt_u8 = (gt.cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
             r_u8 = (r.cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-            stem = Path(scene.images[i].name).with_suffix("").as_posix().replace("/", "_")
-            _save_png(out_dir / f"{stem}.png", _side_by_side(np.asarray(gt_u8), r_u8))
+            stem = Path(row["name"]).with_suffix("").as_posix().replace("/", "_")
+            _save_png(out_dir / f"{stem}.png", _side_by_side(gt_u8, r_u8))
         rep.step(k, psnr=row["psnr"], ssim=row["ssim"])
+
+    ev = evaluate_splats(params, scene, idx, sh, backend, antialiased=info.antialiased,
+                         masks=masks, on_view=on_view)
+    rows = ev["images"]
     n = len(rows)
     record = {
         "iteration": info.iteration,
-        "psnr": sum(r["psnr"] for r in rows) / n if n else None,
-        "ssim": sum(r["ssim"] for r in rows) / n if n else None,
-        "cc_psnr": sum(r["cc_psnr"] for r in rows) / n if n else None,
-        "cc_ssim": sum(r["cc_ssim"] for r in rows) / n if n else None,
+        "psnr": ev["psnr"],
+        "ssim": ev["ssim"],
+        "cc_psnr": ev["cc_psnr"],
+        "cc_ssim": ev["cc_ssim"],
+        "masked": ev["masked"],
         "lpips": (sum(r["lpips"] for r in rows) / n if n and lp_model is not None
                   else None),
         "lpips_skipped": None if lp_model is not None else LPIPS_SKIPPED,
@@ -314,6 +315,9 @@ def run_eval(model_dir: str | Path, events: EventCallback | None = None, *,
     metrics["eval"] = record
     for key in ("psnr", "ssim", "lpips", "lpips_skipped"):
         metrics[key] = record[key]
+    if "test" in metrics and metrics["test"] is None:
+        # the trainer left the held-out scores to this stage (reconstruct): they are these
+        metrics["test"] = held_out_record(ev)
     atomic_write_text(mpath, json.dumps(metrics, indent=2) + "\n")
     if lp_model is None:
         rep.info(f"LPIPS skipped: {LPIPS_SKIPPED}")

@@ -16,7 +16,6 @@ float values in ``[0, data_range]`` (``data_range`` 1 for the trainer's images).
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Literal
@@ -139,11 +138,6 @@ def ssim(img1: torch.Tensor, img2: torch.Tensor, window_size: int = 11, sigma: f
         return m.mean()
     per = m.flatten(1).mean(1)
     return per[0] if img1.dim() == 3 else per
-
-
-def psnr_from_mse(value: float, data_range: float = 1.0) -> float:
-    """PSNR in dB of a mean squared error given as a Python float (``inf`` for 0)."""
-    return math.inf if value <= 0 else 10.0 * math.log10(data_range ** 2 / value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,9 +315,3 @@ def _lpips_batch(img: torch.Tensor) -> torch.Tensor:
         return img.permute(0, 3, 1, 2)
     raise ValueError(f"expected an RGB image [H, W, 3] or a batch [B, 3, H, W], got shape "
                      f"{tuple(img.shape)}")
-
-
-def lpips(img1: torch.Tensor, img2: torch.Tensor, model: LPIPS) -> torch.Tensor:
-    """LPIPS distance (see :class:`LPIPS`) with a model from :meth:`LPIPS.from_file`."""
-    with torch.no_grad():
-        return model(img1, img2)

@@ -320,12 +320,13 @@ class TrainStage(Stage):
             shutil.rmtree(root)  # forced, or a model of an earlier SfM: stale
         tr = run_train(run.config.train, run.scene(), root, run.events,
                        scene_config=run.config.scene, resume=True, step_hook=run.step_hook,
-                       should_stop=run.should_stop)
+                       should_stop=run.should_stop, score_held_out=False)  # EvalStage does
         run.result.num_gaussians = tr.num_gaussians
 
 
 class EvalStage(Stage):
-    """The final PLY on the held-out views -> ``eval/`` and ``metrics.json``'s ``eval``."""
+    """The final PLY on the held-out views -> ``eval/`` and ``metrics.json``'s ``eval`` (and
+    its ``test``, which the trainer leaves to this stage: the views are scored once)."""
 
     name = "eval"
 
@@ -344,7 +345,8 @@ class EvalStage(Stage):
 
         self._record(run, run_eval(run.model.root, run.events, iteration=run.result.step,
                                    lpips_weights=run.config.eval.lpips_weights,
-                                   device=run.config.train.device, scene=run.scene()))
+                                   device=run.config.train.device, scene=run.scene(),
+                                   masked=run.config.train.eval_masked))
 
     @staticmethod
     def _record(run: Run, ev: dict[str, Any]) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,3 +60,23 @@ def read_input_bytes(path: str | Path) -> bytes:
         raise InputError(path, "file not found") from None
     except OSError as e:
         raise InputError(path, f"cannot read file ({e.strerror or e})") from None
+
+
+@contextmanager
+def sigint_handler(handler) -> Iterator[None]:
+    """Within the block, Ctrl-C (SIGINT) calls ``handler(signum, frame)`` instead of the
+    current handler, which is put back on exit. Outside the main thread, or where signals
+    cannot be set (an embedded interpreter), nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not allowed here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

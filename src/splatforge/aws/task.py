@@ -355,14 +355,6 @@ class StatusReporter:
 
 # -- the stages -------------------------------------------------------------------------------
 
-class StageFailed(Exception):
-    """A stage of the task failed; ``stage`` names it, the cause is chained."""
-
-    def __init__(self, stage: str, message: str):
-        super().__init__(message)
-        self.stage = stage
-
-
 def plan_task_input(path: Path, spec: Any, origin: str, events: Any = None) -> Any:
     """The downloaded input planned once (:func:`splatforge.pipeline.plan_input`: the config
     resolved, the input classified, messages naming ``origin``), and a posed dataset read

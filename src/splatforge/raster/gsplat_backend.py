@@ -118,11 +118,6 @@ def gsplat_unavailable_reason() -> str | None:
     return _state["reason"] if _state["checked"] else None
 
 
-def _reset_cache_for_tests() -> None:
-    with _lock:
-        _state.update(checked=False, ok=False, reason=None)
-
-
 def rasterize_gsplat(
     means: Tensor,
     quats: Tensor,

@@ -18,15 +18,8 @@ from .evaluate import evaluate_splats, render_view
 from .losses import mcmc_regularization, photometric_loss
 from .schedule import expon_lr, sh_degree_at
 from .state import TrainState, build_train_state
-from .strategies import TrainStrategy
-from .trainer import (
-    Trainer,
-    TrainingInterrupted,
-    TrainResult,
-    make_strategy,
-    resolve_backend,
-    resolve_device,
-)
+from .strategies import TrainStrategy, make_strategy
+from .trainer import Trainer, TrainingInterrupted, TrainResult, resolve_backend, resolve_device
 from .run import run_train
 
 __all__ = [

@@ -361,10 +361,12 @@ def _rank_main(rank: int, world: int, port: int, args: dict[str, Any], q: Any, s
         dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://",
                                 rank=rank, world_size=world, timeout=timedelta(minutes=30))
         model_dir = Path(args["model_dir"])
+        def send_event(ev):
+            _send(q, ("event", ev))
+
         events = None
         if rank == 0:
-            def events(ev):  # noqa: E306
-                _send(q, ("event", ev))
+            events = send_event
         else:
             scratch = Path(tempfile.mkdtemp(prefix=f"splatforge-rank{rank}-"))
             final = ModelDir(model_dir).point_cloud(cfg.max_steps)
@@ -378,7 +380,8 @@ def _rank_main(rank: int, world: int, port: int, args: dict[str, Any], q: Any, s
 
         trainer = DistributedTrainer(cfg, args["scene"], model_dir, events,
                                      args["scene_config"], stop_hook,
-                                     stop_requested=stop.is_set)
+                                     stop_requested=stop.is_set,
+                                     score_held_out=args["score_held_out"])
         try:
             result = trainer.run(args["resume"])
         except TrainingInterrupted as e:
@@ -408,7 +411,8 @@ def run_train_distributed(config: TrainConfig, scene: Any, model_dir: str | Path
                           scene_config: SceneConfig | None = None,
                           resume: bool | str | Path | None = None,
                           step_hook: Any = None,
-                          should_stop: Any = None) -> TrainResult:
+                          should_stop: Any = None, *,
+                          score_held_out: bool = True) -> TrainResult:
     """:func:`~splatforge.train.run_train` over ``config.gpus`` ranks (see the module
     docstring); same arguments, outputs, events and errors. ``should_stop`` is polled by the
     parent between messages; True stops every rank after the same step.
@@ -437,7 +441,7 @@ def run_train_distributed(config: TrainConfig, scene: Any, model_dir: str | Path
     probe = Trainer(config, scene, model_dir, events, scene_config)
     ckpt = probe.resolve_resume(resume)  # the same checkpoint for every rank
     args = {"config": config, "scene": scene, "model_dir": str(model_dir),
-            "scene_config": scene_config, "resume": ckpt}
+            "scene_config": scene_config, "resume": ckpt, "score_held_out": score_held_out}
     ctx = torch.multiprocessing.get_context("spawn")
     q = ctx.Queue()
     stop = ctx.Event()

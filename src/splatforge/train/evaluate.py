@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -70,7 +71,9 @@ def render_view(params: dict[str, torch.Tensor], scene: Scene, index: int, sh_de
 @torch.no_grad()
 def evaluate_splats(params: dict[str, torch.Tensor], scene: Scene, indices: list[int],
                     sh_degree: int, backend: str = "auto", antialiased: bool = False,
-                    images: Any = None, masks: Any = None) -> dict[str, Any]:
+                    images: Any = None, masks: Any = None,
+                    on_view: Callable[[int, dict[str, Any], torch.Tensor, torch.Tensor], None]
+                    | None = None) -> dict[str, Any]:
     """PSNR and SSIM of renders of ``indices`` against their photos, plain and
     colour-corrected.
 
@@ -87,6 +90,9 @@ def evaluate_splats(params: dict[str, torch.Tensor], scene: Scene, indices: list
         masks: optional ``masks(index) -> [H, W] bool | None``: score only the pixels inside
             the mask (PSNR over the masked pixels' MSE; SSIM map averaged over the mask; the
             colour fit on the masked pixels); views without a mask are scored whole.
+        on_view: optional ``on_view(k, row, render, gt)`` after the k-th view (1-based) is
+            scored, with its row (which it may extend: ``splatforge eval`` adds LPIPS),
+            the clamped render and the photo, both ``[H, W, 3]`` float in [0, 1].
 
     Returns:
         ``{"psnr": mean dB | None, "ssim": mean | None, "cc_psnr", "cc_ssim", "num_images": n,
@@ -112,6 +118,8 @@ def evaluate_splats(params: dict[str, torch.Tensor], scene: Scene, indices: list
         rows.append({"index": int(i), "name": scene.images[i].name,
                      "psnr": _psnr(r, gt, m), "ssim": _ssim(r, gt, m),
                      "cc_psnr": _psnr(rc, gt, m), "cc_ssim": _ssim(rc, gt, m)})
+        if on_view is not None:
+            on_view(len(rows), rows[-1], r, gt)
     n = len(rows)
 
     def mean(key):
@@ -126,6 +134,13 @@ def evaluate_splats(params: dict[str, torch.Tensor], scene: Scene, indices: list
         "masked": masks is not None,
         "images": rows,
     }
+
+
+def held_out_record(ev: dict[str, Any]) -> dict[str, Any]:
+    """The ``test`` entry of ``metrics.json`` from an :func:`evaluate_splats` result: ``psnr``
+    (dB), ``ssim``, ``cc_psnr``, ``cc_ssim``, ``masked``, ``num_images``, ``images``."""
+    return {k: ev[k] for k in ("psnr", "ssim", "cc_psnr", "cc_ssim", "masked", "num_images",
+                               "images")}
 
 
 def _psnr(r: torch.Tensor, gt: torch.Tensor, m: torch.Tensor | None) -> float:

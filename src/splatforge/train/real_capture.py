@@ -39,6 +39,11 @@ class MaskCache:
         self.device = device
         self._cache: dict[int, torch.Tensor | None] = {}
 
+    def keep(self, index: int) -> torch.Tensor | None:
+        """Image ``index``'s mask as ``[H, W]`` bool (True = scored), or None."""
+        m = self.get(index)
+        return None if m is None else m[..., 0] > 0.5
+
     def has_masks(self) -> bool:
         return any(im.mask_path is not None for im in self.scene.images)
 
@@ -175,7 +180,7 @@ class CaptureExtras:
         """``index -> [H, W] bool mask | None`` for masked evaluation (None when no masks)."""
         if not self.use_masks:
             return None
-        return lambda i: (None if self.masks.get(i) is None else self.masks.get(i)[..., 0] > 0.5)
+        return self.masks.keep
 
     def state_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -18,7 +18,8 @@ def run_train(config: TrainConfig, scene: Any, model_dir: str | Path,
               events: EventCallback | None = None, scene_config: SceneConfig | None = None,
               resume: bool | str | Path | None = None,
               step_hook: StepHook | None = None,
-              should_stop: Callable[[], bool] | None = None) -> TrainResult:
+              should_stop: Callable[[], bool] | None = None, *,
+              score_held_out: bool = True) -> TrainResult:
     """Train a 3DGS scene into ``model_dir`` (see the module docstring for the recipe/layout).
 
     Args:
@@ -39,6 +40,9 @@ def run_train(config: TrainConfig, scene: Any, model_dir: str | Path,
             the time it blocks is not counted as training time.
         should_stop: polled after every step; True stops training like Ctrl-C does (a
             checkpoint, then :class:`TrainingInterrupted`): a job's cancel or shutdown.
+        score_held_out: score the held-out views at the end into ``metrics.json``'s
+            ``test``; False when a later stage scores them (``reconstruct``'s eval stage, so
+            that they are rendered and scored once), leaving ``test`` None.
 
     Returns:
         :class:`TrainResult`.
@@ -53,6 +57,6 @@ def run_train(config: TrainConfig, scene: Any, model_dir: str | Path,
     """
     if config.gpus > 1:  # one scene on several ranks (splatforge.train.distributed)
         return run_train_distributed(config, scene, model_dir, events, scene_config, resume,
-                                     step_hook, should_stop)
+                                     step_hook, should_stop, score_held_out=score_held_out)
     return Trainer(config, scene, model_dir, events, scene_config, step_hook,
-                   should_stop).run(resume)
+                   should_stop, score_held_out=score_held_out).run(resume)

@@ -33,11 +33,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +48,7 @@ from ..events import Event, EventCallback, StageReporter
 from ..export.model_dir import ModelDir
 from ..metrics import psnr as psnr_fn
 from ..splats import splats_to_source_frame
-from ..util import atomic_write_text
+from ..util import atomic_write_text, sigint_handler
 from .checkpoint import (
     checkpoint_path,
     find_latest_checkpoint,
@@ -60,21 +57,15 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .data import ImageCache
-from .evaluate import camera_tensors, evaluate_splats, render_view
+from .evaluate import camera_tensors, evaluate_splats, held_out_record, render_view
 from .losses import GraphedPhotometricLoss, mcmc_regularization, photometric_loss
 from .optim import fused_adam_step, supports_fused_adam_step
 from .real_capture import CaptureExtras
 from .res_schedule import ResolutionSchedule, downscale_view
 from .schedule import expon_lr, sh_degree_at
 from .selective_adam import SelectiveAdamStepper, visible_gaussians
-from .state import (  # noqa: F401  (ADAM_EPS, SPARSE_GRAD_PARAMS, seed_everything: re-exported)
-    ADAM_EPS,
-    SPARSE_GRAD_PARAMS,
-    TrainState,
-    build_train_state,
-    seed_everything,
-)
-from .strategies import TrainStrategy, make_strategy  # noqa: F401  (make_strategy re-exported)
+from .state import SPARSE_GRAD_PARAMS, TrainState, build_train_state
+from .strategies import TrainStrategy
 from .triton_loss import fused_photometric_loss, triton_loss_available
 
 STAGE = "train"
@@ -245,30 +236,16 @@ class _SigintFlag:
     requested = False
 
 
-@contextmanager
-def _deferred_sigint(flag: _SigintFlag) -> Iterator[None]:
+def _deferred_sigint(flag: _SigintFlag):
     """In the main thread, make the first Ctrl-C set ``flag`` (the loop stops at the next step
     boundary, where the state is consistent); a second Ctrl-C interrupts at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)
 
     def handler(signum, frame):
         if flag.requested:
-            signal.signal(signal.SIGINT, previous)
             raise KeyboardInterrupt
         flag.requested = True
 
-    try:
-        signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not allowed here (embedded interpreter)
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return sigint_handler(handler)
 
 
 def _scene_fingerprint(scene, train_indices: list[int]) -> dict[str, Any]:
@@ -313,10 +290,14 @@ class Trainer:
     def __init__(self, config: TrainConfig, scene: Any, model_dir: str | Path,
                  events: EventCallback | None = None, scene_config: SceneConfig | None = None,
                  step_hook: StepHook | None = None,
-                 should_stop: Callable[[], bool] | None = None):
+                 should_stop: Callable[[], bool] | None = None, *,
+                 score_held_out: bool = True):
         self.config = config
         self.step_hook = step_hook
         self.should_stop = should_stop
+        #: score the held-out views at the end (False: a later stage scores them, as
+        #: ``reconstruct``'s eval stage does; ``metrics.json``'s ``test`` is then None)
+        self.score_held_out = score_held_out
         self.scene_config = scene_config or SceneConfig()
         self.model_dir = Path(model_dir)
         self.files = ModelDir(self.model_dir)
@@ -805,13 +786,13 @@ class Trainer:
                                      data_factor=self.scene_config.data_factor,
                                      device=str(self.device))
         self.extras.write_outputs(self.model_dir)  # sparse_refined/ with pose_opt
+        test = metrics["test"] or {}
         rep.finished(
             f"{self.step} steps, {metrics['num_gaussians']} Gaussians"
-            + (f", test PSNR {metrics['test']['psnr']:.2f} dB" if metrics["test"]["psnr"]
-               is not None else ""),
+            + (f", test PSNR {test['psnr']:.2f} dB" if test.get("psnr") is not None else ""),
             step=self.step, num_gaussians=metrics["num_gaussians"],
-            train_seconds=round(self.state.train_seconds, 3), psnr=metrics["test"]["psnr"],
-            ssim=metrics["test"]["ssim"])
+            train_seconds=round(self.state.train_seconds, 3), psnr=test.get("psnr"),
+            ssim=test.get("ssim"))
         return TrainResult(
             model_dir=self.model_dir, step=self.step,
             num_gaussians=self.num_gaussians, train_seconds=self.state.train_seconds,
@@ -906,16 +887,14 @@ class Trainer:
 
     def _final_metrics(self, speed: float) -> dict[str, Any]:
         t0 = time.perf_counter()
-        ev = self._evaluate()
+        ev = self._evaluate() if self.score_held_out else None
         metrics = {
             "step": self.step,
             "max_steps": self.config.max_steps,
             "num_gaussians": self.num_gaussians,
             "train_seconds": self.state.train_seconds,
             "steps_per_second": speed,
-            "test": {"psnr": ev["psnr"], "ssim": ev["ssim"], "cc_psnr": ev["cc_psnr"],
-                     "cc_ssim": ev["cc_ssim"], "masked": ev["masked"],
-                     "num_images": ev["num_images"], "images": ev["images"]},
+            "test": None if ev is None else held_out_record(ev),
             "appearance": self.config.appearance,
             "pose_opt": self.config.pose_opt,
             "eval_seconds": time.perf_counter() - t0,
@@ -927,7 +906,7 @@ class Trainer:
                             "decodes": self.session.images.decodes,
                             "train_image_bytes": self.session.images.total_bytes},
         }
-        if ev["num_images"]:
+        if ev is not None and ev["num_images"]:
             self._log({"step": self.step, "kind": "eval", "psnr": ev["psnr"], "ssim": ev["ssim"],
                        "num_images": ev["num_images"], "time": time.time()})
         atomic_write_text(self.files.metrics,

@@ -13,13 +13,12 @@
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from ..events import Event, EventCallback
+from ..util import sigint_handler
 from .data import DEFAULT_MAX_SPLATS, scene_cameras, scene_points
 from .server import DEFAULT_HOST, DEFAULT_PORT, SplatViewer
 
@@ -147,23 +146,10 @@ class LiveTrainingViewer:
         if self._stop_requested:
             raise KeyboardInterrupt
 
-    @contextmanager
-    def _ctrl_c_stops(self) -> Iterator[None]:
+    def _ctrl_c_stops(self):
         """While paused in the main thread, Ctrl-C stops training (with a checkpoint) instead
         of waiting for the next step, which would never come."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = signal.getsignal(signal.SIGINT)
-        try:
-            signal.signal(signal.SIGINT, lambda signum, frame: self.request_stop())
-        except ValueError:  # signals not allowed here
-            yield
-            return
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        return sigint_handler(lambda signum, frame: self.request_stop())
 
     def events(self, downstream: EventCallback | None = None) -> EventCallback:
         """An events callback that updates the page from ``progress`` events of the ``train``
