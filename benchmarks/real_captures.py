@@ -12,6 +12,16 @@ held-out view, and a side-by-side PNG ``photo | none | embedding | bilateral`` o
 
 ``combine`` mode builds the side-by-side PNG from the renders of earlier (separate) calls.
 
+``pinhole`` mode writes a copy of a COLMAP dataset (``--data``) as the scene loader reads it at
+``--data-factor``: undistorted, downsampled images and masks and a PINHOLE model (poses and
+points, no tracks), for a GPU machine without pycolmap (the undistortion needs it). Used to
+compare the appearance models on the dataset's LLFF poses and on our own SfM's poses
+(``splatforge sfm`` of the photos; its distorted model is ``<workspace>/.sfm_work/kept``)::
+
+    python benchmarks/real_captures.py pinhole --data ../shared/datasets/statue_of_liberty \
+        --data-factor 2 --out /tmp/statue_llff_half
+    python benchmarks/real_captures.py statue --data /tmp/statue_llff_half --data-factor 1 ...
+
 Usage (repository root; on a CUDA machine ``SPLATFORGE_GSPLAT_SO`` may point to a prebuilt
 gsplat)::
 
@@ -128,6 +138,46 @@ def run_statue(args) -> list[dict]:
     return rows
 
 
+def write_pinhole(data: Path, factor: int, out: Path) -> Path:
+    """The dataset at ``data`` as loaded at ``factor``, written to ``out`` as a PINHOLE COLMAP
+    dataset (``images/``, ``masks/``, ``sparse/0/``); returns ``out``."""
+    import shutil
+
+    import numpy as np
+
+    from splatforge.config import SceneConfig
+    from splatforge.scene import load_scene
+    from splatforge.scene.colmap import (ColmapCamera, ColmapImage, ColmapModel,
+                                         ColmapPoints3D, rotmat_to_qvec, write_model)
+
+    scene = load_scene(data, SceneConfig(data_factor=factor, cache_dir=out / "_cache",
+                                         normalize=False))
+    cams, imgs = {}, {}
+    for k, im in enumerate(scene.images, 1):
+        for src, sub in ((im.path, "images"), (im.mask_path, "masks")):
+            if src is not None:
+                (out / sub / im.name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, out / sub / im.name)
+        K = im.K
+        cams[k] = ColmapCamera(id=k, model="PINHOLE", width=im.width, height=im.height,
+                               params=np.array([K[0, 0], K[1, 1], K[0, 2], K[1, 2]]))
+        imgs[k] = ColmapImage(id=k, qvec=rotmat_to_qvec(im.viewmat[:3, :3]),
+                              tvec=im.viewmat[:3, 3].copy(), camera_id=k, name=im.name)
+    pts = ColmapPoints3D.empty()
+    n = len(scene.points)
+    pts = ColmapPoints3D(ids=np.arange(1, n + 1, dtype=np.int64),
+                         xyz=np.asarray(scene.points, np.float64),
+                         rgb=np.asarray(scene.points_rgb, np.uint8), errors=np.zeros(n),
+                         track_offsets=np.zeros(n + 1, np.int64),
+                         track_image_ids=pts.track_image_ids,
+                         track_point2D_idxs=pts.track_point2D_idxs)
+    (out / "sparse" / "0").mkdir(parents=True, exist_ok=True)
+    write_model(out / "sparse" / "0", ColmapModel(cams, imgs, pts))
+    shutil.rmtree(out / "_cache", ignore_errors=True)
+    print(f"wrote {out}: {len(imgs)} images, {n} points, data factor {factor}")
+    return out
+
+
 def print_table(rows: list[dict]) -> None:
     cols = ["appearance", "steps", "loop_s", "steps_per_s", "peak_gib", "gaussians", "psnr",
             "cc_psnr", "ssim", "cc_ssim", "masked_psnr", "masked_cc_psnr", "nerfw_psnr",
@@ -163,7 +213,7 @@ def combine(out: Path, png: Path) -> Path:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("mode", choices=["statue", "combine"])
+    ap.add_argument("mode", choices=["statue", "combine", "pinhole"])
     ap.add_argument("--data", default=os.environ.get("STATUE", "../shared/datasets/"
                                                                  "statue_of_liberty"))
     ap.add_argument("--appearance", nargs="+", default=list(KINDS), choices=KINDS)
@@ -185,6 +235,9 @@ def main(argv=None) -> int:
         args.steps = min(args.steps, 10)
     out = Path(args.out)
     png = Path(args.png) if args.png else out / "appearance.png"
+    if args.mode == "pinhole":
+        write_pinhole(Path(args.data), args.data_factor, out)
+        return 0
     if args.mode == "statue":
         run_statue(args)
     combine(out, png)
