@@ -45,9 +45,9 @@ def sceaux(tmp_path_factory):
 @pytest.fixture(scope="module")
 def plush(tmp_path_factory):
     ws = tmp_path_factory.mktemp("plush")
-    # one mapper thread: pycolmap's multi-threaded mapper is not deterministic (84/84 with one
-    # thread in every run seen; fewer in some multi-threaded runs)
-    res = run_sfm(SfmConfig(num_threads=1), DATASETS / "plush_dog" / "images_4", ws)
+    # all cores for extraction and matching; the mapper runs one thread by default
+    # (SfmConfig.mapping_threads: pycolmap's multi-threaded mapper is not repeatable)
+    res = run_sfm(SfmConfig(), DATASETS / "plush_dog" / "images_4", ws)
     return ws, res
 
 
@@ -312,7 +312,7 @@ def test_plush_dog_known_poses_match_full_sfm(plush, tmp_path):
     _, full = plush
     ws = tmp_path / "kp"
     events, cb = _collect()
-    res = run_sfm(SfmConfig(num_threads=1, pose_prior=PLUSH_MODEL),
+    res = run_sfm(SfmConfig(pose_prior=PLUSH_MODEL),
                   DATASETS / "plush_dog" / "images_4", ws, cb)
     assert res.mapping == "known poses"
     assert res.num_registered == 84 and res.unregistered == []

@@ -49,12 +49,12 @@ def sample_runs(tmp_path_factory, sample_recon):
     """The shipped sample through SfM three times with the preview preset's options: two
     direct ``run_sfm`` calls (the first two, which the tests compare), then the SfM stage of
     conftest's ``sample_recon`` (shared with test_pipeline): the same photos byte for byte
-    (ingest copies JPEGs unchanged) and the same options, with one extraction/matching
-    thread (which gives the same result at any count)."""
+    (ingest copies JPEGs unchanged) and the same options, all with one extraction/matching
+    thread (the count at which runs are identical; SfmConfig.num_threads)."""
     runs = []
-    for i in range(2):
+    for i in range(2):  # one thread: the count at which every run is the same (config.py)
         ws = tmp_path_factory.mktemp(f"sample{i}")
-        runs.append((ws, run_sfm(SfmConfig(**PREVIEW_SFM), SAMPLE, ws)))
+        runs.append((ws, run_sfm(SfmConfig(**PREVIEW_SFM, num_threads=1), SAMPLE, ws)))
     _, _, out = sample_recon
     shared = out / "workspace"
     assert json.loads((out / "model" / "config.json").read_text())["sfm"] == \

@@ -159,8 +159,10 @@ class SfmConfig(StageConfig):
                            "posed (otherwise SfM stops with the reasons, photo by photo).")
     num_threads: int = Field(-1, ge=-1, le=1024,
                              description="Threads for extraction, retrieval and matching "
-                                         "(-1 = all cores); these give the same result at any "
-                                         "count.")
+                                         "(-1 = all cores). 1 is fully repeatable (10 of 10 "
+                                         "runs of the shipped sample identical); with more, "
+                                         "rare runs differ (1 of 20 at 2 threads: the same "
+                                         "photos, one pose set 0.73 degrees off).")
     mapping_threads: int = Field(
         1, ge=-1, le=1024,
         description="Threads for mapping. 1 (the default) is repeatable: the same photos give "
