@@ -24,7 +24,7 @@ from splatforge.sfm import run_sfm
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 # Smaller SIFT settings than the defaults keep CPU matching of the 2832x2128 photos short in CI;
 # benchmarks/sfm.py measures the defaults.
-FAST = dict(max_image_size=1600, max_num_features=4096)
+FAST = dict(max_image_size=1024, max_num_features=4096)
 
 pytestmark = pytest.mark.slow
 
