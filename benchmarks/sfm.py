@@ -238,7 +238,7 @@ def train_psnr(ws: Path, steps: int, out: Path) -> float | None:
     kw.update(max_steps=steps, device="cpu", backend="torch", seed=0)
     kw["densify_until_iter"] = min(kw["densify_until_iter"], int(steps * 0.8))
     res = run_train(TrainConfig(**kw), scene, out / "model", scene_config=sc)
-    return res.metrics.get("psnr")
+    return (res.metrics.get("test") or {}).get("psnr")
 
 
 def _relative_rotations(ws: Path) -> dict[str, np.ndarray]:
