@@ -163,18 +163,11 @@ def write_pinhole(data: Path, factor: int, out: Path) -> Path:
                                params=np.array([K[0, 0], K[1, 1], K[0, 2], K[1, 2]]))
         imgs[k] = ColmapImage(id=k, qvec=rotmat_to_qvec(im.viewmat[:3, :3]),
                               tvec=im.viewmat[:3, 3].copy(), camera_id=k, name=im.name)
-    pts = ColmapPoints3D.empty()
-    n = len(scene.points)
-    pts = ColmapPoints3D(ids=np.arange(1, n + 1, dtype=np.int64),
-                         xyz=np.asarray(scene.points, np.float64),
-                         rgb=np.asarray(scene.points_rgb, np.uint8), errors=np.zeros(n),
-                         track_offsets=np.zeros(n + 1, np.int64),
-                         track_image_ids=pts.track_image_ids,
-                         track_point2D_idxs=pts.track_point2D_idxs)
+    pts = ColmapPoints3D.from_arrays(scene.points, scene.points_rgb)
     (out / "sparse" / "0").mkdir(parents=True, exist_ok=True)
     write_model(out / "sparse" / "0", ColmapModel(cams, imgs, pts))
     shutil.rmtree(out / "_cache", ignore_errors=True)
-    print(f"wrote {out}: {len(imgs)} images, {n} points, data factor {factor}")
+    print(f"wrote {out}: {len(imgs)} images, {len(pts)} points, data factor {factor}")
     return out
 
 

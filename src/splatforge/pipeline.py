@@ -206,7 +206,7 @@ class Run:
             from .scene import load_scene
 
             p = self.plan
-            if p is not None and p.scene is not None and p.scene_config == self.config.scene:
+            if p is not None and p.scene is not None and p.config.scene == self.config.scene:
                 self._scene = p.scene  # checked by the front door before the job started
             else:
                 self._scene = load_scene(self.result.dataset, self.config.scene, self.events)
@@ -441,9 +441,8 @@ class InputPlan:
         input: its one classification. media: what ingest reads. dataset: the posed dataset
             (None when SfM makes one).
         config: the resolved config (:func:`splatforge.presets.resolve_config`).
-        scene: the dataset as :meth:`load_scene` read it (None until then), with
-            ``scene_config`` the options it was read with; the run reuses it when its final
-            scene options are the same.
+        scene: the dataset as :meth:`load_scene` read it with ``config.scene`` (None until
+            then); the run reuses it when its final scene options are the same.
     """
 
     given: Path
@@ -453,7 +452,6 @@ class InputPlan:
     dataset: Path | None
     config: ReconstructConfig
     scene: Any = None
-    scene_config: Any = None
 
     def load_scene(self, events: EventCallback | None = None) -> Any:
         """Read the posed dataset now (to check it before the job starts); kept for the run.
@@ -469,7 +467,6 @@ class InputPlan:
         if self.dataset is None:
             raise InputError(None, f"{self.label}: not a posed dataset")
         self.scene = load_scene(self.dataset, self.config.scene, events)
-        self.scene_config = self.config.scene
         return self.scene
 
 

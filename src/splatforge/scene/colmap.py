@@ -180,6 +180,20 @@ class ColmapPoints3D:
             track_image_ids=np.zeros((0,), np.int64), track_point2D_idxs=np.zeros((0,), np.int64),
         )
 
+    @classmethod
+    def from_arrays(cls, xyz: np.ndarray, rgb: np.ndarray, ids: np.ndarray | None = None,
+                    errors: np.ndarray | None = None) -> "ColmapPoints3D":
+        """Points without tracks (e.g. to write a small model): ids default to 1..P."""
+        xyz = np.asarray(xyz, np.float64).reshape(-1, 3)
+        n = len(xyz)
+        return cls(
+            ids=np.arange(1, n + 1, dtype=np.int64) if ids is None else np.asarray(ids, np.int64),
+            xyz=xyz, rgb=np.asarray(rgb, np.uint8).reshape(-1, 3),
+            errors=np.zeros(n) if errors is None else np.asarray(errors, np.float64),
+            track_offsets=np.zeros(n + 1, np.int64),
+            track_image_ids=np.zeros((0,), np.int64), track_point2D_idxs=np.zeros((0,), np.int64),
+        )
+
     def __len__(self) -> int:
         return int(len(self.ids))
 

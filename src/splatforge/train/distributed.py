@@ -361,6 +361,7 @@ def _rank_main(rank: int, world: int, port: int, args: dict[str, Any], q: Any, s
         dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://",
                                 rank=rank, world_size=world, timeout=timedelta(minutes=30))
         model_dir = Path(args["model_dir"])
+
         def send_event(ev):
             _send(q, ("event", ev))
 
