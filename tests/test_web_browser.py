@@ -34,7 +34,7 @@ ARTIFACTS = ROOT / "test-artifacts" / "web"
 DOCS = ROOT / "docs"
 KEY = "web-test-key"
 WINDOW = (1000, 900)
-#: the WebGL view's clear colour (static/splat.js ``background``), 0-255
+#: the WebGL view's clear colour (static/splat-view.js ``background``), 0-255
 VIEW_BACKGROUND = np.array([0.08, 0.09, 0.11]) * 255
 
 
