@@ -147,6 +147,12 @@ class SfmConfig(StageConfig):
                           "matching; left-over photos are always re-matched guided.")
     mapping: Literal["incremental", "global"] = Field(
         "incremental", description="incremental (COLMAP) or global (GLOMAP, merged in COLMAP).")
+    filter_max_reproj_error: float = Field(
+        2.0, gt=0.0, le=100.0,
+        description="Incremental mapping: observations whose reprojection error exceeds this "
+                    "many pixels are dropped after each bundle adjustment (COLMAP's "
+                    "Mapper.filter_max_reproj_error, whose default is 4). 2 is the more "
+                    "accurate: lego's median rotation error 0.14 degrees against 0.22 with 4.")
     relaxed_retry: bool = Field(
         True,
         description="If the kept model leaves out images that overlap the main group, try "

@@ -94,6 +94,7 @@ def _incremental_options(pycolmap: Any, config: SfmConfig, relaxed: bool, rig: b
     opts.mapper.random_seed = config.seed
     opts.mapper.num_threads = config.mapping_threads
     opts.triangulation.random_seed = config.seed
+    opts.mapper.filter_max_reproj_error = config.filter_max_reproj_error
     if relaxed:
         for k, v in RELAXED_MAPPER.items():
             setattr(opts.mapper, k, v)
