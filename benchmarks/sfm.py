@@ -222,8 +222,10 @@ def pose_errors(ws: Path, ref: Path) -> dict:
       (:func:`rotation_mean` of ``R_ref_i R_est_i^T``), then scale and translation to the
       centres by least squares. Valid for any camera layout.
     - ``rot_err_umeyama_deg``: rotation, scale and translation fitted to the centres alone
-      (:func:`umeyama`), as in the earlier tables; undetermined when the centres are nearly
-      collinear (a short arc of video frames), where it reports tens of degrees.
+      (:func:`umeyama`), as in the earlier tables. Any centre that disagrees with the
+      reference tilts its rotation: on beer_phone, where a stretch of both our trajectories
+      sits 38 % of the radius away from the dataset's model, it reports 64-69 degrees while
+      the orientations agree within 0.5.
     """
     est, gt = _estimated_poses(ws), _reference_poses(ref)
     names = sorted(set(est) & set(gt))

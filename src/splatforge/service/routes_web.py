@@ -9,7 +9,8 @@ as ``Authorization: Bearer <key>`` on every call):
 * ``/ui/jobs/{job_id}``: live progress from ``GET /jobs/{id}/events`` (stage, step k of n,
   ETA, loss/PSNR sparklines), the log, cancel, the error with its stage;
 * ``/ui/scenes/{scene_id}``: the result: metrics, held-out renders, downloads, a WebGL view
-  of ``scene.splat`` (``static/splat-view.js``), camera-path videos (``POST /scenes/{id}/renders``).
+  of ``scene.splat`` (``static/splat-view.js``), camera-path videos
+  (``POST /scenes/{id}/renders``).
 
 The pages and ``/ui/static/*`` need no API key (:func:`is_web_page`), since a browser cannot
 send one when it navigates; they hold no data. Everything is local (no CDN).
