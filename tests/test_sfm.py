@@ -20,6 +20,7 @@ from splatforge.config import IngestConfig, SfmConfig
 from splatforge.errors import InputError, SfmError
 from splatforge.events import Event
 from splatforge.sfm import run_sfm
+from splatforge.sfm.mapping import resolve_mapping
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 # Smaller SIFT settings than the defaults keep CPU matching of the 2832x2128 photos short in CI;
@@ -281,10 +282,23 @@ def plush_subset(tmp_path_factory):
     return src
 
 
+def test_mapping_auto_resolves_by_image_count():
+    auto = SfmConfig(global_min_images=200)
+    assert auto.mapping == "auto"
+    assert resolve_mapping(auto, 199) == "incremental"
+    assert resolve_mapping(auto, 200) == "global"
+    assert resolve_mapping(auto, 500, rig=True) == "incremental"  # 360 rigs map incrementally
+    assert resolve_mapping(SfmConfig(mapping="incremental"), 500) == "incremental"
+    assert resolve_mapping(SfmConfig(mapping="global"), 16) == "global"
+
+
 def test_global_mapping_glomap(plush_subset, tmp_path):
-    res = run_sfm(SfmConfig(mapping="global", max_num_features=2048), plush_subset,
+    # auto mapping with the threshold at the set's size: the first rung is global mapping
+    res = run_sfm(SfmConfig(global_min_images=16, max_num_features=2048), plush_subset,
                   tmp_path / "ws")
     assert res.mapping == "global"
+    assert res.attempts[0]["method"] == "global"
+    assert json.loads((tmp_path / "ws/sfm.json").read_text())["mapping"] == "global"
     assert res.num_registered >= 12, res.unregistered
     assert res.mean_reprojection_error < 2.0
     assert (tmp_path / "ws/sparse/0/images.bin").is_file()

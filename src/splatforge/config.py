@@ -145,14 +145,29 @@ class SfmConfig(StageConfig):
                           "exhaustive matching (small sets, where it decides whether weak "
                           "pairs link) and with pose_prior, off for retrieval and sequential "
                           "matching; left-over photos are always re-matched guided.")
-    mapping: Literal["incremental", "global"] = Field(
-        "incremental", description="incremental (COLMAP) or global (GLOMAP, merged in COLMAP).")
+    mapping: Literal["auto", "incremental", "global"] = Field(
+        "auto",
+        description="incremental (COLMAP), global (GLOMAP, merged in COLMAP), or auto: "
+                    "incremental below global_min_images images, global from there on. "
+                    "Global mapping solves all rotations, then all positions, then one bundle "
+                    "adjustment; incremental mapping adds one image at a time with repeated "
+                    "bundle adjustments, whose cost grows fastest with the image count. "
+                    "Measured on one database each (2 cores): lego (100 views) 10.6 s "
+                    "against 31.9 s at 0.16 against 0.13 degrees median rotation error; fox "
+                    "(67 frames) 37 s against 131 s at 0.17 against 0.19 degrees; 260 video "
+                    "frames 73 s against 148 s.")
+    global_min_images: int = Field(
+        200, ge=3, le=1_000_000,
+        description="auto mapping: global mapping from this many images on.")
     filter_max_reproj_error: float = Field(
         2.0, gt=0.0, le=100.0,
-        description="Incremental mapping: observations whose reprojection error exceeds this "
-                    "many pixels are dropped after each bundle adjustment (COLMAP's "
-                    "Mapper.filter_max_reproj_error, whose default is 4). 2 is the more "
-                    "accurate: lego's median rotation error 0.14 degrees against 0.22 with 4.")
+        description="Observations whose reprojection error exceeds this many pixels are "
+                    "dropped: after each bundle adjustment of incremental mapping (COLMAP's "
+                    "Mapper.filter_max_reproj_error, whose default is 4), and from global "
+                    "mapping's tracks (at the extraction size; GLOMAP's default is 1 % of the "
+                    "focal length). 2 is the more accurate: lego's median rotation error 0.14 "
+                    "degrees against 0.22 with 4 (incremental), 0.149 against 0.161 with "
+                    "GLOMAP's default (global).")
     relaxed_retry: bool = Field(
         True,
         description="If the kept model leaves out images that overlap the main group, try "

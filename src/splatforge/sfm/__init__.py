@@ -35,7 +35,7 @@ from ..config import IngestConfig, SfmConfig
 from ..errors import InputError, SfmError
 from ..events import EventCallback, StageReporter
 from ..util import atomic_write_text
-from .mapping import RELAXED_MAPPER, map_complete, registered_names
+from .mapping import RELAXED_MAPPER, map_complete, registered_names, resolve_mapping
 from .matching import match_pairs, plan_pairs, rematch_pairs, verification_options
 from .priors import PosePrior, read_pose_priors, triangulate_with_priors
 from .retrieval import retrieval_pairs
@@ -306,6 +306,7 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
     db_path = work / "database.db"
     matching = _resolve_matching(config, num_images, is_video, rep, priors is not None)
     guided = _guided(config, matching, priors is not None)
+    mapping = resolve_mapping(config, num_images, rig=views is not None)
     peak = sift_peak_threshold(config, input_dir, frame_names)  # 360: the frames' size
     skipped: list[str] = []
     ranked: dict[str, list[str]] | None = None
@@ -313,7 +314,7 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
     def save_state() -> None:
         atomic_write_text(state_path, json.dumps(state, indent=1))
 
-    rep.started(f"{num_images} images, matching {matching}, mapping {config.mapping}",
+    rep.started(f"{num_images} images, matching {matching}, mapping {mapping}",
                 images=num_images)
     rep.start_steps("sfm steps", len(STEPS))
 
@@ -458,7 +459,7 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
             return n, set(graph.largest)
 
         out = map_complete(pycolmap, config, db_path, image_dir, work, events, num_images,
-                           target, rig=views is not None,
+                           target, mapping=mapping, rig=views is not None,
                            rematch=None if views is not None else rematch,
                            all_names=set(graph.names))
         best, method, n_models, attempts = (out.model, out.method, out.num_models,
@@ -511,7 +512,7 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
         mean_track_length=round(float(best.compute_mean_track_length()), 3),
         unregistered=[n for n in image_names if n not in reg_names],
         matching=matching,
-        mapping="known poses" if priors is not None else config.mapping,
+        mapping="known poses" if priors is not None else mapping,
         num_models=n_models,
         relaxed=method not in ("incremental", "global", "known poses"),
         seconds=seconds,
