@@ -152,10 +152,11 @@ class SfmConfig(StageConfig):
                     "Global mapping solves all rotations, then all positions, then one bundle "
                     "adjustment; incremental mapping adds one image at a time with repeated "
                     "bundle adjustments, whose cost grows fastest with the image count. "
-                    "Measured on one database each (2 cores): lego (100 views) 10.6 s "
-                    "against 31.9 s at 0.16 against 0.13 degrees median rotation error; fox "
-                    "(67 frames) 37 s against 131 s at 0.17 against 0.19 degrees; 260 video "
-                    "frames 73 s against 148 s.")
+                    "Measured on one database each (2 cores, global with its 2 px track "
+                    "filter): lego (100 views) 8.7 s against 31.9 s at 0.149 against 0.131 "
+                    "degrees median rotation error; fox (67 frames extracted at 1024 px) 33 s "
+                    "against 131 s at 0.187 against 0.190 degrees; 260 video frames 62 s "
+                    "against 148 s.")
     global_min_images: int = Field(
         200, ge=3, le=1_000_000,
         description="auto mapping: global mapping from this many images on.")
