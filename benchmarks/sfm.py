@@ -271,7 +271,9 @@ def train_psnr(ws: Path, steps: int, out: Path, seed: int = 0) -> float | None:
     kw = PRESETS["preview"].train.model_dump(exclude_unset=True)
     kw.update(max_steps=steps, device="cpu", backend="torch", seed=seed)
     kw["densify_until_iter"] = min(kw["densify_until_iter"], int(steps * 0.8))
-    res = run_train(TrainConfig(**kw), scene, out / f"model_seed{seed}", scene_config=sc)
+    model = out / f"model_seed{seed}"
+    shutil.rmtree(model, ignore_errors=True)  # a fresh training, also on a re-run
+    res = run_train(TrainConfig(**kw), scene, model, scene_config=sc)
     return (res.metrics.get("test") or {}).get("psnr")
 
 
