@@ -247,8 +247,7 @@ def map_complete(pycolmap: Any, config: SfmConfig, db_path: Path, image_dir: Pat
         best.write_binary(str(seed_dir))
         attempt(method, input_path=seed_dir)
 
-    first = "global" if mapping == "global" else "incremental"
-    attempt(first)
+    attempt(mapping)
     ladder = config.relaxed_retry
     if ladder and missing() and best is not None and not rig:
         # Cheapest first: continue from the kept model with relaxed thresholds (registers
@@ -267,7 +266,7 @@ def map_complete(pycolmap: Any, config: SfmConfig, db_path: Path, image_dir: Pat
         rep.info(f"{len(left)} images left out: matched them against more "
                  f"neighbours ({n_new} new pairs) and continued mapping from the kept model")
         extend("rematch+extend")
-    if ladder and missing() and first != "global" and not rig:
+    if ladder and missing() and mapping != "global" and not rig:
         rep.info(f"{len(missing())} poseable images still left out: trying global mapping")
         attempt("global")
     return MapOutcome(best, best_method, best_models, attempts)
