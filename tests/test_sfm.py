@@ -19,8 +19,8 @@ import pytest
 from splatforge.config import IngestConfig, SfmConfig
 from splatforge.errors import InputError, SfmError
 from splatforge.events import Event
-from splatforge.sfm import run_sfm
-from splatforge.sfm.mapping import resolve_mapping
+from splatforge.sfm import run_sfm, sift_first_octave
+from splatforge.sfm.mapping import mapping_threads, resolve_mapping, run_mapper
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 # Smaller SIFT settings than the defaults keep CPU matching of the 2832x2128 photos short in CI;
@@ -290,6 +290,52 @@ def test_mapping_auto_resolves_by_image_count():
     assert resolve_mapping(auto, 500, rig=True) == "incremental"  # 360 rigs map incrementally
     assert resolve_mapping(SfmConfig(mapping="incremental"), 500) == "incremental"
     assert resolve_mapping(SfmConfig(mapping="global"), 16) == "global"
+
+
+def test_large_sets_extract_at_their_size_and_map_globally_on_all_cores():
+    auto = SfmConfig(global_min_images=200)
+    assert auto.sift_first_octave is None and auto.mapping_threads is None
+    # a large set of large images starts SIFT at the image's own size; small sets or small
+    # images keep COLMAP's doubled first octave
+    assert sift_first_octave(auto, 1280, 260) == 0
+    assert sift_first_octave(auto, 1280, 199) == -1
+    assert sift_first_octave(auto, 999, 500) == -1
+    assert sift_first_octave(auto, 1440, 500, rig=True) == -1
+    assert sift_first_octave(SfmConfig(sift_first_octave=-1), 1280, 260) == -1
+    assert sift_first_octave(SfmConfig(sift_first_octave=0), 400, 10) == 0
+    assert mapping_threads(auto, "incremental") == 1
+    assert mapping_threads(auto, "global") == -1
+    assert mapping_threads(SfmConfig(mapping_threads=3), "global") == 3
+
+
+def test_large_set_profile_on_video_frames(tmp_path):
+    """20 beer_phone frames (720x1280) as a "large" set: SIFT starts at octave 0, every frame
+    registers globally, and global mapping on all cores gives the 1-thread poses."""
+    src = tmp_path / "frames"
+    src.mkdir()
+    for p in sorted((DATASETS / "beer_phone" / "images").iterdir())[:40:2]:
+        shutil.copy(p, src / p.name)
+    res = run_sfm(SfmConfig(global_min_images=20), src, tmp_path / "ws")
+    saved = json.loads((tmp_path / "ws/sfm.json").read_text())
+    assert saved["first_octave"] == 0 and saved["mapping"] == "global"
+    assert res.num_registered == 20, res.unregistered
+    assert res.mean_reprojection_error < 1.0
+
+    import pycolmap
+
+    db = tmp_path / "ws/.sfm_work/database.db"
+    rots = []
+    for threads in (1, None):  # one thread, then the default (all cores)
+        cfg = SfmConfig(global_min_images=20, mapping_threads=threads)
+        models = run_mapper(pycolmap, cfg, db, tmp_path / "ws/input", tmp_path / f"m{threads}",
+                            None, 20, "global")
+        rec = max(models.values(), key=lambda r: r.num_reg_images())
+        rots.append({im.name: im.cam_from_world().rotation.matrix()
+                     for im in rec.images.values() if im.has_pose})
+    assert sorted(rots[0]) == sorted(rots[1])
+    for n in rots[0]:
+        c = (np.trace(rots[0][n].T @ rots[1][n]) - 1) / 2
+        assert np.degrees(np.arccos(np.clip(c, -1, 1))) < 0.01, n
 
 
 def test_global_mapping_glomap(plush_subset, tmp_path):

@@ -57,7 +57,8 @@ PEAK_THRESHOLD_SMALL = 0.002
 #: Extraction sizes (longer side, px) below this use :data:`PEAK_THRESHOLD_SMALL`.
 SMALL_EXTRACTION_SIZE = 1000
 
-__all__ = ["RELAXED_MAPPER", "SfmResult", "run_sfm", "read_sfm_json", "sift_peak_threshold"]
+__all__ = ["RELAXED_MAPPER", "SfmResult", "run_sfm", "read_sfm_json", "extraction_size",
+           "sift_first_octave", "sift_peak_threshold"]
 
 
 @dataclass
@@ -87,6 +88,7 @@ class SfmResult:
             ``no_overlap``, ``separate_group``, ``not_posed``, ``not_read``), a message in
             plain words and the numbers behind it (features, verified neighbours, component).
         peak_threshold: the SIFT peak threshold used.
+        first_octave: the first octave of SIFT's scale space (-1: the image doubled first).
         seconds: wall-clock seconds per step (``ingest``, ``extract``, ``match``, ``map``,
             ``undistort``); a step skipped on resume has no entry.
         skipped_steps: steps reused from an earlier run of the same workspace.
@@ -113,6 +115,7 @@ class SfmResult:
     view_graph: dict[str, Any] = field(default_factory=dict)
     left_out: list[dict[str, Any]] = field(default_factory=list)
     peak_threshold: float = 0.0
+    first_octave: int = -1
 
 
 def _fingerprint(images_dir: Path, config: SfmConfig) -> str:
@@ -126,8 +129,8 @@ def _fingerprint(images_dir: Path, config: SfmConfig) -> str:
         with open(p, "rb") as f:
             h.update(hashlib.file_digest(f, "sha1").digest())
     keys = ("camera_model", "single_camera", "max_image_size", "max_num_features",
-            "sift_peak_threshold", "equirect_detect", "equirect_layout", "equirect_num_views", "equirect_fov",
-            "equirect_size")
+            "sift_peak_threshold", "sift_first_octave", "global_min_images", "equirect_detect",
+            "equirect_layout", "equirect_num_views", "equirect_fov", "equirect_size")
     opts = {k: getattr(config, k) for k in keys}
     opts["pose_prior"] = config.pose_prior is not None  # one camera per image with priors
     h.update(json.dumps(opts, sort_keys=True).encode())
@@ -152,18 +155,10 @@ def _guided(config: SfmConfig, matching: str, priors: bool) -> bool:
     return matching == "exhaustive" or priors
 
 
-def sift_peak_threshold(config: SfmConfig, image_dir: Path, names: list[str]) -> float:
-    """The SIFT peak threshold for these images: ``config.sift_peak_threshold`` when set,
-    else chosen from the extraction size (the longer side of the largest image, capped at
-    ``max_image_size``).
-
-    Below :data:`SMALL_EXTRACTION_SIZE` px, COLMAP's default threshold (0.0067) leaves too few
-    features: the shipped sample (375x250) gave a median of 192 per photo and 4 photos with
-    no verified neighbour; at 0.002 the median is 378 and all 84 photos form one group
-    (measured, benchmarks/NOTES.md).
-    """
-    if config.sift_peak_threshold is not None:
-        return config.sift_peak_threshold
+def extraction_size(config: SfmConfig, image_dir: Path, names: list[str]) -> int:
+    """The longer side (px) SIFT sees: the largest of these images' longer sides (from a
+    sample of up to 16 of them), capped at ``config.max_image_size``; the cap itself when
+    none can be read."""
     from PIL import Image
 
     longest = 0
@@ -173,8 +168,38 @@ def sift_peak_threshold(config: SfmConfig, image_dir: Path, names: list[str]) ->
                 longest = max(longest, *im.size)
         except OSError:
             continue
-    size = min(longest, config.max_image_size) if longest else config.max_image_size
+    return min(longest, config.max_image_size) if longest else config.max_image_size
+
+
+def sift_peak_threshold(config: SfmConfig, size: int) -> float:
+    """The SIFT peak threshold: ``config.sift_peak_threshold`` when set, else chosen from the
+    extraction size ``size`` (px, :func:`extraction_size`).
+
+    Below :data:`SMALL_EXTRACTION_SIZE` px, COLMAP's default threshold (0.0067) leaves too few
+    features: the shipped sample (375x250) gave a median of 192 per photo and 4 photos with
+    no verified neighbour; at 0.002 the median is 378 and all 84 photos form one group
+    (measured, benchmarks/NOTES.md).
+    """
+    if config.sift_peak_threshold is not None:
+        return config.sift_peak_threshold
     return PEAK_THRESHOLD_SMALL if size < SMALL_EXTRACTION_SIZE else PEAK_THRESHOLD_DEFAULT
+
+
+def sift_first_octave(config: SfmConfig, size: int, num_images: int, rig: bool = False) -> int:
+    """The first octave of SIFT's scale space: ``config.sift_first_octave`` when set, else 0
+    for a set of ``config.global_min_images`` images or more extracted at
+    :data:`SMALL_EXTRACTION_SIZE` px or more (not a 360 rig), and COLMAP's -1 otherwise.
+
+    Octave -1 doubles the image before the difference-of-Gaussians pyramid (Lowe, IJCV 2004,
+    section 3.3: it quadruples the stable keypoints found), at about 4x the pixels. On 260
+    video frames of 720x1280 (2 cores), octave 0 extracts in 24 s instead of 62 s with a median
+    of 610 instead of 1586 features per frame, and SfM still registers all 260 (benchmarks/
+    sfm.py, README "SfM at scale").
+    """
+    if config.sift_first_octave is not None:
+        return config.sift_first_octave
+    large = num_images >= config.global_min_images and size >= SMALL_EXTRACTION_SIZE
+    return 0 if large and not rig else -1
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -307,7 +332,9 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
     matching = _resolve_matching(config, num_images, is_video, rep, priors is not None)
     guided = _guided(config, matching, priors is not None)
     mapping = resolve_mapping(config, num_images, rig=views is not None)
-    peak = sift_peak_threshold(config, input_dir, frame_names)  # 360: the frames' size
+    size = extraction_size(config, input_dir, frame_names)  # 360: the frames' size
+    peak = sift_peak_threshold(config, size)
+    first_octave = sift_first_octave(config, size, num_images, rig=views is not None)
     skipped: list[str] = []
     ranked: dict[str, list[str]] | None = None
 
@@ -335,6 +362,7 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
         ext.use_gpu = bool(pycolmap.has_cuda)  # GPU SIFT with the CUDA build of pycolmap
         ext.sift.max_num_features = config.max_num_features
         ext.sift.peak_threshold = peak
+        ext.sift.first_octave = first_octave
         sub = StageReporter("sfm", events)
         sub.start_steps("extract features (images)", num_images)
         if views is not None:
@@ -524,6 +552,7 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
         view_graph=graph.summary(),
         left_out=left_out,
         peak_threshold=peak,
+        first_octave=first_octave,
     )
     _publish(workspace, und, work)
     atomic_write_text(workspace / "sfm.json", json.dumps(asdict(result), indent=2))
