@@ -20,7 +20,7 @@ from splatforge.config import IngestConfig, SfmConfig
 from splatforge.errors import InputError, SfmError
 from splatforge.events import Event
 from splatforge.sfm import run_sfm, sift_first_octave
-from splatforge.sfm.mapping import mapping_threads, resolve_mapping, run_mapper
+from splatforge.sfm.mapping import resolve_mapping, run_mapper
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 # Smaller SIFT settings than the defaults keep CPU matching of the 2832x2128 photos short in CI;
@@ -292,9 +292,9 @@ def test_mapping_auto_resolves_by_image_count():
     assert resolve_mapping(SfmConfig(mapping="global"), 16) == "global"
 
 
-def test_large_sets_extract_at_their_size_and_map_globally_on_all_cores():
+def test_large_sets_extract_sift_at_their_own_size():
     auto = SfmConfig(global_min_images=200)
-    assert auto.sift_first_octave is None and auto.mapping_threads is None
+    assert auto.sift_first_octave is None
     # a large set of large images starts SIFT at the image's own size; small sets or small
     # images keep COLMAP's doubled first octave
     assert sift_first_octave(auto, 1280, 260) == 0
@@ -303,14 +303,11 @@ def test_large_sets_extract_at_their_size_and_map_globally_on_all_cores():
     assert sift_first_octave(auto, 1440, 500, rig=True) == -1
     assert sift_first_octave(SfmConfig(sift_first_octave=-1), 1280, 260) == -1
     assert sift_first_octave(SfmConfig(sift_first_octave=0), 400, 10) == 0
-    assert mapping_threads(auto, "incremental") == 1
-    assert mapping_threads(auto, "global") == -1
-    assert mapping_threads(SfmConfig(mapping_threads=3), "global") == 3
 
 
 def test_large_set_profile_on_video_frames(tmp_path):
     """20 beer_phone frames (720x1280) as a "large" set: SIFT starts at octave 0, every frame
-    registers globally, and global mapping on all cores gives the 1-thread poses."""
+    registers globally, and global mapping of the same database gives the same poses again."""
     src = tmp_path / "frames"
     src.mkdir()
     for p in sorted((DATASETS / "beer_phone" / "images").iterdir())[:40:2]:
@@ -325,10 +322,9 @@ def test_large_set_profile_on_video_frames(tmp_path):
 
     db = tmp_path / "ws/.sfm_work/database.db"
     rots = []
-    for threads in (1, None):  # one thread, then the default (all cores)
-        cfg = SfmConfig(global_min_images=20, mapping_threads=threads)
-        models = run_mapper(pycolmap, cfg, db, tmp_path / "ws/input", tmp_path / f"m{threads}",
-                            None, 20, "global")
+    for run in (1, 2):
+        models = run_mapper(pycolmap, SfmConfig(global_min_images=20), db, tmp_path / "ws/input",
+                            tmp_path / f"m{run}", None, 20, "global")
         rec = max(models.values(), key=lambda r: r.num_reg_images())
         rots.append({im.name: im.cam_from_world().rotation.matrix()
                      for im in rec.images.values() if im.has_pose})

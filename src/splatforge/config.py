@@ -194,14 +194,12 @@ class SfmConfig(StageConfig):
                                          "runs of the shipped sample identical); with more, "
                                          "rare runs differ (1 of 20 at 2 threads: the same "
                                          "photos, one pose set 0.73 degrees off).")
-    mapping_threads: int | None = Field(
-        None, ge=-1, le=1024,
-        description="Threads for mapping (-1 = all cores). Default: 1 for incremental "
-                    "mapping, all cores for global mapping. COLMAP's multi-threaded "
-                    "incremental mapper is not repeatable (two identical 2-thread runs of "
-                    "the shipped sample differed by up to 54 degrees on one photo); its "
-                    "global mapper is (three 2-thread runs on 260 video frames gave the "
-                    "poses of the 1-thread run, in 23 s against 32 s).")
+    mapping_threads: int = Field(
+        1, ge=-1, le=1024,
+        description="Threads for mapping. 1 (the default) is repeatable: the same photos give "
+                    "the same poses in every run. More threads (-1 = all cores) map faster but "
+                    "not repeatably: two identical 2-thread runs of the shipped sample differed "
+                    "by up to 54 degrees on one photo.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Random seed for the mapper.")
 
     @model_validator(mode="after")

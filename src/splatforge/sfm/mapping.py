@@ -22,11 +22,10 @@ when it misses photos (measured: on 16 plush_dog photos matched unguided, GLOMAP
 averaging failed outright).
 
 The mapper is seeded (``random_seed`` in the pipeline, mapper and triangulator options) and runs
-on :func:`mapping_threads` threads: incremental mapping on one by default, since with one
-thread the same database and options give the same model in every run and COLMAP's
-multi-threaded incremental mapper does not (measured: two 2-thread runs of the shipped sample
-on one database differed by up to 54 degrees on one photo, two 1-thread runs by 2e-6 degrees);
-global mapping on all cores, which gave the 1-thread poses in three runs out of three.
+on ``mapping_threads`` threads (1 by default): with one thread the same database and options
+give the same model in every run; COLMAP's multi-threaded mapper does not (measured: two
+2-thread runs of the shipped sample on one database differed by up to 54 degrees on one photo,
+two 1-thread runs by 2e-6 degrees).
 """
 
 from __future__ import annotations
@@ -102,21 +101,6 @@ def resolve_mapping(config: SfmConfig, num_images: int, rig: bool = False) -> st
     return "global" if num_images >= config.global_min_images else "incremental"
 
 
-def mapping_threads(config: SfmConfig, method: str) -> int:
-    """Threads for a ``method`` (``incremental`` | ``global``) mapper run:
-    ``config.mapping_threads`` when set, else 1 for incremental and -1 (all cores) for global
-    mapping.
-
-    Global mapping's solvers (Ceres) give the same result on any thread count: on 260 video
-    frames, three 2-thread runs gave the poses of the 1-thread run to within 0.001 degrees,
-    in 23 s against 32 s (2 cores). COLMAP's incremental mapper registers images in an order
-    that depends on thread timing, so it keeps one thread unless asked otherwise.
-    """
-    if config.mapping_threads is not None:
-        return config.mapping_threads
-    return -1 if method == "global" else 1
-
-
 def global_max_normalized_error(pycolmap: Any, config: SfmConfig, db_path: Path) -> float:
     """Global mapping's track filter (``max_normalized_reproj_error``, a reprojection error
     divided by the focal length) for ``config.filter_max_reproj_error`` pixels at the
@@ -144,10 +128,10 @@ def global_max_normalized_error(pycolmap: Any, config: SfmConfig, db_path: Path)
 
 def _incremental_options(pycolmap: Any, config: SfmConfig, relaxed: bool, rig: bool) -> Any:
     opts = pycolmap.IncrementalPipelineOptions()
-    opts.num_threads = mapping_threads(config, "incremental")
+    opts.num_threads = config.mapping_threads
     opts.random_seed = config.seed
     opts.mapper.random_seed = config.seed
-    opts.mapper.num_threads = mapping_threads(config, "incremental")
+    opts.mapper.num_threads = config.mapping_threads
     opts.triangulation.random_seed = config.seed
     opts.mapper.filter_max_reproj_error = config.filter_max_reproj_error
     if relaxed:
@@ -173,10 +157,10 @@ def run_mapper(pycolmap: Any, config: SfmConfig, db_path: Path, image_dir: Path,
     sub = StageReporter("sfm", events)
     if method == "global":
         opts = pycolmap.GlobalPipelineOptions()
-        opts.num_threads = mapping_threads(config, "global")
+        opts.num_threads = config.mapping_threads
         opts.random_seed = config.seed
         opts.mapper.random_seed = config.seed
-        opts.mapper.num_threads = mapping_threads(config, "global")
+        opts.mapper.num_threads = config.mapping_threads
         opts.mapper.rotation_averaging.random_seed = config.seed
         opts.mapper.global_positioning.random_seed = config.seed
         opts.mapper.retriangulation.random_seed = config.seed
