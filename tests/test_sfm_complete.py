@@ -245,6 +245,33 @@ def test_llff_with_only_images_8_names_the_factor_to_use(llff_only_8, tmp_path):
     assert "images_8" in p.stdout
 
 
+def test_vocabulary_kmeans_is_lloyds_algorithm():
+    """The vocabulary's k-means (grouped sums, in-place distances) gives what a plain Lloyd's
+    iteration gives: every sample assigned to its nearest centre by the full distance, and
+    each centre the mean of its samples."""
+    from splatforge.sfm.retrieval import _nearest, train_vocabulary
+
+    rng = np.random.default_rng(3)
+    # SIFT-like data: non-negative, 128-D, clustered
+    base = rng.uniform(0, 120, size=(24, 128)).astype(np.float32)
+    x = (base[rng.integers(0, 24, 3000)] + rng.normal(0, 8, (3000, 128))).clip(0, 255)
+    x = x.astype(np.float32)
+    d2 = ((x[:, None, :] - base[None, :, :]) ** 2).sum(-1)
+    assert np.array_equal(_nearest(x, base, chunk=700), d2.argmin(1))
+
+    words, iters = 16, 3
+    got = train_vocabulary(x, words, seed=5, iterations=iters)
+    # the same initialisation, then plain Lloyd iterations with explicit loops
+    init = np.random.default_rng(5).choice(len(x), size=words, replace=False)
+    ref = x[np.sort(init)].astype(np.float64)
+    for _ in range(iters):
+        lab = ((x[:, None, :] - ref.astype(np.float32)[None]) ** 2).sum(-1).argmin(1)
+        for w in range(words):
+            if (lab == w).any():
+                ref[w] = x[lab == w].astype(np.float64).mean(0)
+    assert np.allclose(got, ref, atol=1e-3)
+
+
 def test_retrieval_plan_is_repeatable_and_linear_in_n(sample_runs):
     import pycolmap
 

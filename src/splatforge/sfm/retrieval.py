@@ -37,12 +37,14 @@ def num_words(num_train: int) -> int:
 
 def _nearest(x: np.ndarray, centres: np.ndarray, chunk: int = 16384) -> np.ndarray:
     """Index of the nearest centre for every row of ``x`` ([M, D] float32 -> [M] int)."""
-    c2 = (centres * centres).sum(1)
+    half_c2 = 0.5 * (centres * centres).sum(1)
     out = np.empty(len(x), dtype=np.int64)
     for i in range(0, len(x), chunk):
-        xb = x[i:i + chunk]
-        # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 is the same for every centre
-        out[i:i + chunk] = np.argmin(c2[None, :] - 2.0 * (xb @ centres.T), axis=1)
+        # |x - c|^2 = |x|^2 - 2 (x.c - |c|^2 / 2); |x|^2 is the same for every centre, so the
+        # nearest centre maximises x.c - |c|^2 / 2 (computed in place, one [chunk, W] array)
+        s = x[i:i + chunk] @ centres.T
+        s -= half_c2
+        out[i:i + chunk] = np.argmax(s, axis=1)
     return out
 
 
@@ -58,11 +60,15 @@ def train_vocabulary(samples: np.ndarray, words: int, seed: int,
     centres = samples[np.sort(rng.choice(len(samples), size=words, replace=False))].copy()
     for _ in range(iterations):
         idx = _nearest(samples, centres)
-        sums = np.zeros_like(centres, dtype=np.float64)
-        np.add.at(sums, idx, samples)
         counts = np.bincount(idx, minlength=words)
         keep = counts > 0
-        centres[keep] = (sums[keep] / counts[keep, None]).astype(np.float32)
+        # per-cluster sums: samples grouped by cluster (a stable sort keeps each cluster's
+        # samples in their order), then one reduceat over the group starts; several times
+        # faster than np.add.at, which was a third of the retrieval time
+        order = np.argsort(idx, kind="stable")
+        starts = (np.cumsum(counts) - counts)[keep]
+        sums = np.add.reduceat(samples[order].astype(np.float64), starts, axis=0)
+        centres[keep] = (sums / counts[keep, None]).astype(np.float32)
     return centres
 
 
