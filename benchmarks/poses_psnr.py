@@ -15,6 +15,11 @@ and the spread over seeds::
 Workspaces are named ``<case>_<label>``; rows of the same case are compared with the row
 labelled ``before``. Without CUDA it trains on the CPU with the pure-PyTorch rasterizer (slow:
 for a check, use ``--steps 50``).
+
+``--pack DIR`` instead writes a small copy of each workspace into ``DIR/<name>`` for a GPU
+machine (which has neither ``../shared`` nor room for full-size frames): ``sparse/0`` and the
+images downscaled by the case's ``--data-factor`` into ``images_<factor>/``, the folder the
+scene loader reads at that factor.
 """
 
 from __future__ import annotations
@@ -62,6 +67,27 @@ def train_one(ws: Path, out: Path, steps: int, seed: int, factor: int) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
+def pack(ws: Path, dst: Path, factor: int) -> None:
+    """``ws``'s ``sparse/0`` and its images at ``1/factor`` size in ``images_<factor>/``
+    (JPEG quality 95; the originals when ``factor`` is 1)."""
+    import shutil
+
+    from PIL import Image
+
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(ws / "sparse" / "0", dst / "sparse" / "0")
+    folder = dst / ("images" if factor == 1 else f"images_{factor}")
+    folder.mkdir(parents=True)
+    for p in sorted((ws / "images").iterdir()):
+        if factor == 1:
+            shutil.copy(p, folder / p.name)
+            continue
+        with Image.open(p) as im:
+            small = im.resize((round(im.width / factor), round(im.height / factor)),
+                              Image.Resampling.LANCZOS)
+            small.save(folder / p.name, quality=95)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ws", nargs="+", required=True, help="name=workspace pairs")
@@ -72,9 +98,14 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="trainings at a time")
     ap.add_argument("--out", type=Path, default=Path("/tmp/poses_psnr"))
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--pack", type=Path, help="write small copies here instead of training")
     args = ap.parse_args()
     factors = {k: int(v) for k, v in (a.split("=", 1) for a in args.data_factor)}
     named = [(n, Path(p)) for n, p in (a.split("=", 1) for a in args.ws)]
+    if args.pack:
+        for name, ws in named:
+            pack(ws, args.pack / name, factors.get(name.rsplit("_", 1)[0], 1))
+        return
     tasks = [(name, ws, seed) for seed in range(args.seeds) for name, ws in named]
 
     def run(task):
