@@ -118,8 +118,10 @@ class SfmResult:
     first_octave: int = -1
 
 
-def _fingerprint(images_dir: Path, config: SfmConfig) -> str:
-    """Hash of the frames (names and contents) plus the options that shape the database.
+def _fingerprint(images_dir: Path, config: SfmConfig, first_octave: int) -> str:
+    """Hash of the frames (names and contents) plus the options that shape the database,
+    with ``first_octave`` as resolved by :func:`sift_first_octave` (it also depends on the
+    image count and size, which the frames already give).
 
     Contents rather than mtimes: a re-run of ingest rewrites identical frames.
     """
@@ -129,9 +131,10 @@ def _fingerprint(images_dir: Path, config: SfmConfig) -> str:
         with open(p, "rb") as f:
             h.update(hashlib.file_digest(f, "sha1").digest())
     keys = ("camera_model", "single_camera", "max_image_size", "max_num_features",
-            "sift_peak_threshold", "sift_first_octave", "global_min_images", "equirect_detect",
-            "equirect_layout", "equirect_num_views", "equirect_fov", "equirect_size")
+            "sift_peak_threshold", "equirect_detect", "equirect_layout", "equirect_num_views",
+            "equirect_fov", "equirect_size")
     opts = {k: getattr(config, k) for k in keys}
+    opts["first_octave"] = first_octave
     opts["pose_prior"] = config.pose_prior is not None  # one camera per image with priors
     h.update(json.dumps(opts, sort_keys=True).encode())
     return h.hexdigest()[:16]
@@ -323,7 +326,10 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / "state.json"
-    fp = _fingerprint(input_dir, config)
+    size = extraction_size(config, input_dir, frame_names)  # 360: the frames' size
+    peak = sift_peak_threshold(config, size)
+    first_octave = sift_first_octave(config, size, num_images, rig=views is not None)
+    fp = _fingerprint(input_dir, config, first_octave)
     state = load_state(state_path)
     if state.get("fingerprint") != fp:
         for p in (work / "database.db", work / "database.db-wal", work / "database.db-shm"):
@@ -333,9 +339,6 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
     matching = _resolve_matching(config, num_images, is_video, rep, priors is not None)
     guided = _guided(config, matching, priors is not None)
     mapping = resolve_mapping(config, num_images, rig=views is not None)
-    size = extraction_size(config, input_dir, frame_names)  # 360: the frames' size
-    peak = sift_peak_threshold(config, size)
-    first_octave = sift_first_octave(config, size, num_images, rig=views is not None)
     skipped: list[str] = []
     ranked: dict[str, list[str]] | None = None
 
