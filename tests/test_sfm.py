@@ -114,6 +114,53 @@ def test_undistorted_cameras_are_pinhole(sceaux):
     assert 0.3 * w < cx < 0.7 * w and 0.3 * h < cy < 0.7 * h
 
 
+def test_undistortion_equals_colmaps(sceaux, tmp_path):
+    """The undistortion step (scene/undistort.py) writes what pycolmap.undistort_images
+    writes for the same distorted model: the same PINHOLE cameras, the same 2D points, the
+    same pixels within rounding, and points coloured as COLMAP colours them."""
+    import pycolmap
+    from PIL import Image
+
+    from splatforge.scene.undistort import undistort_reconstruction
+
+    ws, res, _ = sceaux
+    final = pycolmap.Reconstruction(str(ws / "sparse" / "0"))
+    # the kept (distorted) model among the mapper's outputs
+    distorted = next(d for d in sorted((ws / ".sfm_work" / "models").glob("*/*"))
+                     if (d / "points3D.bin").is_file()
+                     and pycolmap.Reconstruction(str(d)).num_points3D() == final.num_points3D())
+    assert next(iter(pycolmap.Reconstruction(str(distorted)).cameras.values())).model_name \
+        != "PINHOLE"
+    pycolmap.undistort_images(tmp_path / "ref", distorted, ws / "input", output_type="COLMAP")
+    ref = pycolmap.Reconstruction(str(tmp_path / "ref" / "sparse"))
+    coloured = pycolmap.Reconstruction(str(distorted))
+    coloured.extract_colors_for_all_images(str(ws / "input"))
+    mine = pycolmap.Reconstruction(str(distorted))
+    undistort_reconstruction(pycolmap, mine, ws / "input", tmp_path / "mine")
+    again = pycolmap.Reconstruction(str(tmp_path / "mine" / "sparse"))
+    for m in (mine, again):
+        for cid, c in ref.cameras.items():
+            assert m.cameras[cid].model_name == "PINHOLE"
+            assert (m.cameras[cid].width, m.cameras[cid].height) == (c.width, c.height)
+            np.testing.assert_allclose(m.cameras[cid].params, c.params, rtol=1e-12)
+        for iid, im in ref.images.items():
+            a = np.array([p.xy for p in im.points2D])
+            b = np.array([p.xy for p in m.images[iid].points2D])
+            np.testing.assert_allclose(b, a, atol=1e-6)
+        diff = np.array([abs(int(m.points3D[i].color[k]) - int(coloured.points3D[i].color[k]))
+                         for i in coloured.point3D_ids() for k in range(3)])
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+    names = sorted(p.name for p in (tmp_path / "ref" / "images").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "mine" / "images").iterdir())
+    assert len(names) == res.num_registered
+    for n in names:
+        a = np.asarray(Image.open(tmp_path / "ref" / "images" / n), dtype=np.float64)
+        b = np.asarray(Image.open(tmp_path / "mine" / "images" / n), dtype=np.float64)
+        assert a.shape == b.shape, n
+        d = np.abs(a - b)
+        assert d.mean() < 0.05 and np.percentile(d, 99.9) <= 2, (n, d.mean())
+
+
 def test_progress_events_show_each_step(sceaux):
     _, _, events = sceaux
     kinds = [(e.kind, e.stage) for e in events]
@@ -344,6 +391,12 @@ def test_global_mapping_glomap(plush_subset, tmp_path):
     assert res.num_registered >= 12, res.unregistered
     assert res.mean_reprojection_error < 2.0
     assert (tmp_path / "ws/sparse/0/images.bin").is_file()
+    # the mapper reads no image; the points are coloured by the undistortion step
+    import pycolmap
+
+    rec = pycolmap.Reconstruction(str(tmp_path / "ws/sparse/0"))
+    colours = np.array([rec.points3D[i].color for i in rec.point3D_ids()])
+    assert (colours.sum(1) > 0).mean() > 0.99
 
 
 def test_sequential_matching_and_spatial_without_gps(plush_subset, tmp_path):

@@ -34,6 +34,7 @@ import numpy as np  # noqa: F401  (import-order guard: numpy before pycolmap, se
 from ..config import IngestConfig, SfmConfig
 from ..errors import InputError, SfmError
 from ..events import EventCallback, StageReporter
+from ..scene.undistort import undistort_reconstruction
 from ..util import atomic_write_text
 from .mapping import RELAXED_MAPPER, map_complete, registered_names, resolve_mapping
 from .matching import match_pairs, plan_pairs, rematch_pairs, verification_options
@@ -46,7 +47,10 @@ STEPS = ("extract", "match", "map", "undistort")
 _WORK = ".sfm_work"
 _MIN_REGISTERED = 3
 #: images per extraction call: all threads work within a call; progress is shown between calls
+#: (at least this many; large sets use calls of a tenth of the set, up to _EXTRACT_BATCH_MAX:
+#: each call re-opens the database and starts its threads, 0.7 s over 260 frames in calls of 16)
 _EXTRACT_BATCH = 16
+_EXTRACT_BATCH_MAX = 64
 #: Below this fraction of the images registered, SfM stops (unless ``allow_partial``).
 MIN_REGISTERED_FRACTION = 0.5
 #: Below this fraction, SfM warns loudly.
@@ -407,12 +411,13 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
                 pass  # import_images needs the database to exist
             pycolmap.import_images(db_path, image_dir, camera_mode=mode,
                                    image_names=image_names, options=reader)
-            for i in range(0, num_images, _EXTRACT_BATCH):
-                names = image_names[i:i + _EXTRACT_BATCH]
+            batch = min(_EXTRACT_BATCH_MAX, max(_EXTRACT_BATCH, -(-num_images // 10)))
+            for i in range(0, num_images, batch):
+                names = image_names[i:i + batch]
                 pycolmap.extract_features(db_path, image_dir, image_names=names,
                                           camera_mode=mode, reader_options=reader,
                                           extraction_options=ext)
-                sub.step(min(i + _EXTRACT_BATCH, num_images))
+                sub.step(min(i + batch, num_images))
         with pycolmap.Database.open(db_path) as db:
             n_db = db.num_images()
         if n_db < num_images:
@@ -517,16 +522,14 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
               "(--allow-partial).")
     rep.step(3)
 
-    # 4. Undistort to PINHOLE.
+    # 4. Undistort to PINHOLE (COLMAP's cameras and warp; scene/undistort.py).
     t0 = time.monotonic()
-    kept = work / "kept"
-    shutil.rmtree(kept, ignore_errors=True)
-    kept.mkdir(parents=True)
-    best.write_binary(str(kept))
     und = work / "undistorted"
     shutil.rmtree(und, ignore_errors=True)
-    pycolmap.undistort_images(und, kept, image_dir, output_type="COLMAP",
-                              num_threads=config.num_threads)
+    sub = StageReporter("sfm", events)
+    sub.start_steps("undistort images", n_reg)
+    undistort_reconstruction(pycolmap, best, image_dir, und, config.num_threads,
+                             lambda k, n: sub.step(k))
     und_sparse0 = und / "sparse" / "0"
     und_sparse0.mkdir(parents=True, exist_ok=True)
     for p in list((und / "sparse").iterdir()):

@@ -167,7 +167,12 @@ def run_mapper(pycolmap: Any, config: SfmConfig, db_path: Path, image_dir: Path,
         opts.mapper.max_normalized_reproj_error = global_max_normalized_error(
             pycolmap, config, db_path)
         sub.start_steps("global mapping", None)
-        return pycolmap.global_mapping(db_path, image_dir, out, opts)
+        # The images serve the mapper only to colour the points, which the undistortion step
+        # does while it reads them anyway (scene/undistort.py): an empty folder saves a second
+        # read of every image (1.1 s of 22 s on 260 frames of 720x1280).
+        no_images = out / "no_images"
+        no_images.mkdir()
+        return pycolmap.global_mapping(db_path, no_images, out, opts)
     opts = _incremental_options(pycolmap, config, relaxed=method != "incremental", rig=rig)
     counter = {"n": 0}
     label = "register images" + ("" if method == "incremental" else f" ({method})")

@@ -20,8 +20,9 @@ from typing import Any
 from ..config import SfmConfig
 from ..events import EventCallback, StageReporter
 
-#: Fewest pairs per match_image_pairs call (each call re-opens the database).
-MIN_CHUNK = 64
+#: Fewest pairs per match_image_pairs call (each call re-opens the database and reloads
+#: descriptors: 2279 pairs took 10.2 s in chunks of 64 and 9.1 s in one call, 2 cores).
+MIN_CHUNK = 128
 #: Most pairs per call.
 MAX_CHUNK = 2000
 #: Progress updates aimed for over the whole matching step.
