@@ -65,6 +65,29 @@ SUPPORTED_MODELS = PINHOLE_MODELS + UNDISTORTABLE_MODELS
 COLMAP_JPEG_QUALITY = 100
 
 
+def start_loading() -> None:
+    """Start importing torch (the resampler, about 1.2 s on 2 cores) in a background thread,
+    so that it overlaps work that leaves a core idle, such as SfM's one-thread mapping.
+
+    The thread is not a daemon: a process that exits meanwhile waits for the import (never
+    more than the import takes) instead of tearing it down half done. A failed import is left
+    for the real ``import torch`` to report. Does nothing when torch is already imported.
+    """
+    import sys
+    import threading
+
+    if "torch" in sys.modules:
+        return
+
+    def load() -> None:
+        try:
+            import torch  # noqa: F401
+        except Exception:  # the resampler's own import raises it where it is needed
+            pass
+
+    threading.Thread(target=load, name="import-torch").start()
+
+
 def warp_grid(distorted: Any, pinhole: Any, src_w: int, src_h: int) -> tuple[Any, Any]:
     """The bilinear sampling grid from a distorted image to its PINHOLE camera.
 

@@ -34,7 +34,7 @@ import numpy as np  # noqa: F401  (import-order guard: numpy before pycolmap, se
 from ..config import IngestConfig, SfmConfig
 from ..errors import InputError, SfmError
 from ..events import EventCallback, StageReporter
-from ..scene.undistort import undistort_reconstruction
+from ..scene.undistort import start_loading, undistort_reconstruction
 from ..util import atomic_write_text
 from .mapping import RELAXED_MAPPER, map_complete, registered_names, resolve_mapping
 from .matching import match_pairs, plan_pairs, rematch_pairs, verification_options
@@ -470,6 +470,7 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
 
     # 3. Mapping, with remedies while images that can be posed are left out.
     t0 = time.monotonic()
+    start_loading()  # the undistortion's resampler loads while the mapper leaves cores idle
     graph = ViewGraph.from_database(pycolmap, db_path)
     target = set(graph.largest)
     if len(graph.components) > 1:

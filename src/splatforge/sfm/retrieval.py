@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import scipy.sparse
 
 #: Descriptors sampled per image to train the vocabulary.
 TRAIN_PER_IMAGE = 256
@@ -58,16 +59,22 @@ def train_vocabulary(samples: np.ndarray, words: int, seed: int,
     rng = np.random.default_rng(seed)
     words = min(words, len(samples))
     centres = samples[np.sort(rng.choice(len(samples), size=words, replace=False))].copy()
+    integral = bool(np.all(samples == np.round(samples)))
+    top = float(samples.max(initial=0.0))
     for _ in range(iterations):
         idx = _nearest(samples, centres)
         counts = np.bincount(idx, minlength=words)
         keep = counts > 0
-        # per-cluster sums: samples grouped by cluster (a stable sort keeps each cluster's
-        # samples in their order), then one reduceat over the group starts; several times
-        # faster than np.add.at, which was a third of the retrieval time
-        order = np.argsort(idx, kind="stable")
-        starts = (np.cumsum(counts) - counts)[keep]
-        sums = np.add.reduceat(samples[order].astype(np.float64), starts, axis=0)
+        # per-cluster sums as one sparse product (a [words, M] one-hot matrix times the
+        # samples): np.add.at was a third of the retrieval time, a sorted np.add.reduceat
+        # still 0.6 s of 3.8 s on 260 frames. SIFT descriptors are integers (0-255), so the
+        # float32 sums are exact while below 2^24 (65793 samples of 255 in one cluster)
+        exact32 = integral and float(counts.max()) * top < 2.0 ** 24
+        onehot = scipy.sparse.csr_matrix(
+            (np.ones(len(idx), np.float32 if exact32 else np.float64),
+             (idx, np.arange(len(idx)))), shape=(words, len(idx)))
+        sums = np.asarray(onehot @ (samples if exact32 else samples.astype(np.float64)),
+                          dtype=np.float64)[keep]
         centres[keep] = (sums / counts[keep, None]).astype(np.float32)
     return centres
 
