@@ -245,17 +245,19 @@ def test_llff_with_only_images_8_names_the_factor_to_use(llff_only_8, tmp_path):
     assert "images_8" in p.stdout
 
 
-def test_vocabulary_kmeans_is_lloyds_algorithm():
-    """The vocabulary's k-means (grouped sums, in-place distances) gives what a plain Lloyd's
-    iteration gives: every sample assigned to its nearest centre by the full distance, and
-    each centre the mean of its samples."""
+@pytest.mark.parametrize("integral", [True, False])
+def test_vocabulary_kmeans_is_lloyds_algorithm(integral):
+    """The vocabulary's k-means (sparse one-hot sums, in-place distances) gives what a plain
+    Lloyd's iteration gives: every sample assigned to its nearest centre by the full distance,
+    and each centre the mean of its samples; for integer descriptors (SIFT's 0-255, summed
+    in float32) as for others (summed in float64)."""
     from splatforge.sfm.retrieval import _nearest, train_vocabulary
 
     rng = np.random.default_rng(3)
     # SIFT-like data: non-negative, 128-D, clustered
     base = rng.uniform(0, 120, size=(24, 128)).astype(np.float32)
     x = (base[rng.integers(0, 24, 3000)] + rng.normal(0, 8, (3000, 128))).clip(0, 255)
-    x = x.astype(np.float32)
+    x = (np.round(x) if integral else x).astype(np.float32)
     d2 = ((x[:, None, :] - base[None, :, :]) ** 2).sum(-1)
     assert np.array_equal(_nearest(x, base, chunk=700), d2.argmin(1))
 
