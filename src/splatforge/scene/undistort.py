@@ -34,12 +34,15 @@ corrupts the heap when Pillow later saves a PNG).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,9 +76,6 @@ def start_loading() -> None:
     more than the import takes) instead of tearing it down half done. A failed import is left
     for the real ``import torch`` to report. Does nothing when torch is already imported.
     """
-    import sys
-    import threading
-
     if "torch" in sys.modules:
         return
 
@@ -104,20 +104,23 @@ def warp_grid(distorted: Any, pinhole: Any, src_w: int, src_h: int) -> tuple[Any
     import torch
 
     w, h = pinhole.width, pinhole.height
-    xs, ys = np.meshgrid(np.arange(w, dtype=np.float64) + 0.5,
-                         np.arange(h, dtype=np.float64) + 0.5)
-    rays = pinhole.cam_from_img(np.stack([xs.ravel(), ys.ravel()], 1))
-    src = distorted.img_from_cam(np.concatenate([rays, np.ones((len(rays), 1))], 1),
-                                 check_cheirality=False)
-    # COLMAP interpolates at (source - 0.5) in pixel-index coordinates, and only where both
-    # neighbours exist: 0 <= floor(i) and floor(i) + 1 <= size - 1
-    ix, iy = src[:, 0] - 0.5, src[:, 1] - 0.5
-    fx, fy = np.floor(ix), np.floor(iy)
-    outside = ~((fx >= 0) & (fx + 1 <= src_w - 1) & (fy >= 0) & (fy + 1 <= src_h - 1))
-    # grid_sample with align_corners=False puts index i at (2 i + 1) / size - 1
-    g = np.stack([(2 * ix + 1) / src_w - 1, (2 * iy + 1) / src_h - 1], 1)
-    return (torch.from_numpy(g.reshape(1, h, w, 2).astype(np.float32)),
-            torch.from_numpy(outside.reshape(h, w)))
+    fx, fy, cx, cy = (float(v) for v in pinhole.params)  # PINHOLE: fx, fy, cx, cy
+    # the target pixel centres unprojected by the PINHOLE camera (its cam_from_img, written
+    # out: one [H * W, 3] array of rays (x, y, 1), x varying fastest)
+    rays = np.empty((h * w, 3), np.float64)
+    rays[:, 0] = np.tile((np.arange(w, dtype=np.float64) + 0.5 - cx) / fx, h)
+    rays[:, 1] = np.repeat((np.arange(h, dtype=np.float64) + 0.5 - cy) / fy, w)
+    rays[:, 2] = 1.0
+    src = distorted.img_from_cam(rays, check_cheirality=False)
+    sx, sy = src[:, 0], src[:, 1]
+    # COLMAP interpolates at i = source - 0.5 (pixel-index coordinates) and only where both
+    # neighbours exist, 0 <= floor(i) and floor(i) + 1 <= size - 1, i.e. 0.5 <= s < size - 0.5
+    outside = ~((sx >= 0.5) & (sx < src_w - 0.5) & (sy >= 0.5) & (sy < src_h - 0.5))
+    # grid_sample with align_corners=False puts index i at (2 i + 1) / size - 1 = 2 s / size - 1
+    g = np.empty((h * w, 2), np.float32)
+    g[:, 0] = sx * (2.0 / src_w) - 1.0
+    g[:, 1] = sy * (2.0 / src_h) - 1.0
+    return (torch.from_numpy(g.reshape(1, h, w, 2)), torch.from_numpy(outside.reshape(h, w)))
 
 
 def sample_bilinear(arr: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -148,13 +151,16 @@ def sample_bilinear(arr: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.nda
 def undistort_image(src: Path, dst: Path, distorted: Any, pinhole: Any,
                     grids: dict[tuple[int, int], tuple[Any, Any]],
                     jpeg_quality: int = COLMAP_JPEG_QUALITY,
-                    sample_xy: np.ndarray | None = None
+                    sample_xy: np.ndarray | None = None,
+                    lock: threading.Lock | None = None
                     ) -> tuple[np.ndarray, np.ndarray] | None:
     """Resample the image file ``src`` to ``pinhole`` and write it to ``dst``.
 
     Grayscale images stay grayscale (masks); everything else is written as RGB, as COLMAP
     does. EXIF is kept. ``grids`` caches :func:`warp_grid` per source size; an image whose size
     differs from ``distorted``'s is warped with the camera rescaled to it (as COLMAP does).
+    ``lock``, when given, guards ``grids`` (images of one camera in several threads build its
+    grid once).
 
     Returns:
         with ``sample_xy`` (``[N, 2]`` points of the distorted image, px), the
@@ -173,13 +179,14 @@ def undistort_image(src: Path, dst: Path, distorted: Any, pinhole: Any,
     except OSError as e:
         raise InputError(src, f"cannot read the image to undistort it ({e})") from None
     h, w = arr.shape[:2]
-    if (w, h) not in grids:
-        cam = distorted
-        if (distorted.width, distorted.height) != (w, h):
-            cam = copy.copy(distorted)
-            cam.rescale(w, h)
-        grids[(w, h)] = warp_grid(cam, pinhole, w, h)
-    grid, outside = grids[(w, h)]
+    with lock or contextlib.nullcontext():
+        if (w, h) not in grids:
+            cam = distorted
+            if (distorted.width, distorted.height) != (w, h):
+                cam = copy.copy(distorted)
+                cam.rescale(w, h)
+            grids[(w, h)] = warp_grid(cam, pinhole, w, h)
+        grid, outside = grids[(w, h)]
     x = torch.from_numpy(arr.reshape(h, w, -1)).permute(2, 0, 1)[None].float()
     y = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border",
                                         align_corners=False)[0]
@@ -203,7 +210,8 @@ def undistort_files(jobs: Sequence[tuple[Path, Path, Any, Any]], num_threads: in
                     ) -> list[tuple[np.ndarray, np.ndarray] | None]:
     """Run :func:`undistort_image` over ``(src, dst, distorted, pinhole)`` jobs, several at
     a time (``num_threads``; -1: all cores). Jobs that share a ``pinhole`` camera object share
-    its warp grid (built by the first of them). ``progress(k, n)`` is called as images finish.
+    its warp grid (built once, by whichever of them comes first; other cameras' images go on in
+    the other threads). ``progress(k, n)`` is called as images finish.
 
     Returns:
         per job, the colours at ``sample_xy[i]`` (see :func:`undistort_image`), or None.
@@ -212,32 +220,24 @@ def undistort_files(jobs: Sequence[tuple[Path, Path, Any, Any]], num_threads: in
         InputError: an image cannot be read (the first such file is named).
     """
     grids: dict[int, dict[tuple[int, int], tuple[Any, Any]]] = {}
-    firsts: dict[int, int] = {}
-    for i, (_, _, _, pinhole) in enumerate(jobs):
+    locks: dict[int, threading.Lock] = {}
+    for _, _, _, pinhole in jobs:
         grids.setdefault(id(pinhole), {})
-        firsts.setdefault(id(pinhole), i)
-    done = [0]
+        locks.setdefault(id(pinhole), threading.Lock())
     results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(jobs)
 
     def one(i: int) -> None:
         src, dst, distorted, pinhole = jobs[i]
         results[i] = undistort_image(src, dst, distorted, pinhole, grids[id(pinhole)],
-                                     jpeg_quality, None if sample_xy is None else sample_xy[i])
+                                     jpeg_quality, None if sample_xy is None else sample_xy[i],
+                                     locks[id(pinhole)])
 
-    def finished() -> None:
-        done[0] += 1
-        if progress is not None:
-            progress(done[0], len(jobs))
-
-    for i in firsts.values():  # one image per camera builds its grid, alone
-        one(i)
-        finished()
-    rest = [i for i in range(len(jobs)) if i not in set(firsts.values())]
     workers = (os.cpu_count() or 1) if num_threads < 1 else num_threads
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for f in [pool.submit(one, i) for i in rest]:
+        for k, f in enumerate([pool.submit(one, i) for i in range(len(jobs))]):
             f.result()
-            finished()
+            if progress is not None:
+                progress(k + 1, len(jobs))
     return results
 
 
