@@ -161,6 +161,28 @@ def test_undistortion_equals_colmaps(sceaux, tmp_path):
         assert d.mean() < 0.05 and np.percentile(d, 99.9) <= 2, (n, d.mean())
 
 
+def test_undistorting_a_pinhole_model_copies_its_images(sceaux, tmp_path):
+    """Images whose camera has no distortion are copied byte for byte, as COLMAP's
+    undistorter copies them, and the model keeps its cameras."""
+    import filecmp
+
+    import pycolmap
+
+    from splatforge.scene.undistort import undistort_reconstruction
+
+    ws, _, _ = sceaux
+    rec = pycolmap.Reconstruction(str(ws / "sparse" / "0"))
+    before = {cid: (c.width, c.height, tuple(c.params)) for cid, c in rec.cameras.items()}
+    undistort_reconstruction(pycolmap, rec, ws / "images", tmp_path / "out")
+    names = sorted(p.name for p in (tmp_path / "out" / "images").iterdir())
+    assert names == sorted(p.name for p in (ws / "images").iterdir())
+    assert all(filecmp.cmp(ws / "images" / n, tmp_path / "out" / "images" / n, shallow=False)
+               for n in names)
+    again = pycolmap.Reconstruction(str(tmp_path / "out" / "sparse"))
+    assert {cid: (c.width, c.height, tuple(c.params))
+            for cid, c in again.cameras.items()} == before
+
+
 def test_progress_events_show_each_step(sceaux):
     _, _, events = sceaux
     kinds = [(e.kind, e.stage) for e in events]

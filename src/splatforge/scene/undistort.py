@@ -160,7 +160,7 @@ def undistort_image(src: Path, dst: Path, distorted: Any, pinhole: Any,
     does. EXIF is kept. ``grids`` caches :func:`warp_grid` per source size; an image whose size
     differs from ``distorted``'s is warped with the camera rescaled to it (as COLMAP does).
     ``lock``, when given, guards ``grids`` (images of one camera in several threads build its
-    grid once).
+    grid once). An image whose camera has no distortion is copied unchanged.
 
     Returns:
         with ``sample_xy`` (``[N, 2]`` points of the distorted image, px), the
@@ -179,6 +179,13 @@ def undistort_image(src: Path, dst: Path, distorted: Any, pinhole: Any,
     except OSError as e:
         raise InputError(src, f"cannot read the image to undistort it ({e})") from None
     h, w = arr.shape[:2]
+    if distorted.is_undistorted() and (w, h) == (distorted.width, distorted.height) \
+            == (pinhole.width, pinhole.height):
+        # no distortion (a PINHOLE view of a 360 rig, known PINHOLE poses): the file is
+        # copied as it is, as COLMAP's undistorter copies it
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+        return None if sample_xy is None else sample_bilinear(arr, sample_xy)
     with lock or contextlib.nullcontext():
         if (w, h) not in grids:
             cam = distorted
