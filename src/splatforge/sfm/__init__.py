@@ -380,16 +380,16 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
                 reader.camera_params = camera_params(v)
                 reader.existing_camera_id = -1
                 names = [n for n in image_names if n.startswith(v.name + "/")]
-                for i in range(0, len(names), 16):
+                for i in range(0, len(names), _EXTRACT_BATCH):
                     pycolmap.extract_features(
-                        db_path, image_dir, image_names=names[i:i + 16],
+                        db_path, image_dir, image_names=names[i:i + _EXTRACT_BATCH],
                         camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
                         extraction_options=ext)
                     if reader.existing_camera_id < 0:
                         with pycolmap.Database.open(db_path) as db:
                             reader.existing_camera_id = max(
                                 c.camera_id for c in db.read_all_cameras())
-                    done_n += len(names[i:i + 16])
+                    done_n += len(names[i:i + _EXTRACT_BATCH])
                     sub.step(done_n)
             n_frames = apply_view_rig(pycolmap, db_path, views)
             rep.info(f"{len(views)} views x {len(frame_names)} frames in one rig "
