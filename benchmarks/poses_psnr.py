@@ -93,6 +93,8 @@ def main() -> None:
     ap.add_argument("--ws", nargs="+", required=True, help="name=workspace pairs")
     ap.add_argument("--steps", type=int, default=7000)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds first_seed .. first_seed + seeds - 1 (to add seeds to a run)")
     ap.add_argument("--data-factor", nargs="*", default=[],
                     help="case=factor pairs (default 1), e.g. beer_phone=2")
     ap.add_argument("--jobs", type=int, default=1, help="trainings at a time")
@@ -106,7 +108,8 @@ def main() -> None:
         for name, ws in named:
             pack(ws, args.pack / name, factors.get(name.rsplit("_", 1)[0], 1))
         return
-    tasks = [(name, ws, seed) for seed in range(args.seeds) for name, ws in named]
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    tasks = [(name, ws, seed) for seed in seeds for name, ws in named]
 
     def run(task):
         name, ws, seed = task
@@ -136,7 +139,7 @@ def main() -> None:
                      "psnr": round(float(np.median(ok)), 3) if ok else None,
                      "spread": round(max(ok) - min(ok), 3) if ok else None,
                      "seconds": [r.get("seconds") for r in results if r["name"] == name]})
-    head = (f"{args.steps} steps, seeds 0..{args.seeds - 1}, {device}, "
+    head = (f"{args.steps} steps, seeds {seeds[0]}..{seeds[-1]}, {device}, "
             f"{round(time.monotonic() - t0)} s in all, commit "
             + os.popen("git rev-parse --short HEAD 2>/dev/null").read().strip())
     print(f"\nHeld-out PSNR (dB), {head}\n")

@@ -384,6 +384,7 @@ def test_large_set_profile_on_video_frames(tmp_path):
     res = run_sfm(SfmConfig(global_min_images=20), src, tmp_path / "ws")
     saved = json.loads((tmp_path / "ws/sfm.json").read_text())
     assert saved["first_octave"] == 0 and saved["mapping"] == "global"
+    assert saved["config"]["max_image_size"] == 1024  # a large set: SIFT at 1024 px
     assert res.num_registered == 20, res.unregistered
     assert res.mean_reprojection_error < 1.0
 

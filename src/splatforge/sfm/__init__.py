@@ -36,7 +36,10 @@ from ..errors import InputError, SfmError
 from ..events import EventCallback, StageReporter
 from ..scene.undistort import start_loading, undistort_reconstruction
 from ..util import atomic_write_text
-from .mapping import RELAXED_MAPPER, map_complete, registered_names, resolve_mapping
+from ..scene.imageio import image_size
+from .downscale import downscale_images, restore_full_size
+from .mapping import (RELAXED_MAPPER, map_complete, registered_names,
+                      resolve_max_image_size, resolve_mapping)
 from .matching import match_pairs, plan_pairs, rematch_pairs, verification_options
 from .priors import PosePrior, read_pose_priors, triangulate_with_priors
 from .retrieval import retrieval_pairs
@@ -210,6 +213,27 @@ def sift_first_octave(config: SfmConfig, size: int, num_images: int, rig: bool =
     return 0 if large and not rig else -1
 
 
+def _downscale_for_sift(image_dir: Path, names: list[str], size: int, dst: Path,
+                        rep: StageReporter) -> dict[str, tuple[int, int]] | None:
+    """Downscaled copies of the images in ``dst`` for SIFT at ``size`` px
+    (:func:`splatforge.sfm.downscale.downscale_images`), or None where COLMAP should read the
+    originals: the images already fit, do not all share one size, or Pillow cannot read one
+    (COLMAP then reports it)."""
+    shutil.rmtree(dst, ignore_errors=True)
+    try:
+        sizes = {image_size(image_dir / n) for n in names}
+    except InputError:
+        return None
+    if len(sizes) != 1 or max(next(iter(sizes))) <= size:
+        return None
+    try:
+        return downscale_images(image_dir, names, size, dst)
+    except OSError as e:
+        rep.info(f"SIFT reads the full-size images ({type(e).__name__} while downscaling)")
+        shutil.rmtree(dst, ignore_errors=True)
+        return None
+
+
 def load_state(path: Path) -> dict[str, Any]:
     """The JSON object in ``path`` (``ingest.json``, ``sfm.json``), or ``{}`` when it is
     missing or unreadable."""
@@ -330,6 +354,8 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / "state.json"
+    config = config.model_copy(update={"max_image_size": resolve_max_image_size(
+        config, num_images, rig=views is not None)})
     size = extraction_size(config, input_dir, frame_names)  # 360: the frames' size
     peak = sift_peak_threshold(config, size)
     first_octave = sift_first_octave(config, size, num_images, rig=views is not None)
@@ -409,15 +435,22 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
             # then extracted by all threads in batches of 16, which keep the imported ids.
             with pycolmap.Database.open(db_path):
                 pass  # import_images needs the database to exist
-            pycolmap.import_images(db_path, image_dir, camera_mode=mode,
-                                   image_names=image_names, options=reader)
+            sift_dir = work / "sift_images"
+            full = None
+            if mode == pycolmap.CameraMode.SINGLE and priors is None:
+                full = _downscale_for_sift(image_dir, image_names, size, sift_dir, rep)
+            pycolmap.import_images(db_path, sift_dir if full else image_dir,
+                                   camera_mode=mode, image_names=image_names, options=reader)
             batch = min(_EXTRACT_BATCH_MAX, max(_EXTRACT_BATCH, -(-num_images // 10)))
             for i in range(0, num_images, batch):
                 names = image_names[i:i + batch]
-                pycolmap.extract_features(db_path, image_dir, image_names=names,
-                                          camera_mode=mode, reader_options=reader,
-                                          extraction_options=ext)
+                pycolmap.extract_features(db_path, sift_dir if full else image_dir,
+                                          image_names=names, camera_mode=mode,
+                                          reader_options=reader, extraction_options=ext)
                 sub.step(min(i + batch, num_images))
+            if full:
+                restore_full_size(pycolmap, db_path, full)
+            shutil.rmtree(sift_dir, ignore_errors=True)
         with pycolmap.Database.open(db_path) as db:
             n_db = db.num_images()
         if n_db < num_images:
