@@ -86,6 +86,16 @@ def test_workspace_layout_and_sfm_json(sceaux):
     for step in ("ingest", "extract", "match", "map", "undistort"):
         assert data["seconds"][step] >= 0
     assert data["config"]["max_image_size"] == FAST["max_image_size"]
+    # SIFT ran on downscaled copies (2832 -> 1024 px, splatforge.sfm.downscale); the database
+    # holds the full-size camera and keypoints, and the copies are gone
+    import pycolmap
+
+    with pycolmap.Database.open(ws / "database.db") as db:
+        (cam,) = db.read_all_cameras()
+        assert (cam.width, cam.height) == (2832, 2128)
+        kp = np.concatenate([db.read_keypoints(i.image_id) for i in db.read_all_images()])
+        assert kp[:, 0].max() > 1024
+    assert not (ws / ".sfm_work" / "sift_images").exists()
     # No work folders or half-swapped leftovers beside the results.
     assert not list(ws.glob("*.old")) and not list(ws.glob(".input.tmp*"))
 
@@ -384,7 +394,6 @@ def test_large_set_profile_on_video_frames(tmp_path):
     res = run_sfm(SfmConfig(global_min_images=20), src, tmp_path / "ws")
     saved = json.loads((tmp_path / "ws/sfm.json").read_text())
     assert saved["first_octave"] == 0 and saved["mapping"] == "global"
-    assert saved["config"]["max_image_size"] == 1024  # a large set: SIFT at 1024 px
     assert res.num_registered == 20, res.unregistered
     assert res.mean_reprojection_error < 1.0
 
@@ -393,8 +402,8 @@ def test_large_set_profile_on_video_frames(tmp_path):
     db = tmp_path / "ws/.sfm_work/database.db"
     rots = []
     for run in (1, 2):
-        models = run_mapper(pycolmap, SfmConfig(global_min_images=20), db, tmp_path / "ws/input",
-                            tmp_path / f"m{run}", None, 20, "global")
+        models = run_mapper(pycolmap, SfmConfig(global_min_images=20), db, tmp_path / f"m{run}",
+                            None, 20, "global")
         rec = max(models.values(), key=lambda r: r.num_reg_images())
         rots.append({im.name: im.cam_from_world().rotation.matrix()
                      for im in rec.images.values() if im.has_pose})

@@ -8,30 +8,16 @@ differ by.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from splatforge.config import SfmConfig
 from splatforge.sfm.downscale import downscale_images, restore_full_size, scaled_size
-from splatforge.sfm.mapping import (MAX_IMAGE_SIZE_DEFAULT, MAX_IMAGE_SIZE_LARGE_SET,
-                                    resolve_max_image_size)
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 pytestmark = pytest.mark.slow
-
-
-def test_max_image_size_resolves_by_set_size():
-    auto = SfmConfig(global_min_images=200)
-    assert auto.max_image_size is None
-    assert resolve_max_image_size(auto, 199) == MAX_IMAGE_SIZE_DEFAULT == 3200
-    assert resolve_max_image_size(auto, 200) == MAX_IMAGE_SIZE_LARGE_SET == 1024
-    assert resolve_max_image_size(auto, 500, rig=True) == MAX_IMAGE_SIZE_DEFAULT
-    assert resolve_max_image_size(SfmConfig(max_image_size=2000), 500) == 2000
-    assert resolve_max_image_size(SfmConfig(max_image_size=800), 10) == 800
 
 
 def test_scaled_size_truncates_as_colmap():
@@ -90,25 +76,3 @@ def test_downscaled_sift_gives_colmaps_database(tmp_path):
             sa = np.hypot(ka[j[same], 2], ka[j[same], 4])
             sb = np.hypot(kb[same, 2], kb[same, 4])
             assert np.median(np.abs(np.log(sb / sa))) < 0.1
-
-
-def test_run_sfm_downscales_large_images_and_cleans_up(tmp_path):
-    """SfM with images larger than the extraction size goes through the downscaled copies:
-    the database's camera has the full size, and no copy is left behind."""
-    from splatforge.sfm import run_sfm
-
-    src = tmp_path / "frames"
-    src.mkdir()
-    for p in sorted((DATASETS / "beer_phone" / "images").iterdir())[:24:2]:
-        shutil.copy(p, src / p.name)
-    res = run_sfm(SfmConfig(max_image_size=640, max_num_features=2048), src, tmp_path / "ws")
-    assert res.num_registered == 12, res.unregistered
-    import pycolmap
-
-    with pycolmap.Database.open(tmp_path / "ws/.sfm_work/database.db") as db:
-        (cam,) = db.read_all_cameras()
-        assert (cam.width, cam.height) == (720, 1280)
-    assert not (tmp_path / "ws/.sfm_work/sift_images").exists()
-    rec = pycolmap.Reconstruction(tmp_path / "ws/sparse/0")
-    (cam,) = rec.cameras.values()
-    assert cam.width > 0.95 * 720 and cam.height > 0.95 * 1280  # undistorted, full size

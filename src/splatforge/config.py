@@ -104,12 +104,11 @@ class SfmConfig(StageConfig):
                            "with a bundle adjustment (intrinsics fixed).")
     single_camera: bool = Field(
         True, description="All images share one camera (one phone or one video).")
-    max_image_size: int | None = Field(
-        None, ge=64, le=20_000,
+    max_image_size: int = Field(
+        3200, ge=64, le=20_000,
         description="SIFT extraction: images are downscaled so the longer side is at most "
-                    "this many pixels. Default: 3200 (COLMAP's) below global_min_images "
-                    "images, 1024 from there on, where extraction is a large share of the "
-                    "time (260 video frames of 720x1280: see the README's 'SfM at scale').")
+                    "this many pixels (by Pillow, on all cores; the keypoints and camera are "
+                    "then brought back to full size as COLMAP does).")
     max_num_features: int = Field(
         8192, ge=64, le=65_536, description="SIFT extraction: features kept per image.")
     sift_peak_threshold: float | None = Field(

@@ -38,8 +38,7 @@ from ..scene.undistort import start_loading, undistort_reconstruction
 from ..util import atomic_write_text
 from ..scene.imageio import image_size
 from .downscale import downscale_images, restore_full_size
-from .mapping import (RELAXED_MAPPER, map_complete, registered_names,
-                      resolve_max_image_size, resolve_mapping)
+from .mapping import RELAXED_MAPPER, map_complete, registered_names, resolve_mapping
 from .matching import match_pairs, plan_pairs, rematch_pairs, verification_options
 from .priors import PosePrior, read_pose_priors, triangulate_with_priors
 from .retrieval import retrieval_pairs
@@ -354,8 +353,6 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / "state.json"
-    config = config.model_copy(update={"max_image_size": resolve_max_image_size(
-        config, num_images, rig=views is not None)})
     size = extraction_size(config, input_dir, frame_names)  # 360: the frames' size
     peak = sift_peak_threshold(config, size)
     first_octave = sift_first_octave(config, size, num_images, rig=views is not None)
@@ -529,7 +526,7 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
             graph = ViewGraph.from_database(pycolmap, db_path)
             return n, set(graph.largest)
 
-        out = map_complete(pycolmap, config, db_path, image_dir, work, events, num_images,
+        out = map_complete(pycolmap, config, db_path, work, events, num_images,
                            target, mapping=mapping, rig=views is not None,
                            rematch=None if views is not None else rematch,
                            all_names=set(graph.names))

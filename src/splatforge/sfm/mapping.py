@@ -90,12 +90,6 @@ def registered_names(rec: Any | None) -> set[str]:
     return {img.name for img in rec.images.values() if img.has_pose}
 
 
-#: ``max_image_size`` when unset: COLMAP's default, and the size for sets of
-#: ``global_min_images`` images or more (see :func:`resolve_max_image_size`).
-MAX_IMAGE_SIZE_DEFAULT = 3200
-MAX_IMAGE_SIZE_LARGE_SET = 1024
-
-
 def resolve_mapping(config: SfmConfig, num_images: int, rig: bool = False) -> str:
     """The first mapper for ``num_images`` images: ``config.mapping``, with ``auto`` resolved to
     ``global`` from ``config.global_min_images`` images on, else ``incremental``; ``auto``
@@ -107,29 +101,11 @@ def resolve_mapping(config: SfmConfig, num_images: int, rig: bool = False) -> st
     return "global" if num_images >= config.global_min_images else "incremental"
 
 
-def resolve_max_image_size(config: SfmConfig, num_images: int, rig: bool = False) -> int:
-    """``config.max_image_size`` when set, else :data:`MAX_IMAGE_SIZE_LARGE_SET` px for a set
-    of ``config.global_min_images`` images or more (not a 360 rig, whose views have their own
-    size) and :data:`MAX_IMAGE_SIZE_DEFAULT` (COLMAP's) otherwise.
-
-    Large sets are where extraction is a large share of the time and where every image has
-    many neighbours to link it: on 260 video frames of 720x1280 (2 cores) extraction at 1024 px
-    (octave 0, Pillow's downscale, :mod:`splatforge.sfm.downscale`) took 11.6 s instead of
-    18.9 s, with a median of 354 instead of 509 features, all 260 frames registered (README
-    "SfM at scale", eighth round).
-    """
-    if config.max_image_size is not None:
-        return config.max_image_size
-    large = num_images >= config.global_min_images and not rig
-    return MAX_IMAGE_SIZE_LARGE_SET if large else MAX_IMAGE_SIZE_DEFAULT
-
-
 def global_max_normalized_error(pycolmap: Any, config: SfmConfig, db_path: Path) -> float:
     """Global mapping's track filter (``max_normalized_reproj_error``, a reprojection error
     divided by the focal length) for ``config.filter_max_reproj_error`` pixels at the
     extraction size: ``filter_max_reproj_error * s / f``, with ``f`` the median focal length of
-    the database's cameras (px) and ``s = max(1, longest side / max_image_size)`` (as
-    :func:`resolve_max_image_size` resolves it) the
+    the database's cameras (px) and ``s = max(1, longest side / max_image_size)`` the
     downscale of extraction, since keypoints from downscaled images are that much less
     precise in full-size pixels.
 
@@ -142,12 +118,11 @@ def global_max_normalized_error(pycolmap: Any, config: SfmConfig, db_path: Path)
     """
     with pycolmap.Database.open(db_path) as db:
         cams = db.read_all_cameras()
-        num_images = db.num_images()
     if not cams:
         raise ValueError(f"{db_path}: no camera in the database")
     focal = float(np.median([c.mean_focal_length() for c in cams]))
     longest = max(max(c.width, c.height) for c in cams)
-    scale = max(1.0, longest / resolve_max_image_size(config, num_images))
+    scale = max(1.0, longest / config.max_image_size)
     return config.filter_max_reproj_error * scale / focal
 
 
@@ -168,7 +143,7 @@ def _incremental_options(pycolmap: Any, config: SfmConfig, relaxed: bool, rig: b
     return opts
 
 
-def run_mapper(pycolmap: Any, config: SfmConfig, db_path: Path, image_dir: Path, out: Path,
+def run_mapper(pycolmap: Any, config: SfmConfig, db_path: Path, out: Path,
                events: EventCallback | None, num_images: int, method: str,
                rig: bool = False, input_path: Path | None = None) -> dict[int, Any]:
     """One mapper run; reports "register images" k of n through ``events``.
@@ -180,6 +155,11 @@ def run_mapper(pycolmap: Any, config: SfmConfig, db_path: Path, image_dir: Path,
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     sub = StageReporter("sfm", events)
+    # The images serve the mappers only to colour the points, which the undistortion step does
+    # while it reads them anyway (scene/undistort.py): an empty folder saves a second read of
+    # every image (1.1 s of 22 s of global mapping on 260 frames of 720x1280).
+    no_images = out / "no_images"
+    no_images.mkdir()
     if method == "global":
         opts = pycolmap.GlobalPipelineOptions()
         opts.num_threads = config.mapping_threads
@@ -192,11 +172,6 @@ def run_mapper(pycolmap: Any, config: SfmConfig, db_path: Path, image_dir: Path,
         opts.mapper.max_normalized_reproj_error = global_max_normalized_error(
             pycolmap, config, db_path)
         sub.start_steps("global mapping", None)
-        # The images serve the mapper only to colour the points, which the undistortion step
-        # does while it reads them anyway (scene/undistort.py): an empty folder saves a second
-        # read of every image (1.1 s of 22 s on 260 frames of 720x1280).
-        no_images = out / "no_images"
-        no_images.mkdir()
         return pycolmap.global_mapping(db_path, no_images, out, opts)
     opts = _incremental_options(pycolmap, config, relaxed=method != "incremental", rig=rig)
     counter = {"n": 0}
@@ -210,12 +185,12 @@ def run_mapper(pycolmap: Any, config: SfmConfig, db_path: Path, image_dir: Path,
     kw: dict[str, Any] = {"next_image_callback": next_image}
     if input_path is not None:
         kw["input_path"] = input_path
-    return pycolmap.incremental_mapping(db_path, image_dir, out, opts, **kw)
+    return pycolmap.incremental_mapping(db_path, no_images, out, opts, **kw)
 
 
-def map_complete(pycolmap: Any, config: SfmConfig, db_path: Path, image_dir: Path,
-                 work: Path, events: EventCallback | None, num_images: int,
-                 target: set[str], mapping: str = "incremental", rig: bool = False,
+def map_complete(pycolmap: Any, config: SfmConfig, db_path: Path, work: Path,
+                 events: EventCallback | None, num_images: int, target: set[str],
+                 mapping: str = "incremental", rig: bool = False,
                  rematch: Callable[[set[str]], tuple[int, set[str]]] | None = None,
                  all_names: set[str] | None = None) -> MapOutcome:
     """Map, then climb the remedy ladder until every image of ``target`` is registered.
@@ -223,7 +198,6 @@ def map_complete(pycolmap: Any, config: SfmConfig, db_path: Path, image_dir: Pat
     Args:
         config: SfM options (``relaxed_retry``, ``seed``, ``mapping_threads``).
         db_path: the matched COLMAP database.
-        image_dir: the images the database names.
         work: a scratch folder for the models of each rung.
         num_images: images in the database (for the progress count).
         target: the images that can be posed (the largest view-graph component).
@@ -250,7 +224,7 @@ def map_complete(pycolmap: Any, config: SfmConfig, db_path: Path, image_dir: Pat
     def attempt(method: str, input_path: Path | None = None) -> Any | None:
         nonlocal best, best_method, best_models
         t0 = time.monotonic()
-        recs = run_mapper(pycolmap, config, db_path, image_dir, models / method.replace("+", "_"),
+        recs = run_mapper(pycolmap, config, db_path, models / method.replace("+", "_"),
                           events, num_images, "global" if method == "global" else
                           ("incremental" if method == "incremental" else "relaxed"),
                           rig=rig, input_path=input_path)

@@ -161,7 +161,8 @@ def triangulate_with_priors(pycolmap: Any, priors: list[PosePrior], db_path: Pat
         pycolmap: the imported module.
         priors: from :func:`read_pose_priors`.
         db_path: COLMAP database with features and verified matches.
-        image_dir: the images (for point colours).
+        image_dir: the images (named in the error message; the points are coloured later,
+            by the undistortion step).
         out: folder for the triangulated model (created).
         refine: run a global bundle adjustment (poses, points; intrinsics fixed) afterwards.
         num_threads: triangulator threads (-1 = all cores).
@@ -214,7 +215,9 @@ def triangulate_with_priors(pycolmap: Any, priors: list[PosePrior], db_path: Pat
     opts = pycolmap.IncrementalPipelineOptions()
     opts.num_threads = num_threads
     rep.info(f"triangulating with {len(matched)} known poses")
-    rec = pycolmap.triangulate_points(rec, db_path, image_dir, out, clear_points=True,
+    # no images: the undistortion step colours the points while it reads them anyway
+    (out / "no_images").mkdir(exist_ok=True)
+    rec = pycolmap.triangulate_points(rec, db_path, out / "no_images", out, clear_points=True,
                                       options=opts, refine_intrinsics=False)
     if refine:
         ba = pycolmap.BundleAdjustmentOptions()
