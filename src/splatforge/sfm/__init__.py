@@ -34,9 +34,9 @@ import numpy as np  # noqa: F401  (import-order guard: numpy before pycolmap, se
 from ..config import IngestConfig, SfmConfig
 from ..errors import InputError, SfmError
 from ..events import EventCallback, StageReporter
+from ..scene.imageio import image_size
 from ..scene.undistort import start_loading, undistort_reconstruction
 from ..util import atomic_write_text
-from ..scene.imageio import image_size
 from .downscale import downscale_images, restore_full_size
 from .mapping import RELAXED_MAPPER, map_complete, registered_names, resolve_mapping
 from .matching import match_pairs, plan_pairs, rematch_pairs, verification_options

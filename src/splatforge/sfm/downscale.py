@@ -3,9 +3,9 @@
 COLMAP's feature extractor downscales every image whose longer side exceeds
 ``max_image_size`` itself (``ImageResizerThread`` in ``src/colmap/feature/extractor.cc``), and
 then multiplies the keypoints by the inverse scale (``FeatureKeypoint::Rescale``). Its resize
-costs what the smaller image saves: 260 video frames of 720x1280 extracted at 1024 px in
-18.3 s against 18.9 s at 1280 px (2 cores, seventh round, README "SfM at scale"). Pillow
-decodes and resizes them on all cores in about 1.4 s, after which SIFT takes 11.6 s.
+costs more than the smaller image saves: 260 video frames of 720x1280 extracted at 1024 px in
+38.2 s against 35.2 s at their own size (2 cores, octave 0); through Pillow's copies in 21.6 s,
+1.2 s of it the downscale (``benchmarks/sift_extraction.py``, README "sfm").
 
 :func:`downscale_images` writes those copies (greyscale JPEG at quality 95, EXIF kept so that
 COLMAP's focal-length prior, proportional to the image size, is the same); COLMAP imports and
