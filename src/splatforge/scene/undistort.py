@@ -116,14 +116,20 @@ def warp_grid(distorted: Any, pinhole: Any, src_w: int, src_h: int) -> tuple[Any
     rays[:, 2] = 1.0
     src = distorted.img_from_cam(rays, check_cheirality=False)
     sx, sy = src[:, 0], src[:, 1]
-    # COLMAP interpolates at i = source - 0.5 (pixel-index coordinates) and only where both
-    # neighbours exist, 0 <= floor(i) and floor(i) + 1 <= size - 1, i.e. 0.5 <= s < size - 0.5
-    outside = ~((sx >= 0.5) & (sx < src_w - 0.5) & (sy >= 0.5) & (sy < src_h - 0.5))
+    outside = ~_interpolable(sx, sy, src_w, src_h)
     # grid_sample with align_corners=False puts index i at (2 i + 1) / size - 1 = 2 s / size - 1
     g = np.empty((h * w, 2), np.float32)
     g[:, 0] = sx * (2.0 / src_w) - 1.0
     g[:, 1] = sy * (2.0 / src_h) - 1.0
     return (torch.from_numpy(g.reshape(1, h, w, 2)), torch.from_numpy(outside.reshape(h, w)))
+
+
+def _interpolable(sx: np.ndarray, sy: np.ndarray, w: int, h: int) -> np.ndarray:
+    """Where COLMAP's bilinear interpolation has all four neighbours in a ``w`` x ``h`` image,
+    for points ``(sx, sy)`` (px, pixel centres at +0.5): it interpolates at ``i = s - 0.5``
+    (pixel-index coordinates) only where 0 <= floor(i) and floor(i) + 1 <= size - 1, that is
+    0.5 <= s < size - 0.5."""
+    return (sx >= 0.5) & (sx < w - 0.5) & (sy >= 0.5) & (sy < h - 0.5)
 
 
 def sample_bilinear(arr: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -137,7 +143,7 @@ def sample_bilinear(arr: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.nda
     h, w = arr.shape[:2]
     ix, iy = xy[:, 0] - 0.5, xy[:, 1] - 0.5
     x0, y0 = np.floor(ix), np.floor(iy)
-    ok = (x0 >= 0) & (x0 + 1 <= w - 1) & (y0 >= 0) & (y0 + 1 <= h - 1)
+    ok = _interpolable(xy[:, 0], xy[:, 1], w, h)
     x0i, y0i = np.where(ok, x0, 0).astype(np.int64), np.where(ok, y0, 0).astype(np.int64)
     dx, dy = (ix - x0)[:, None], (iy - y0)[:, None]
     a = arr.reshape(h, w, -1)

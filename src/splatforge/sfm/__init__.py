@@ -436,14 +436,15 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
             full = None
             if mode == pycolmap.CameraMode.SINGLE and priors is None:
                 full = _downscale_for_sift(image_dir, image_names, size, sift_dir, rep)
-            pycolmap.import_images(db_path, sift_dir if full else image_dir,
-                                   camera_mode=mode, image_names=image_names, options=reader)
+            read_dir = sift_dir if full else image_dir  # SIFT's input: copies or originals
+            pycolmap.import_images(db_path, read_dir, camera_mode=mode,
+                                   image_names=image_names, options=reader)
             batch = min(_EXTRACT_BATCH_MAX, max(_EXTRACT_BATCH, -(-num_images // 10)))
             for i in range(0, num_images, batch):
                 names = image_names[i:i + batch]
-                pycolmap.extract_features(db_path, sift_dir if full else image_dir,
-                                          image_names=names, camera_mode=mode,
-                                          reader_options=reader, extraction_options=ext)
+                pycolmap.extract_features(db_path, read_dir, image_names=names,
+                                          camera_mode=mode, reader_options=reader,
+                                          extraction_options=ext)
                 sub.step(min(i + batch, num_images))
             if full:
                 restore_full_size(pycolmap, db_path, full)

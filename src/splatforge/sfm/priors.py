@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import InputError, SfmError
 from ..events import StageReporter
+from .mapping import empty_image_dir
 
 #: OpenGL <-> OpenCV camera axes (flip y and z); its own inverse.
 _FLIP = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -215,9 +216,7 @@ def triangulate_with_priors(pycolmap: Any, priors: list[PosePrior], db_path: Pat
     opts = pycolmap.IncrementalPipelineOptions()
     opts.num_threads = num_threads
     rep.info(f"triangulating with {len(matched)} known poses")
-    # no images: the undistortion step colours the points while it reads them anyway
-    (out / "no_images").mkdir(exist_ok=True)
-    rec = pycolmap.triangulate_points(rec, db_path, out / "no_images", out, clear_points=True,
+    rec = pycolmap.triangulate_points(rec, db_path, empty_image_dir(out), out, clear_points=True,
                                       options=opts, refine_intrinsics=False)
     if refine:
         ba = pycolmap.BundleAdjustmentOptions()
