@@ -20,7 +20,7 @@ from splatforge.config import IngestConfig, SfmConfig
 from splatforge.errors import InputError, SfmError
 from splatforge.events import Event
 from splatforge.sfm import run_sfm, sift_first_octave
-from splatforge.sfm.mapping import resolve_mapping, run_mapper
+from splatforge.sfm.mapping import mapping_threads, resolve_mapping, run_mapper
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 # Smaller SIFT settings than the defaults keep CPU matching of the 2832x2128 photos short in CI;
@@ -371,6 +371,14 @@ def test_mapping_auto_resolves_by_image_count():
     assert resolve_mapping(SfmConfig(mapping="global"), 16) == "global"
 
 
+def test_global_mapping_takes_all_cores_incremental_one():
+    assert mapping_threads(SfmConfig(), "global") == -1
+    for method in ("incremental", "relaxed"):
+        assert mapping_threads(SfmConfig(), method) == 1
+    assert mapping_threads(SfmConfig(mapping_threads=3), "global") == 3
+    assert mapping_threads(SfmConfig(mapping_threads=-1), "incremental") == -1
+
+
 def test_large_sets_extract_sift_at_their_own_size():
     auto = SfmConfig(global_min_images=200)
     assert auto.sift_first_octave is None
@@ -429,6 +437,16 @@ def test_global_mapping_glomap(plush_subset, tmp_path):
     rec = pycolmap.Reconstruction(str(tmp_path / "ws/sparse/0"))
     colours = np.array([rec.points3D[i].color for i in rec.point3D_ids()])
     assert (colours.sum(1) > 0).mean() > 0.99
+    # global mapping runs on all cores by default and is repeatable there: the same database
+    # mapped again gives the same photos and poses
+    models = run_mapper(pycolmap, SfmConfig(), tmp_path / "ws/database.db", tmp_path / "again",
+                        None, 16, "global")
+    again = max(models.values(), key=lambda m: m.num_reg_images())
+    first = {im.name: im.cam_from_world() for im in rec.images.values() if im.has_pose}
+    second = {im.name: im.cam_from_world() for im in again.images.values() if im.has_pose}
+    assert first.keys() == second.keys()
+    for name, pose in first.items():
+        assert np.allclose(pose.rotation.quat, second[name].rotation.quat, atol=1e-6), name
 
 
 def test_sequential_matching_and_spatial_without_gps(plush_subset, tmp_path):
