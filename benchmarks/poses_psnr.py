@@ -67,15 +67,26 @@ def train_one(ws: Path, out: Path, steps: int, seed: int, factor: int) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def pack(ws: Path, dst: Path, factor: int) -> None:
+def pack(ws: Path, dst: Path, factor: int, min_track_length: int = 0) -> None:
     """``ws``'s ``sparse/0`` and its images at ``1/factor`` size in ``images_<factor>/``
-    (JPEG quality 95; the originals when ``factor`` is 1)."""
+    (JPEG quality 95; the originals when ``factor`` is 1). With ``min_track_length``, only
+    the points seen in at least that many images are kept (an ablation of the points the
+    training starts from; the poses are unchanged)."""
     import shutil
 
     from PIL import Image
 
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(ws / "sparse" / "0", dst / "sparse" / "0")
+    if min_track_length:
+        import splatforge  # noqa: F401  (import-order guard before pycolmap)
+        import pycolmap
+
+        rec = pycolmap.Reconstruction(str(dst / "sparse" / "0"))
+        for pid in list(rec.point3D_ids()):
+            if rec.points3D[pid].track.length() < min_track_length:
+                rec.delete_point3D(pid)
+        rec.write(str(dst / "sparse" / "0"))
     folder = dst / ("images" if factor == 1 else f"images_{factor}")
     folder.mkdir(parents=True)
     for p in sorted((ws / "images").iterdir()):
@@ -101,12 +112,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/poses_psnr"))
     ap.add_argument("--json", type=Path)
     ap.add_argument("--pack", type=Path, help="write small copies here instead of training")
+    ap.add_argument("--min-track-length", type=int, default=0,
+                    help="--pack: keep only points seen in at least this many images")
     args = ap.parse_args()
     factors = {k: int(v) for k, v in (a.split("=", 1) for a in args.data_factor)}
     named = [(n, Path(p)) for n, p in (a.split("=", 1) for a in args.ws)]
     if args.pack:
         for name, ws in named:
-            pack(ws, args.pack / name, factors.get(name.rsplit("_", 1)[0], 1))
+            pack(ws, args.pack / name, factors.get(name.rsplit("_", 1)[0], 1),
+                 args.min_track_length)
         return
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     tasks = [(name, ws, seed) for seed in seeds for name, ws in named]
