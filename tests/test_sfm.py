@@ -536,3 +536,38 @@ def test_pose_prior_errors_name_the_problem(tmp_path):
     with pytest.raises(SfmError, match="have a pose in the pose priors"):
         run_sfm(SfmConfig(num_threads=1, max_num_features=512, pose_prior=PLUSH_MODEL), src,
                 tmp_path / "ws2")
+
+
+def test_two_view_points_only_guided_matching_backs_are_left_out(plush_subset, tmp_path):
+    """Guided matching (on for exhaustive matching) adds matches no descriptor match backs;
+    the sparse points seen in only two photos through such a match are left out, and the
+    poses are the same as with them kept."""
+    import pycolmap
+
+    res = run_sfm(SfmConfig(max_num_features=2048), plush_subset, tmp_path / "ws")
+    assert res.matching == "exhaustive" and res.dropped_points > 0
+    rec = pycolmap.Reconstruction(str(tmp_path / "ws/sparse/0"))
+    assert rec.num_points3D() == res.num_points
+    two_view = 0
+    with pycolmap.Database.open(tmp_path / "ws/database.db") as db:
+        for pt in rec.points3D.values():
+            if pt.track.length() == 2:
+                (i1, f1), (i2, f2) = sorted((e.image_id, e.point2D_idx)
+                                            for e in pt.track.elements)
+                raw = {tuple(m) for m in db.read_matches(i1, i2).tolist()}
+                assert (f1, f2) in raw
+                two_view += 1
+    assert two_view > 0  # two-view points backed by a descriptor match stay
+
+    kept = tmp_path / "kept"
+    shutil.copytree(tmp_path / "ws", kept)
+    (kept / "sfm.json").unlink()  # unfinished: features and matches are reused, mapping reruns
+    res2 = run_sfm(SfmConfig(max_num_features=2048, drop_guided_two_view_points=False),
+                   plush_subset, kept)
+    assert "match" in res2.skipped_steps and res2.dropped_points == 0
+    assert res2.num_points == res.num_points + res.dropped_points
+    rec2 = pycolmap.Reconstruction(str(kept / "sparse/0"))
+    poses = {im.name: im.cam_from_world().matrix() for im in rec.images.values()}
+    poses2 = {im.name: im.cam_from_world().matrix() for im in rec2.images.values()}
+    assert poses.keys() == poses2.keys()
+    assert max(np.abs(poses[n] - poses2[n]).max() for n in poses) < 1e-9

@@ -155,6 +155,13 @@ class SfmConfig(StageConfig):
                           "exhaustive matching (small sets, where it decides whether weak "
                           "pairs link) and with pose_prior, off for retrieval and sequential "
                           "matching; left-over photos are always re-matched guided.")
+    drop_guided_two_view_points: bool = Field(
+        True, description="Leave out of the sparse points those seen in only two photos "
+                          "through a match that guided matching alone found (no descriptor "
+                          "match backs it); the poses are unchanged. They lie far out more "
+                          "often, and training started from them scored lower on held-out "
+                          "photos (beer_phone, benchmarks/results). No effect without guided "
+                          "matching.")
     mapping: Literal["auto", "incremental", "global"] = Field(
         "auto",
         description="incremental (COLMAP), global (GLOMAP, merged in COLMAP), or auto: "

@@ -40,6 +40,7 @@ from ..util import atomic_write_text
 from .downscale import downscale_images, restore_full_size
 from .mapping import RELAXED_MAPPER, map_complete, registered_names, resolve_mapping
 from .matching import match_pairs, plan_pairs, rematch_pairs, verification_options
+from .points import drop_guided_two_view_points
 from .priors import PosePrior, read_pose_priors, triangulate_with_priors
 from .retrieval import retrieval_pairs
 from .rig import apply_view_rig, camera_params
@@ -95,6 +96,8 @@ class SfmResult:
             plain words and the numbers behind it (features, verified neighbours, component).
         peak_threshold: the SIFT peak threshold used.
         first_octave: the first octave of SIFT's scale space (-1: the image doubled first).
+        dropped_points: two-view points left out because only guided matching backed them
+            (``SfmConfig.drop_guided_two_view_points``; not counted in ``num_points``).
         seconds: wall-clock seconds per step (``ingest``, ``extract``, ``match``, ``map``,
             ``undistort``); a step skipped on resume has no entry.
         skipped_steps: steps reused from an earlier run of the same workspace.
@@ -122,6 +125,7 @@ class SfmResult:
     left_out: list[dict[str, Any]] = field(default_factory=list)
     peak_threshold: float = 0.0
     first_octave: int = -1
+    dropped_points: int = 0
 
 
 def _fingerprint(images_dir: Path, config: SfmConfig, first_octave: int) -> str:
@@ -552,6 +556,12 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
             + _reasons_text(left_out) + "\n  " + _HINTS
             + "\n  To go on with the partial scene anyway, set allow_partial "
               "(--allow-partial).")
+    dropped = 0
+    if config.drop_guided_two_view_points:
+        dropped = drop_guided_two_view_points(pycolmap, best, db_path)
+        if dropped:
+            rep.info(f"{dropped} points seen in only two photos through a guided match alone "
+                     "left out of the sparse points", dropped_points=dropped)
     rep.step(3)
 
     # 4. Undistort to PINHOLE (COLMAP's cameras and warp; scene/undistort.py).
@@ -592,6 +602,7 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
         left_out=left_out,
         peak_threshold=peak,
         first_octave=first_octave,
+        dropped_points=dropped,
     )
     _publish(workspace, und, work)
     atomic_write_text(workspace / "sfm.json", json.dumps(asdict(result), indent=2))
