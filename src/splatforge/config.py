@@ -158,9 +158,10 @@ class SfmConfig(StageConfig):
     drop_guided_two_view_points: bool = Field(
         True, description="Leave out of the sparse points those seen in only two photos "
                           "through a match that guided matching alone found (no descriptor "
-                          "match backs it); the poses are unchanged. They lie far out more "
-                          "often, and training started from them scored lower on held-out "
-                          "photos (beer_phone, benchmarks/results). No effect without guided "
+                          "match backs it); the poses are unchanged. Measured from the same "
+                          "poses, 7000 GPU steps: beer_phone 25.0 dB held-out PSNR without "
+                          "them against 23.3 with them, plush_dog level, lego lower (23.5 "
+                          "against 26.5, seed spread 4-5 dB). No effect without guided "
                           "matching.")
     mapping: Literal["auto", "incremental", "global"] = Field(
         "auto",
