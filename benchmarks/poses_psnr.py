@@ -44,9 +44,11 @@ from splatforge.scene import load_scene
 from splatforge.train import run_train
 ws, out, steps, seed, factor = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), \
     int(sys.argv[4]), int(sys.argv[5])
-sc = SceneConfig(data_factor=factor, cache_dir=out / "cache")
+bg = tuple(float(v) for v in sys.argv[6].split(","))
+save = [steps] if sys.argv[7] == "1" else []
+sc = SceneConfig(data_factor=factor, cache_dir=out / "cache", background=bg)
 t0 = time.monotonic()
-res = run_train(TrainConfig(max_steps=steps, seed=seed, save_steps=[]), load_scene(ws, sc),
+res = run_train(TrainConfig(max_steps=steps, seed=seed, save_steps=save), load_scene(ws, sc),
                 out / "model", scene_config=sc)
 test = res.metrics.get("test") or {}
 print("RESULT " + json.dumps({"psnr": test.get("psnr"), "ssim": test.get("ssim"),
@@ -55,11 +57,14 @@ print("RESULT " + json.dumps({"psnr": test.get("psnr"), "ssim": test.get("ssim")
 """
 
 
-def train_one(ws: Path, out: Path, steps: int, seed: int, factor: int) -> dict:
+def train_one(ws: Path, out: Path, steps: int, seed: int, factor: int,
+              background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+              save: bool = False) -> dict:
     """One training in a fresh process; its result row (``error`` when it failed)."""
     out.mkdir(parents=True, exist_ok=True)
     p = subprocess.run([sys.executable, "-c", _ONE, str(ws), str(out), str(steps), str(seed),
-                        str(factor)], capture_output=True, text=True)
+                        str(factor), ",".join(map(str, background)), "1" if save else "0"],
+                       capture_output=True, text=True)
     (out / "log.txt").write_text(p.stdout + p.stderr)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     if not lines:
@@ -109,6 +114,11 @@ def main() -> None:
     ap.add_argument("--data-factor", nargs="*", default=[],
                     help="case=factor pairs (default 1), e.g. beer_phone=2")
     ap.add_argument("--jobs", type=int, default=1, help="trainings at a time")
+    ap.add_argument("--background", type=float, nargs=3, default=(1.0, 1.0, 1.0),
+                    help="SceneConfig.background: the colour RGBA photos are composited on "
+                         "and the trainer renders on (default white)")
+    ap.add_argument("--save", action="store_true",
+                    help="keep each training's final PLY (for `splatforge eval` renders)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/poses_psnr"))
     ap.add_argument("--json", type=Path)
     ap.add_argument("--pack", type=Path, help="write small copies here instead of training")
@@ -129,7 +139,7 @@ def main() -> None:
         name, ws, seed = task
         case = name.rsplit("_", 1)[0]
         r = train_one(ws, args.out / f"{name}_seed{seed}", args.steps, seed,
-                      factors.get(case, 1))
+                      factors.get(case, 1), tuple(args.background), args.save)
         r.update(name=name, case=case, seed=seed)
         print(json.dumps(r), flush=True)
         return r
@@ -153,7 +163,8 @@ def main() -> None:
                      "psnr": round(float(np.median(ok)), 3) if ok else None,
                      "spread": round(max(ok) - min(ok), 3) if ok else None,
                      "seconds": [r.get("seconds") for r in results if r["name"] == name]})
-    head = (f"{args.steps} steps, seeds {seeds[0]}..{seeds[-1]}, {device}, "
+    head = (f"{args.steps} steps, seeds {seeds[0]}..{seeds[-1]}, background "
+            f"{tuple(args.background)}, {device}, "
             f"{round(time.monotonic() - t0)} s in all, commit "
             + os.popen("git rev-parse --short HEAD 2>/dev/null").read().strip())
     print(f"\nHeld-out PSNR (dB), {head}\n")

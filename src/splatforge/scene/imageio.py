@@ -50,6 +50,12 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise InputError(path, f"cannot be decoded as an image ({e})") from None
 
 
+def has_alpha(im: Image.Image) -> bool:
+    """Whether an opened image carries transparency: an alpha channel (``RGBA``, ``LA`` and
+    their premultiplied forms, ``PA``) or a palette/colour-key ``transparency`` entry."""
+    return im.mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in im.info
+
+
 def _open_rgb_or_rgba(path: Path) -> Image.Image:
     """Decode fully into mode ``RGB`` or ``RGBA`` (grey, palette and 16-bit handled)."""
     try:
@@ -66,8 +72,7 @@ def _open_rgb_or_rgba(path: Path) -> Image.Image:
             if mode == "F":
                 a8 = np.clip(np.round(np.asarray(im) * 255.0), 0, 255).astype(np.uint8)
                 return Image.fromarray(a8, "L").convert("RGB")
-            has_alpha = mode in ("LA", "La", "RGBa", "PA") or "transparency" in im.info
-            return im.convert("RGBA" if has_alpha else "RGB")
+            return im.convert("RGBA" if has_alpha(im) else "RGB")
     except FileNotFoundError:
         raise InputError(path, "image file not found") from None
     except _DECODE_ERRORS as e:
