@@ -124,3 +124,30 @@ def test_sfm_workspace_of_rgba_photos_stays_transparent(tmp_path):
     scene = load_scene(ws, SceneConfig(cache_dir=tmp_path / "cache", background=(0, 0, 1)))
     rgb = load_image(scene.images[0], scene.background)
     assert tuple(rgb[0, 0]) == (0, 0, 255)
+
+
+def test_rgba_mask_of_one_colour_stays_a_mask(tmp_path):
+    """A mask drawn as one colour with the mask in alpha (what some matting tools write),
+    undistorted onto a PINHOLE camera wider than the photo: the copy still reads as the same
+    mask (splatforge.scene.masks.load_mask uses alpha when the colour is constant), with the
+    pixels outside the photo transparent."""
+    import pycolmap
+
+    from splatforge.scene.masks import load_mask
+
+    size = 96
+    yy, xx = np.mgrid[:size, :size]
+    rgba = np.full((size, size, 4), 255, np.uint8)
+    rgba[..., 3] = np.where((xx - 48) ** 2 + (yy - 48) ** 2 < 25 ** 2, 255, 0)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "mask.png")
+    distorted, fitted = _cameras(size, -0.05)
+    f, cx, cy = fitted.params[0], fitted.params[2], fitted.params[3]
+    wide = pycolmap.Camera(model="PINHOLE", width=size + 16, height=size + 16,
+                           params=[f, f, cx + 8, cy + 8])
+    undistort_files([(tmp_path / "mask.png", tmp_path / "out.png", distorted, wide)])
+    with Image.open(tmp_path / "out.png") as im:
+        out = np.asarray(im)
+    assert (out[:3, :, 3] == 0).all() and (out[:, :3, 3] == 0).all()  # outside the photo
+    mask = load_mask(tmp_path / "out.png")
+    np.testing.assert_array_equal(mask, out[..., 3] >= 128)
+    assert mask[size // 2 + 8, size // 2 + 8] and not mask[12, 12]

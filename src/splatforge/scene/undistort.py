@@ -176,7 +176,7 @@ def undistort_image(src: Path, dst: Path, distorted: Any, pinhole: Any,
     the colour resampled premultiplied by alpha (so that the colour of transparent pixels does
     not bleed into the edge) and divided by the resampled alpha again, and target pixels
     outside the source are transparent; where the resampled alpha is 0 the colour is the
-    straight resampled one (an RGBA mask of one colour stays one colour). COLMAP's undistorter
+    straight resampled one, also outside (an RGBA mask of one colour stays one colour). COLMAP's undistorter
     writes every other image as RGB, and so does this function. EXIF is kept. ``grids`` caches :func:`warp_grid` per source size; an image whose size
     differs from ``distorted``'s is warped with the camera rescaled to it (as COLMAP does).
     ``lock``, when given, guards ``grids`` (images of one camera in several threads build its
@@ -229,7 +229,9 @@ def undistort_image(src: Path, dst: Path, distorted: Any, pinhole: Any,
         a = y[6:]
         rgb = torch.where(a > 0, y[:3] * 255.0 / a.clamp_min(1e-6), y[3:6])
         y = torch.cat([rgb, a])
-    y[:, outside] = 0.0
+        y[3, outside] = 0.0  # transparent; the colour stays (an RGBA mask keeps one colour)
+    else:
+        y[:, outside] = 0.0
     out = y.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     img = Image.fromarray(np.ascontiguousarray(out[..., 0] if out.shape[2] == 1 else out))
     dst.parent.mkdir(parents=True, exist_ok=True)
