@@ -172,15 +172,16 @@ def undistort_image(src: Path, dst: Path, distorted: Any, pinhole: Any,
     """Resample the image file ``src`` to ``pinhole`` and write it to ``dst``.
 
     Grayscale images stay grayscale (masks). Images with transparency (RGBA PNGs of an object
-    cut out of its background, as the NeRF-synthetic scenes) keep it: they are written as RGBA,
-    the colour resampled premultiplied by alpha (so that the colour of transparent pixels does
-    not bleed into the edge) and divided by the resampled alpha again, and target pixels
-    outside the source are transparent; where the resampled alpha is 0 the colour is the
-    straight resampled one, also outside (an RGBA mask of one colour stays one colour). COLMAP's undistorter
-    writes every other image as RGB, and so does this function. EXIF is kept. ``grids`` caches :func:`warp_grid` per source size; an image whose size
-    differs from ``distorted``'s is warped with the camera rescaled to it (as COLMAP does).
-    ``lock``, when given, guards ``grids`` (images of one camera in several threads build its
-    grid once). An image whose camera has no distortion is copied unchanged.
+    cut out of its background, as the NeRF-synthetic scenes) keep it: they are written as
+    RGBA, the colour resampled premultiplied by alpha (so that the colour of transparent
+    pixels does not bleed into the edge) and divided by the resampled alpha again; target
+    pixels outside the source are transparent. Where the resampled alpha is 0, also outside,
+    the colour is the straight resampled one (an RGBA mask of one colour stays one colour).
+    Every other image is written as RGB, as COLMAP's undistorter writes every image. EXIF is
+    kept. ``grids`` caches :func:`warp_grid` per source size; an image whose size differs from
+    ``distorted``'s is warped with the camera rescaled to it (as COLMAP does). ``lock``, when
+    given, guards ``grids`` (images of one camera in several threads build its grid once). An
+    image whose camera has no distortion is copied unchanged.
 
     Returns:
         with ``sample_xy`` (``[N, 2]`` points of the distorted image, px), the
