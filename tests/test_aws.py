@@ -669,3 +669,28 @@ def test_both_front_doors_share_one_layout_and_notify(aws, tmp_path):
     finally:
         srv.stop()
         hook.close()
+
+
+def test_no_heartbeat_follows_the_tasks_success(aws):
+    """The heartbeat thread is stopped before the task's success is sent: a heartbeat after
+    it would be refused (InvalidToken) and logged as a failure. Heartbeats every 5 ms race
+    the success as hard as they can."""
+    from splatforge.aws.task import StatusReporter
+
+    sid = "beat-race"
+    arn, token = aws.start(sid)
+    rec: dict[str, list] = {}
+    clients = _clients(aws.env(sid, SFN_TASK_TOKEN=token), rec)
+    success: list[float] = []
+    clients.sfn.meta.events.register(
+        "before-send.sfn.SendTaskSuccess",
+        lambda request, **kw: success.append(time.monotonic()))
+    rep = StatusReporter(sid, None, token, clients, heartbeat_seconds=0.005)
+    with rep:
+        time.sleep(0.3)
+        rep.complete({"outputs": [], "iterations": 0})
+        time.sleep(0.2)  # a thread left running would beat again here
+    assert len(success) == 1 and len(rec["heartbeats"]) >= 3
+    assert max(rec["heartbeats"]) < success[0]
+    assert rep.heartbeats == len(rec["heartbeats"])
+    assert aws.finished(arn)["status"] == "SUCCEEDED"

@@ -302,6 +302,7 @@ class StatusReporter:
         self._update({"processingStage": "complete", "progress": Decimal(1),
                       "outputs": payload["outputs"], "iterations": payload["iterations"]})
         if self.token:
+            self._stop_heartbeats()  # none may follow the success: the token is spent
             self.clients.sfn.send_task_success(taskToken=self.token,
                                                output=json.dumps(payload))
         log.info("scene %s: complete, %d objects", self.scene_id, len(payload["outputs"]))
@@ -315,6 +316,7 @@ class StatusReporter:
         except Exception as e:  # noqa: BLE001
             log.error("could not record the failure in %s: %s", self.table, e)
         if self.token:
+            self._stop_heartbeats()
             try:
                 self.clients.sfn.send_task_failure(taskToken=self.token, error=SFN_ERROR,
                                                    cause=error[:32768])
@@ -347,10 +349,15 @@ class StatusReporter:
         while not self._stop.wait(self.heartbeat_seconds):
             self.heartbeat()
 
-    def __exit__(self, *exc: Any) -> None:
+    def _stop_heartbeats(self) -> None:
+        """Stop the heartbeat thread and wait for a heartbeat in flight, so that none is sent
+        after the task's success or failure (Step Functions answers it with InvalidToken)."""
         self._stop.set()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop_heartbeats()
 
 
 # -- the stages -------------------------------------------------------------------------------
