@@ -15,8 +15,8 @@ and the spread over seeds::
 Workspaces are named ``<case>_<label>``; rows of the same case are compared with the row
 labelled ``before``. ``--background R G B`` sets the colour RGBA photos are composited on and
 the trainer renders on (``SceneConfig.background``, white by default); ``--save`` keeps each
-training's final PLY so that ``splatforge eval`` can render its held-out views. Without CUDA it trains on the CPU with the pure-PyTorch rasterizer (slow:
-for a check, use ``--steps 50``).
+training's final PLY so that ``splatforge eval`` can render its held-out views. Without CUDA
+it trains on the CPU with the pure-PyTorch rasterizer (slow: for a check, use ``--steps 50``).
 
 ``--pack DIR`` instead writes a small copy of each workspace into ``DIR/<name>`` for a GPU
 machine (which has neither ``../shared`` nor room for full-size frames): ``sparse/0`` and the

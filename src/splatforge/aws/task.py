@@ -353,7 +353,7 @@ class StatusReporter:
         """Stop the heartbeat thread and wait for a heartbeat in flight, so that none is sent
         after the task's success or failure (Step Functions answers it with InvalidToken)."""
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
+        if self._thread is not None:
             self._thread.join()
 
     def __exit__(self, *exc: Any) -> None:

@@ -219,14 +219,16 @@ def undistort_image(src: Path, dst: Path, distorted: Any, pinhole: Any,
         grid, outside = grids[(w, h)]
     x = torch.from_numpy(arr.reshape(h, w, -1)).permute(2, 0, 1)[None].float()
     jpeg = dst.suffix.lower() in (".jpg", ".jpeg")
-    if mode == "RGBA" and jpeg:  # a JPEG cannot hold alpha (its source cannot have had it)
-        x = x[:, :3]
-    if x.shape[1] == 4:
+    # a JPEG cannot hold alpha (and its source cannot have had it)
+    keep_alpha = mode == "RGBA" and not jpeg
+    if keep_alpha:
         # [premultiplied colour, straight colour, alpha], resampled together
         x = torch.cat([x[:, :3] * (x[:, 3:] / 255.0), x], 1)
+    elif mode == "RGBA":
+        x = x[:, :3]
     y = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border",
                                         align_corners=False)[0]
-    if y.shape[0] == 7:
+    if keep_alpha:
         a = y[6:]
         rgb = torch.where(a > 0, y[:3] * 255.0 / a.clamp_min(1e-6), y[3:6])
         y = torch.cat([rgb, a])

@@ -10,9 +10,8 @@ are seen in just two photos through such a match alone (plush_dog 848 of 6707, l
 (benchmarks/results/sfm_issue22_psnr10_h100.json): beer_phone 24.95 and 25.01 dB without them
 against 23.30 with them (the baseline's SfM: 23.47); plush_dog 29.68 against 29.63; lego 35.35
 against 35.52, four seeds, its photos' transparency kept (sfm_issue22_psnr11_h100.json; the
-baseline's poses: 34.44). Dropping only
-the 850 of beer_phone's that lie beyond twice the cameras' orbit radius gave 22.83 dB: the
-near ones are what lowers it.
+baseline's poses: 34.44). Dropping only the 850 of beer_phone's that lie beyond twice the
+cameras' orbit radius gave 22.83 dB: the near ones are what lowers it.
 
 :func:`drop_guided_two_view_points` removes exactly those points: seen in two photos, through a
 correspondence that is not among the pair's descriptor matches (COLMAP's ``matches`` table,
