@@ -12,7 +12,7 @@ also the rotation error after an Umeyama alignment of the centres alone: :func:`
 with ``--train-steps N`` also the held-out PSNR
 after the same short CPU training on the resulting poses (the preview preset's recipe at about
 200 px wide, N steps; ``--train-seeds K``: the median over seeds 0..K-1, each in
-``psnr_seeds``).
+``psnr_seeds``; ``--train-first-seed S`` starts at seed S, to add seeds to a run).
 
 Usage (repository root)::
 
@@ -319,6 +319,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=-1, help="SfM threads (-1 = all cores)")
     ap.add_argument("--train-steps", type=int, default=0,
                     help="also train this many CPU steps on each result (0 = no training)")
+    ap.add_argument("--train-first-seed", type=int, default=0,
+                    help="first training seed (seeds S .. S + train_seeds - 1)")
     ap.add_argument("--train-seeds", type=int, default=1,
                     help="train with seeds 0..N-1 and report the median held-out PSNR "
                          "(psnr_seeds lists each): one seed's PSNR varies by about 0.5 dB")
@@ -378,7 +380,8 @@ def main() -> None:
                     row.update(pose_errors(wsp, Path(ref)))
                 if args.train_steps and "error" not in r and (wsp / "images").is_dir():
                     ps = [train_psnr(wsp, args.train_steps, tmp / f"{case}_{label}_t", seed)
-                          for seed in range(args.train_seeds)]
+                          for seed in range(args.train_first_seed,
+                                            args.train_first_seed + args.train_seeds)]
                     row["psnr_seeds"] = [None if p is None else round(p, 3) for p in ps]
                     ok = [p for p in ps if p is not None]
                     row["psnr"] = round(float(np.median(ok)), 3) if ok else None
