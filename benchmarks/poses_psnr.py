@@ -111,18 +111,13 @@ def pack(ws: Path, dst: Path, factor: int, min_track_length: int = 0,
         p = model.points3D
         xyz = p.xyz
         if points_from is not None:
-            from sfm import umeyama
+            from sfm import _estimated_poses, umeyama
 
-            other = read_model(points_from / "sparse" / "0", read_points2D=False)
-            p = other.points3D
-
-            def centres(m):
-                return {im.name: -im.rotation().T @ im.tvec for im in m.images.values()}
-
-            mine, theirs = centres(model), centres(other)
+            p = read_model(points_from / "sparse" / "0", read_points2D=False).points3D
+            mine, theirs = _estimated_poses(ws), _estimated_poses(points_from)
             names = sorted(set(mine) & set(theirs))
-            s, r, t = umeyama(np.array([theirs[n] for n in names]),
-                              np.array([mine[n] for n in names]))
+            s, r, t = umeyama(np.array([theirs[n][1] for n in names]),
+                              np.array([mine[n][1] for n in names]))
             xyz = s * p.xyz @ r.T + t
         model.points3D = ColmapPoints3D.from_arrays(xyz, p.rgb, p.ids, p.errors)
         for f in (dst / "sparse" / "0").iterdir():
