@@ -540,26 +540,33 @@ def test_pose_prior_errors_name_the_problem(tmp_path):
                 tmp_path / "ws2")
 
 
-def test_two_view_points_only_guided_matching_backs_are_left_out(plush_subset, tmp_path):
-    """Guided matching (on for exhaustive matching) adds matches no descriptor match backs;
-    the sparse points seen in only two photos through such a match are left out, and the
-    poses are the same as with them kept."""
+def test_two_view_points_only_guided_matching_backs_are_left_out_where_their_depth_disagrees(
+        plush_subset, tmp_path):
+    """Guided matching (on for exhaustive matching) adds matches no descriptor match backs; of
+    the sparse points seen in only two photos through such a match, those whose depth is
+    unlike that of the points around them are left out, the others kept, and the poses are the
+    same as with them all kept."""
     import pycolmap
 
+    from splatforge.sfm.points import depth_disagreement, guided_two_view_point_ids
+
+    ratio = SfmConfig().guided_two_view_max_depth_ratio
     res = run_sfm(SfmConfig(max_num_features=2048), plush_subset, tmp_path / "ws")
     assert res.matching == "exhaustive" and res.dropped_points > 0
     rec = pycolmap.Reconstruction(str(tmp_path / "ws/sparse/0"))
     assert rec.num_points3D() == res.num_points
-    two_view = 0
+    backed = 0
+    left = guided_two_view_point_ids(pycolmap, rec, tmp_path / "ws/database.db")
     with pycolmap.Database.open(tmp_path / "ws/database.db") as db:
         for pt in rec.points3D.values():
             if pt.track.length() == 2:
                 (i1, f1), (i2, f2) = sorted((e.image_id, e.point2D_idx)
                                             for e in pt.track.elements)
                 raw = {tuple(m) for m in db.read_matches(i1, i2).tolist()}
-                assert (f1, f2) in raw
-                two_view += 1
-    assert two_view > 0  # two-view points backed by a descriptor match stay
+                backed += (f1, f2) in raw
+    assert backed > 0  # two-view points backed by a descriptor match stay
+    assert left  # and so do guided-only ones at their neighbours' depth
+    assert max(depth_disagreement(rec, left).values()) <= np.log(ratio)
 
     kept = tmp_path / "kept"
     shutil.copytree(tmp_path / "ws", kept)
@@ -573,3 +580,34 @@ def test_two_view_points_only_guided_matching_backs_are_left_out(plush_subset, t
     poses2 = {im.name: im.cam_from_world().matrix() for im in rec2.images.values()}
     assert poses.keys() == poses2.keys()
     assert max(np.abs(poses[n] - poses2[n]).max() for n in poses) < 1e-9
+    # exactly the guided-only two-view points beyond the depth ratio went
+    ids = guided_two_view_point_ids(pycolmap, rec2, kept / "database.db")
+    dis = depth_disagreement(rec2, ids)
+    gone = {p for p, d in dis.items() if d > np.log(ratio)}
+    assert len(gone) == res.dropped_points
+    assert set(ids) - set(rec.points3D) == gone
+    assert len(ids) > res.dropped_points
+
+
+def test_depth_disagreement_flags_a_point_moved_along_its_ray(plush_subset, tmp_path):
+    """A point slid along one camera's ray (what a wrong correspondence on the epipolar line
+    does to a two-view point) still projects to the same keypoint in that photo, but its depth
+    there is no longer that of the points around it."""
+    import pycolmap
+
+    from splatforge.sfm.points import depth_disagreement
+
+    run_sfm(SfmConfig(max_num_features=2048, drop_guided_two_view_points=False),
+            plush_subset, tmp_path / "ws")
+    rec = pycolmap.Reconstruction(str(tmp_path / "ws/sparse/0"))
+    long_tracks = [p for p, pt in rec.points3D.items() if pt.track.length() >= 4]
+    before = depth_disagreement(rec, long_tracks[:50])
+    pid = min(before, key=before.get)
+    pt = rec.points3D[pid]
+    img = rec.images[pt.track.elements[0].image_id]
+    centre = img.projection_center()
+    uv = img.project_point(pt.xyz)
+    pt.xyz = centre + 0.6 * (pt.xyz - centre)  # 40 % nearer that camera, on the same ray
+    assert np.allclose(img.project_point(pt.xyz), uv, atol=1e-6)
+    after = depth_disagreement(rec, [pid])[pid]
+    assert before[pid] < np.log(1.1) < np.log(1 / 0.6) - 0.05 <= after

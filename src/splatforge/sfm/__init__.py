@@ -558,10 +558,13 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
               "(--allow-partial).")
     dropped = 0
     if config.drop_guided_two_view_points:
-        dropped = drop_guided_two_view_points(pycolmap, best, db_path)
+        dropped = drop_guided_two_view_points(pycolmap, best, db_path,
+                                              config.guided_two_view_max_depth_ratio)
         if dropped:
-            rep.info(f"{dropped} points seen in only two photos through a guided match alone "
-                     "left out of the sparse points", dropped_points=dropped)
+            why = ("" if config.guided_two_view_max_depth_ratio is None
+                   else ", at a depth unlike the points around them,")
+            rep.info(f"{dropped} points seen in only two photos through a guided match "
+                     f"alone{why} left out of the sparse points", dropped_points=dropped)
     rep.step(3)
 
     # 4. Undistort to PINHOLE (COLMAP's cameras and warp; scene/undistort.py).
