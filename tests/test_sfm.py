@@ -368,6 +368,10 @@ def test_mapping_auto_resolves_by_image_count():
     assert auto.mapping == "auto"
     assert resolve_mapping(auto, 199) == "incremental"
     assert resolve_mapping(auto, 200) == "global"
+    # retrieval's sparse view graph is mapped globally whatever the count
+    assert resolve_mapping(auto, 135, matching="retrieval") == "global"
+    assert resolve_mapping(auto, 135, matching="exhaustive") == "incremental"
+    assert resolve_mapping(auto, 135, rig=True, matching="retrieval") == "incremental"
     assert resolve_mapping(auto, 500, rig=True) == "incremental"  # 360 rigs map incrementally
     assert resolve_mapping(SfmConfig(mapping="incremental"), 500) == "incremental"
     assert resolve_mapping(SfmConfig(mapping="global"), 16) == "global"
@@ -548,10 +552,12 @@ def test_two_view_points_only_guided_matching_backs_are_left_out_where_their_dep
     same as with them all kept."""
     import pycolmap
 
-    from splatforge.sfm.points import depth_disagreement, guided_two_view_point_ids
+    from splatforge.sfm.points import (depth_disagreement, drop_guided_two_view_points,
+                                       guided_two_view_point_ids)
 
-    ratio = SfmConfig().guided_two_view_max_depth_ratio
-    res = run_sfm(SfmConfig(max_num_features=2048), plush_subset, tmp_path / "ws")
+    ratio = 1.1
+    res = run_sfm(SfmConfig(max_num_features=2048, guided_two_view_max_depth_ratio=ratio),
+                  plush_subset, tmp_path / "ws")
     assert res.matching == "exhaustive" and res.dropped_points > 0
     rec = pycolmap.Reconstruction(str(tmp_path / "ws/sparse/0"))
     assert rec.num_points3D() == res.num_points
@@ -587,6 +593,10 @@ def test_two_view_points_only_guided_matching_backs_are_left_out_where_their_dep
     assert len(gone) == res.dropped_points
     assert set(ids) - set(rec.points3D) == gone
     assert len(ids) > res.dropped_points
+    # the default (no ratio) leaves out every one of them
+    assert SfmConfig().guided_two_view_max_depth_ratio is None
+    assert drop_guided_two_view_points(pycolmap, rec2, kept / "database.db") == len(ids)
+    assert not guided_two_view_point_ids(pycolmap, rec2, kept / "database.db")
 
 
 def test_depth_disagreement_flags_a_point_moved_along_its_ray(plush_subset, tmp_path):

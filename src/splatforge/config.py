@@ -163,12 +163,15 @@ class SfmConfig(StageConfig):
                           "them against 23.3 with them, plush_dog level, lego 0.17 dB "
                           "lower (35.35 against 35.52). No effect without guided matching.")
     guided_two_view_max_depth_ratio: float | None = Field(
-        1.1, ge=1.0, le=100.0,
+        None, ge=1.0, le=100.0,
         description="Of the points drop_guided_two_view_points concerns, keep those whose "
                     "depth in each of their two photos lies within this ratio of the median "
                     "depth of the 8 points nearest to them in that photo (a wrong "
                     "correspondence along the epipolar line reprojects well but lands at a "
-                    "wrong depth); None leaves them all out.")
+                    "wrong depth); None (the default) leaves them all out. At 1.1, beer_phone "
+                    "keeps 1080 of its 2203 such points and lego 822 of 1367, while 97-98 % "
+                    "of the observations of points seen in three or more photos lie within "
+                    "that ratio. Not the default: its held-out PSNR is not measured yet.")
     mapping: Literal["auto", "incremental", "global"] = Field(
         "auto",
         description="incremental (COLMAP), global (GLOMAP, merged in COLMAP), or auto: "
