@@ -368,10 +368,6 @@ def test_mapping_auto_resolves_by_image_count():
     assert auto.mapping == "auto"
     assert resolve_mapping(auto, 199) == "incremental"
     assert resolve_mapping(auto, 200) == "global"
-    # retrieval's sparse view graph is mapped globally whatever the count
-    assert resolve_mapping(auto, 135, matching="retrieval") == "global"
-    assert resolve_mapping(auto, 135, matching="exhaustive") == "incremental"
-    assert resolve_mapping(auto, 135, rig=True, matching="retrieval") == "incremental"
     assert resolve_mapping(auto, 500, rig=True) == "incremental"  # 360 rigs map incrementally
     assert resolve_mapping(SfmConfig(mapping="incremental"), 500) == "incremental"
     assert resolve_mapping(SfmConfig(mapping="global"), 16) == "global"

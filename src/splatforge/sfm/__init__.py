@@ -369,7 +369,7 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
     db_path = work / "database.db"
     matching = _resolve_matching(config, num_images, is_video, rep, priors is not None)
     guided = _guided(config, matching, priors is not None)
-    mapping = resolve_mapping(config, num_images, rig=views is not None, matching=matching)
+    mapping = resolve_mapping(config, num_images, rig=views is not None)
     skipped: list[str] = []
     ranked: dict[str, list[str]] | None = None
 

@@ -92,25 +92,14 @@ def registered_names(rec: Any | None) -> set[str]:
     return {img.name for img in rec.images.values() if img.has_pose}
 
 
-def resolve_mapping(config: SfmConfig, num_images: int, rig: bool = False,
-                    matching: str | None = None) -> str:
+def resolve_mapping(config: SfmConfig, num_images: int, rig: bool = False) -> str:
     """The first mapper for ``num_images`` images: ``config.mapping``, with ``auto`` resolved to
-    ``global`` from ``config.global_min_images`` images on or when the pairs were chosen by
-    retrieval (``matching == "retrieval"``), else ``incremental``; ``auto`` maps a rig of 360
-    views (``rig``) incrementally, with the rig options.
-
-    Retrieval matches each photo with its few most similar ones, a sparse view graph on which
-    the incremental mapper breaks the scene apart; global mapping solves every rotation and
-    position of the graph at once. Measured on statue_of_liberty (135 photos, 1367 retrieval
-    pairs, 2 cores): incremental mapping registered 53 photos in 4 models (45 s) and needed
-    three remedies and 172 s in all to register 135; global mapping: see
-    ``SfmConfig.mapping``."""
+    ``global`` from ``config.global_min_images`` images on, else ``incremental``; ``auto``
+    maps a rig of 360 views (``rig``) incrementally, with the rig options."""
     if config.mapping != "auto":
         return config.mapping
     if rig:
         return "incremental"
-    if matching == "retrieval":
-        return "global"
     return "global" if num_images >= config.global_min_images else "incremental"
 
 
