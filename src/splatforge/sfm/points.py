@@ -71,8 +71,8 @@ def depth_disagreement(rec: Any, point_ids: list[int],
     ``num_neighbors`` points nearest to its keypoint in that image (pixels), taken from the
     image's other points (those not in ``point_ids``). The point's disagreement is the largest
     ``|ln(z / m)|`` over its images; a depth ratio ``r`` in both directions corresponds to
-    ``ln(r)``. It is infinite where no image gives ``num_neighbors`` such neighbours, or where
-    a depth is not positive.
+    ``ln(r)``. It is infinite where one of its images holds fewer than ``num_neighbors`` such
+    points, or where a depth is not positive.
 
     A two-view point from a wrong correspondence along the epipolar line reprojects as well as
     a right one, so its reprojection error says nothing; its depth, which the wrong
