@@ -12,5 +12,5 @@ else
   echo "gsplat compiled in $(( $(date +%s) - t0 )) s"
   so=$(ls /root/.cache/torch_extensions/*/gsplat_cuda/gsplat_cuda.so | head -1); cp $so $OUT/; export SPLATFORGE_GSPLAT_SO=$so
 fi
-ls .packs
+printf "%s\n" "$@"  # the pose sets this call trains
 python3 benchmarks/poses_psnr.py --ws "$@" --data-factor $DF --steps ${STEPS:-7000} --seeds ${SEEDS:-3} --jobs ${JOBS:-9} --out /tmp/pp --json $OUT/psnr_${TAG:-x}.json 2>&1 | tee $OUT/psnr_${TAG:-x}.log | grep -v "^{"

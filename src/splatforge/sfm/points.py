@@ -91,8 +91,7 @@ def depth_disagreement(rec: Any, point_ids: list[int],
     from scipy.spatial import cKDTree
 
     scored = set(point_ids)
-    worst = {pid: 0.0 for pid in point_ids}
-    seen: dict[int, int] = {pid: 0 for pid in point_ids}
+    worst = dict.fromkeys(point_ids, -np.inf)  # -inf: not compared in any image yet
     for img in rec.images.values():
         if not img.has_pose:
             continue
@@ -104,27 +103,22 @@ def depth_disagreement(rec: Any, point_ids: list[int],
                 pids.append(p2.point3D_id)
                 xy.append(p2.xy)
                 depth.append(float(rot[2] @ rec.points3D[p2.point3D_id].xyz + trans[2]))
-        if not pids:
-            continue
-        pids_a, xy_a, depth_a = np.asarray(pids), np.asarray(xy), np.asarray(depth)
         mine = np.fromiter((p in scored for p in pids), bool, len(pids))
         if not mine.any():
             continue
         others = ~mine
-        if others.sum() < num_neighbors:
-            for pid in pids_a[mine]:
-                worst[int(pid)] = np.inf
-            continue
-        _, idx = cKDTree(xy_a[others]).query(xy_a[mine], k=num_neighbors)
-        idx = np.asarray(idx).reshape(-1, num_neighbors)
-        med = np.median(depth_a[others][idx], axis=1)
+        xy_a, depth_a = np.asarray(xy), np.asarray(depth)
         z = depth_a[mine]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            dis = np.where((z > 0) & (med > 0), np.abs(np.log(z / med)), np.inf)
-        for pid, d in zip(pids_a[mine], dis):
+        if others.sum() < num_neighbors:
+            dis = np.full(len(z), np.inf)
+        else:
+            _, idx = cKDTree(xy_a[others]).query(xy_a[mine], k=num_neighbors)
+            med = np.median(depth_a[others][np.asarray(idx).reshape(-1, num_neighbors)], axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                dis = np.where((z > 0) & (med > 0), np.abs(np.log(z / med)), np.inf)
+        for pid, d in zip(np.asarray(pids)[mine], dis):
             worst[int(pid)] = max(worst[int(pid)], float(d))
-            seen[int(pid)] += 1
-    return {pid: (v if seen[pid] else np.inf) for pid, v in worst.items()}
+    return {pid: (v if v >= 0 else np.inf) for pid, v in worst.items()}
 
 
 def drop_guided_two_view_points(pycolmap: Any, rec: Any, db_path: Path,
