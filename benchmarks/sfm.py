@@ -332,7 +332,11 @@ def main() -> None:
                     help="run each case this many times with this checkout (repeatability)")
     ap.add_argument("--only", choices=("before", "after"),
                     help="run one side only (with --cache: fill it ahead of the comparison)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="SfmConfig options for the after runs (VALUE as JSON), e.g. "
+                         "sift_first_octave=0: a lever measured before it is a default")
     args = ap.parse_args()
+    after_opts = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     if args.cache:
         args.cache.mkdir(parents=True, exist_ok=True)
     if args.repeat:
@@ -371,8 +375,10 @@ def main() -> None:
                 if label == "after" and case in BASELINE_ONLY:
                     continue
                 ws = tmp / f"{case}_{label}"
-                r = run_one(src, media, ws, opts, args.cache, f"{case}_{label}")
-                row = {"case": case, "code": label, **{k: v for k, v in r.items()
+                run_opts = dict(opts, **after_opts) if label == "after" else opts
+                r = run_one(src, media, ws, run_opts, args.cache, f"{case}_{label}")
+                row = {"case": case, "code": label, **(after_opts if label == "after" else {}),
+                       **{k: v for k, v in r.items()
                                                         if k not in ("seconds", "workspace")},
                        **{f"{k}_s": v for k, v in (r.get("seconds") or {}).items()}}
                 wsp = Path(r.get("workspace", ws))

@@ -109,6 +109,8 @@ def test_sfm_json_records_the_attempts_and_the_view_graph(sample_runs):
     assert len(kept) == 1 and kept[0]["method"] == data["method"]
     assert kept[0]["registered"] == data["num_registered"]
     assert data["matching"] == "exhaustive"  # 84 photos: up to exhaustive_max_images
+    # a dense (exhaustive) view graph: the first rung may start several models
+    assert data["attempts"][0]["multiple_models"] is True
     assert data["peak_threshold"] < 0.005  # small photos get the lower SIFT threshold
 
 
@@ -311,3 +313,10 @@ def test_retrieval_matching_end_to_end(tmp_path):
     assert res.num_registered >= 38, res.left_out
     steps = {e.message for e in events if e.kind == "progress"}
     assert any("rank similar images" in m for m in steps)
+    # a sparse (retrieval) view graph: the first rung stops at its first model, which the
+    # extend rung grows when it is not complete
+    attempts = json.loads((tmp_path / "ws" / "sfm.json").read_text())["attempts"]
+    assert attempts[0]["method"] == "incremental"
+    assert attempts[0]["multiple_models"] is False and attempts[0]["models"] == 1
+    if attempts[0]["registered"] < 40:
+        assert attempts[1]["method"] == "extend" and attempts[1]["multiple_models"] is True

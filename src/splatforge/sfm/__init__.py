@@ -534,7 +534,8 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
         out = map_complete(pycolmap, config, db_path, work, events, num_images,
                            target, mapping=mapping, rig=views is not None,
                            rematch=None if views is not None else rematch,
-                           all_names=set(graph.names))
+                           all_names=set(graph.names),
+                           first_model_only=matching == "retrieval")
         best, method, n_models, attempts = (out.model, out.method, out.num_models,
                                             out.attempts)
         target = set(graph.largest)
