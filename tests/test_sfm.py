@@ -392,6 +392,68 @@ def test_large_sets_extract_sift_at_their_own_size():
     assert sift_first_octave(auto, 1440, 500, rig=True) == -1
     assert sift_first_octave(SfmConfig(sift_first_octave=-1), 1280, 260) == -1
     assert sift_first_octave(SfmConfig(sift_first_octave=0), 400, 10) == 0
+    # a set matched by retrieval (an unordered set above exhaustive_max_images) too
+    assert sift_first_octave(auto, 1280, 135, matching="retrieval") == 0
+    assert sift_first_octave(auto, 1280, 135, matching="exhaustive") == -1
+    assert sift_first_octave(auto, 999, 135, matching="retrieval") == -1
+
+
+def test_replace_features_extracts_some_photos_again_and_forgets_their_matches(tmp_path):
+    """Four statue_of_liberty photos extracted at octave 0 and matched; one of them is then
+    extracted again at octave -1: it gets more keypoints, in full-size pixels, and its pairs'
+    matches are deleted, while the other photos' features and their pair's matches stay."""
+    import pycolmap
+
+    from splatforge.sfm.features import replace_features
+
+    src = DATASETS / "statue_of_liberty" / "images"
+    names = sorted(p.name for p in src.iterdir())[:4]
+    db = tmp_path / "database.db"
+    reader = pycolmap.ImageReaderOptions()
+    ext = pycolmap.FeatureExtractionOptions()
+    ext.num_threads = 2
+    ext.sift.first_octave = 0
+    pycolmap.extract_features(db, src, image_names=names, reader_options=reader,
+                              extraction_options=ext)
+    pycolmap.match_exhaustive(db)
+
+    def snapshot():
+        with pycolmap.Database.open(db) as d:
+            ids = {im.name: im.image_id for im in d.read_all_images()}
+            kps = {n: np.asarray(d.read_keypoints(i)) for n, i in ids.items()}
+            desc = {n: np.asarray(d.read_descriptors(i).data) for n, i in ids.items()}
+            pairs = {(a, b) for a in ids for b in ids if a < b
+                     and d.exists_matches(ids[a], ids[b])}
+            cams = {n: d.read_image(i).camera_id for n, i in ids.items()}
+        return ids, kps, desc, pairs, cams
+
+    ids0, kps0, desc0, pairs0, cams0 = snapshot()
+    assert len(pairs0) == 6
+    again = names[1]
+    fine = pycolmap.FeatureExtractionOptions()
+    fine.num_threads = 2
+    fine.sift.first_octave = -1
+    got = replace_features(pycolmap, db, src, [again], fine, reader, tmp_path / "work")
+    ids1, kps1, desc1, pairs1, cams1 = snapshot()
+    assert ids1 == ids0 and cams1 == cams0
+    assert got == {again: len(kps1[again])}
+    assert len(kps1[again]) > len(kps0[again])
+    assert len(desc1[again]) == len(kps1[again])
+    from PIL import Image
+
+    w, h = Image.open(src / again).size
+    assert kps1[again][:, 0].max() <= w and kps1[again][:, 1].max() <= h
+    # the same pixel frame as the first extraction: most of its keypoints are found again
+    from scipy.spatial import cKDTree
+
+    dist, _ = cKDTree(kps1[again][:, :2]).query(kps0[again][:, :2])
+    assert np.mean(dist < 1.5) > 0.5, np.mean(dist < 1.5)
+    for n in names:
+        if n != again:
+            np.testing.assert_array_equal(kps1[n], kps0[n])
+            np.testing.assert_array_equal(desc1[n], desc0[n])
+    assert pairs1 == {p for p in pairs0 if again not in p}
+    assert not (tmp_path / "work" / "extract_again").exists()
 
 
 def test_large_set_profile_on_video_frames(tmp_path):

@@ -38,6 +38,7 @@ from ..scene.imageio import image_size
 from ..scene.undistort import start_loading, undistort_reconstruction
 from ..util import atomic_write_text
 from .downscale import downscale_images, restore_full_size
+from .features import replace_features
 from .mapping import RELAXED_MAPPER, map_complete, registered_names, resolve_mapping
 from .matching import match_pairs, plan_pairs, rematch_pairs, verification_options
 from .points import drop_guided_two_view_points
@@ -198,10 +199,13 @@ def sift_peak_threshold(config: SfmConfig, size: int) -> float:
     return PEAK_THRESHOLD_SMALL if size < SMALL_EXTRACTION_SIZE else PEAK_THRESHOLD_DEFAULT
 
 
-def sift_first_octave(config: SfmConfig, size: int, num_images: int, rig: bool = False) -> int:
+def sift_first_octave(config: SfmConfig, size: int, num_images: int, rig: bool = False,
+                      matching: str = "") -> int:
     """The first octave of SIFT's scale space: ``config.sift_first_octave`` when set, else 0
-    for a set of ``config.global_min_images`` images or more extracted at
-    :data:`SMALL_EXTRACTION_SIZE` px or more (not a 360 rig), and COLMAP's -1 otherwise.
+    for a set of ``config.global_min_images`` images or more, or a set matched by retrieval
+    (``matching``), extracted at :data:`SMALL_EXTRACTION_SIZE` px or more (not a 360 rig),
+    and COLMAP's -1 otherwise. Photos that octave 0 leaves with no verified neighbour are
+    extracted again at -1 before they are re-matched (:mod:`splatforge.sfm.features`).
 
     Octave -1 doubles the image before the difference-of-Gaussians pyramid (Lowe, IJCV 2004,
     section 3.3: it quadruples the stable keypoints found), at about 4x the pixels. On 260
@@ -212,8 +216,30 @@ def sift_first_octave(config: SfmConfig, size: int, num_images: int, rig: bool =
     """
     if config.sift_first_octave is not None:
         return config.sift_first_octave
-    large = num_images >= config.global_min_images and size >= SMALL_EXTRACTION_SIZE
+    many = num_images >= config.global_min_images or matching == "retrieval"
+    large = many and size >= SMALL_EXTRACTION_SIZE
     return 0 if large and not rig else -1
+
+
+def _reader_options(pycolmap: Any, config: SfmConfig, rig: bool = False) -> Any:
+    """COLMAP's image reader options: the camera model (PINHOLE for the views of a rig)."""
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = config.camera_model if not rig else "PINHOLE"
+    return reader
+
+
+def _extraction_options(pycolmap: Any, config: SfmConfig, peak: float,
+                        first_octave: int) -> Any:
+    """COLMAP's SIFT extraction options for ``config`` at the resolved peak threshold and
+    first octave; on the GPU when the installed pycolmap has CUDA."""
+    ext = pycolmap.FeatureExtractionOptions()
+    ext.max_image_size = config.max_image_size
+    ext.num_threads = config.num_threads
+    ext.use_gpu = bool(pycolmap.has_cuda)  # GPU SIFT with the CUDA build of pycolmap
+    ext.sift.max_num_features = config.max_num_features
+    ext.sift.peak_threshold = peak
+    ext.sift.first_octave = first_octave
+    return ext
 
 
 def _downscale_for_sift(image_dir: Path, names: list[str], size: int, dst: Path,
@@ -359,7 +385,9 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
     state_path = work / "state.json"
     size = extraction_size(config, input_dir, frame_names)  # 360: the frames' size
     peak = sift_peak_threshold(config, size)
-    first_octave = sift_first_octave(config, size, num_images, rig=views is not None)
+    matching = _resolve_matching(config, num_images, is_video, rep, priors is not None)
+    first_octave = sift_first_octave(config, size, num_images, rig=views is not None,
+                                     matching=matching)
     fp = _fingerprint(input_dir, config, first_octave)
     state = load_state(state_path)
     if state.get("fingerprint") != fp:
@@ -367,7 +395,6 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
             p.unlink(missing_ok=True)
         state = {"fingerprint": fp, "done": []}
     db_path = work / "database.db"
-    matching = _resolve_matching(config, num_images, is_video, rep, priors is not None)
     guided = _guided(config, matching, priors is not None)
     mapping = resolve_mapping(config, num_images, rig=views is not None)
     skipped: list[str] = []
@@ -389,15 +416,8 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
             p.unlink(missing_ok=True)
         if views is not None:
             _split_360(frame_names, input_dir, views, image_dir, events)
-        reader = pycolmap.ImageReaderOptions()
-        reader.camera_model = config.camera_model if views is None else "PINHOLE"
-        ext = pycolmap.FeatureExtractionOptions()
-        ext.max_image_size = config.max_image_size
-        ext.num_threads = config.num_threads
-        ext.use_gpu = bool(pycolmap.has_cuda)  # GPU SIFT with the CUDA build of pycolmap
-        ext.sift.max_num_features = config.max_num_features
-        ext.sift.peak_threshold = peak
-        ext.sift.first_octave = first_octave
+        reader = _reader_options(pycolmap, config, rig=views is not None)
+        ext = _extraction_options(pycolmap, config, peak, first_octave)
         sub = StageReporter("sfm", events)
         sub.start_steps("extract features (images)", num_images)
         if views is not None:
@@ -524,6 +544,16 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
             nonlocal ranked, graph
             if ranked is None:
                 _, ranked = _retrieve(pycolmap, config, db_path, events)
+            lonely = sorted(n for n in left if not graph.neighbors.get(n))
+            if first_octave == 0 and lonely and views is None:
+                # extracted at octave 0, a photo may lack the finer features that link it
+                got = replace_features(pycolmap, db_path, image_dir, lonely,
+                                       _extraction_options(pycolmap, config, peak, -1),
+                                       _reader_options(pycolmap, config), work)
+                rep.info(f"{len(got)} photos with no verified neighbour extracted again at "
+                         f"SIFT octave -1 (finer features): "
+                         + ", ".join(f"{n} {k}" for n, k in got.items()),
+                         extracted_again=got)
             more = _rematch_plan(left, ranked, 3 * config.retrieval_neighbors,
                                  prefer=set(graph.largest))
             n = rematch_pairs(pycolmap, db_path, more, _matching_options(pycolmap, config, True),
