@@ -392,10 +392,6 @@ def test_large_sets_extract_sift_at_their_own_size():
     assert sift_first_octave(auto, 1440, 500, rig=True) == -1
     assert sift_first_octave(SfmConfig(sift_first_octave=-1), 1280, 260) == -1
     assert sift_first_octave(SfmConfig(sift_first_octave=0), 400, 10) == 0
-    # a set matched by retrieval (an unordered set above exhaustive_max_images) too
-    assert sift_first_octave(auto, 1280, 135, matching="retrieval") == 0
-    assert sift_first_octave(auto, 1280, 135, matching="exhaustive") == -1
-    assert sift_first_octave(auto, 999, 135, matching="retrieval") == -1
 
 
 def test_replace_features_extracts_some_photos_again_and_forgets_their_matches(tmp_path):

@@ -124,10 +124,10 @@ class SfmConfig(StageConfig):
                     "pixel; 0 starts at the extraction size, about 3.5x faster (measured on "
                     "720x1280 video frames: 82 against 288 ms per frame on 2 cores, 610 "
                     "against 1586 features). Default: 0 for sets of global_min_images images "
-                    "or more, and for sets matched by retrieval, extracted at 1000 px or "
-                    "more, where extraction and matching are a large share of the time and "
-                    "there are features to spare (photos left with no verified neighbour "
-                    "are extracted again at -1 before they are re-matched); -1 otherwise.")
+                    "or more extracted at 1000 px or more, where extraction is a large share "
+                    "of the time and there are features to spare (photos left with no "
+                    "verified neighbour are extracted again at -1 before they are "
+                    "re-matched); -1 otherwise.")
     matching: Literal["auto", "exhaustive", "retrieval", "sequential", "spatial",
                       "vocab_tree"] = Field(
         "auto",

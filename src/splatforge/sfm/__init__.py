@@ -199,13 +199,12 @@ def sift_peak_threshold(config: SfmConfig, size: int) -> float:
     return PEAK_THRESHOLD_SMALL if size < SMALL_EXTRACTION_SIZE else PEAK_THRESHOLD_DEFAULT
 
 
-def sift_first_octave(config: SfmConfig, size: int, num_images: int, rig: bool = False,
-                      matching: str = "") -> int:
+def sift_first_octave(config: SfmConfig, size: int, num_images: int, rig: bool = False) -> int:
     """The first octave of SIFT's scale space: ``config.sift_first_octave`` when set, else 0
-    for a set of ``config.global_min_images`` images or more, or a set matched by retrieval
-    (``matching``), extracted at :data:`SMALL_EXTRACTION_SIZE` px or more (not a 360 rig),
-    and COLMAP's -1 otherwise. Photos that octave 0 leaves with no verified neighbour are
-    extracted again at -1 before they are re-matched (:mod:`splatforge.sfm.features`).
+    for a set of ``config.global_min_images`` images or more extracted at
+    :data:`SMALL_EXTRACTION_SIZE` px or more (not a 360 rig), and COLMAP's -1 otherwise.
+    Photos that octave 0 leaves with no verified neighbour are extracted again at -1 before
+    they are re-matched (:mod:`splatforge.sfm.features`).
 
     Octave -1 doubles the image before the difference-of-Gaussians pyramid (Lowe, IJCV 2004,
     section 3.3: it quadruples the stable keypoints found), at about 4x the pixels. On 260
@@ -216,8 +215,7 @@ def sift_first_octave(config: SfmConfig, size: int, num_images: int, rig: bool =
     """
     if config.sift_first_octave is not None:
         return config.sift_first_octave
-    many = num_images >= config.global_min_images or matching == "retrieval"
-    large = many and size >= SMALL_EXTRACTION_SIZE
+    large = num_images >= config.global_min_images and size >= SMALL_EXTRACTION_SIZE
     return 0 if large and not rig else -1
 
 
@@ -385,9 +383,7 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
     state_path = work / "state.json"
     size = extraction_size(config, input_dir, frame_names)  # 360: the frames' size
     peak = sift_peak_threshold(config, size)
-    matching = _resolve_matching(config, num_images, is_video, rep, priors is not None)
-    first_octave = sift_first_octave(config, size, num_images, rig=views is not None,
-                                     matching=matching)
+    first_octave = sift_first_octave(config, size, num_images, rig=views is not None)
     fp = _fingerprint(input_dir, config, first_octave)
     state = load_state(state_path)
     if state.get("fingerprint") != fp:
@@ -395,6 +391,7 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
             p.unlink(missing_ok=True)
         state = {"fingerprint": fp, "done": []}
     db_path = work / "database.db"
+    matching = _resolve_matching(config, num_images, is_video, rep, priors is not None)
     guided = _guided(config, matching, priors is not None)
     mapping = resolve_mapping(config, num_images, rig=views is not None)
     skipped: list[str] = []

@@ -1,10 +1,11 @@
 """Extracting some photos' SIFT features again, finer, when the first extraction left them alone.
 
-Sets matched by retrieval are extracted at SIFT's octave 0 (``sfm.sift_first_octave``): about
-a quarter of octave -1's pixels, and fewer features. A photo that then shares no verified
-matches with any other (statue_of_liberty: one of 135, 888 features) may still overlap the rest
-at octave -1, which doubles the image first and finds the finer features (Lowe, IJCV 2004,
-section 3.3). :func:`replace_features` extracts such photos again with other options and puts
+Large sets are extracted at SIFT's octave 0 (``sfm.sift_first_octave``; ``--sift-first-octave
+0`` for any set): about a quarter of octave -1's pixels, and fewer features. A photo that then
+shares no verified matches with any other (statue_of_liberty at octave 0: one of 135, 888
+features) may still overlap the rest at octave -1, which doubles the image first and finds the
+finer features (Lowe, IJCV 2004, section 3.3); extracted again, that photo joined the view graph
+and all 135 were registered. :func:`replace_features` extracts such photos again with other options and puts
 the new keypoints and descriptors in place of the old, deleting the photos' matches, so that
 re-matching (``rematch_pairs``) matches them afresh.
 
