@@ -35,14 +35,10 @@ from splatforge.sfm import mapping as mapping_mod
 from splatforge.sfm import run_sfm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sfm import pose_errors  # noqa: E402  (benchmarks/sfm.py)
+from sfm import parse_options, pose_errors  # noqa: E402  (benchmarks/sfm.py)
 
-
-def parse_value(v: str):
-    try:
-        return json.loads(v)
-    except json.JSONDecodeError:
-        return v
+#: variant keys that are map_complete's arguments rather than COLMAP options
+MAP_ARGS = {"first_model_only"}
 
 
 def main() -> None:
@@ -58,17 +54,17 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true",
                     help="keep an earlier run's <work>/default and matched.db (variants only)")
     a = ap.parse_args()
-    config = SfmConfig(**{k: parse_value(v) for k, v in (s.split("=", 1) for s in a.set)})
+    config = SfmConfig(**parse_options(a.set))
     a.work.mkdir(parents=True, exist_ok=True)
     matched_db = a.work / "matched.db"
-    overrides: dict = {}
+    overrides: dict = {}  # COLMAP IncrementalPipelineOptions of the current variant
+    map_args: dict = {}  # map_complete arguments of the current variant
 
     orig_map_complete = mapping_mod.map_complete
     orig_options = mapping_mod._incremental_options
 
     def snapshot_then_map(pc, cfg, db_path, *args, **kw):
-        if "first_model_only" in overrides:  # a map_complete argument, not a COLMAP option
-            kw["first_model_only"] = overrides["first_model_only"]
+        kw.update(map_args)
         if not matched_db.exists():
             with pycolmap.Database.open(db_path):
                 pass  # closes cleanly: the WAL is folded into the file
@@ -78,8 +74,6 @@ def main() -> None:
     def options_with_overrides(*args, **kw):
         opts = orig_options(*args, **kw)
         for k, v in overrides.items():
-            if k == "first_model_only":
-                continue
             obj = opts
             *path, last = k.split(".")
             for p in path:
@@ -94,12 +88,13 @@ def main() -> None:
     variants = [("default", {})]
     for spec in a.variant:
         name, _, opts = spec.partition(":")
-        variants.append((name, {k: parse_value(v) for k, v in
-                                (o.split("=", 1) for o in opts.split(",") if o)}))
+        variants.append((name, parse_options([o for o in opts.split(",") if o])))
     base = a.work / "default"
     for name, ov in variants:
         overrides.clear()
-        overrides.update(ov)
+        overrides.update({k: v for k, v in ov.items() if k not in MAP_ARGS})
+        map_args.clear()
+        map_args.update({k: v for k, v in ov.items() if k in MAP_ARGS})
         ws = a.work / name
         if name == "default" and a.reuse and matched_db.exists():
             t0 = time.monotonic()
@@ -133,15 +128,15 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         if a.json:
             a.json.write_text(json.dumps(rows, indent=1))
-    print(f"\n| variant | registered | points | px | map s | rot err deg | centre err % | "
-          f"rot vs default deg |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| variant | registered | points | px | map s | rot err median / p90 deg | "
+          "off > 10 deg | centre err % | rot vs default deg |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['registered']}/{r['images']} | {r['points']} | "
-              f"{r['reproj_px']} | {r['map_s']} | {r.get('rot_err_deg', '')} | "
+              f"{r['reproj_px']} | {r['map_s']} | {r.get('rot_err_deg', '')} / "
+              f"{r.get('rot_err_p90_deg', '')} | {r.get('off_10deg', '')} | "
               f"{r.get('centre_err_pct', '')} | "
               f"{r.get('vs_default', {}).get('rot_err_deg', '')} |")
-
 
 if __name__ == "__main__":
     main()

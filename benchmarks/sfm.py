@@ -216,6 +216,19 @@ def rotation_mean(rs: list[np.ndarray]) -> np.ndarray:
     return u @ d @ vt
 
 
+def parse_options(items: list[str]) -> dict:
+    """``KEY=VALUE`` strings as a dict, each VALUE read as JSON (``0.002``, ``true``,
+    ``null``), else taken as the string itself (``mapping=global``)."""
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def pose_errors(ws: Path, ref: Path) -> dict:
     """Median rotation error (degrees) and camera-centre error (% of the reference radius).
 
@@ -254,8 +267,8 @@ def pose_errors(ws: Path, ref: Path) -> dict:
     return {"rot_err_deg": round(float(np.median(rerr)), 3),
             "centre_err_pct": round(float(np.median(cerr)), 3),
             "rot_err_umeyama_deg": round(float(np.median(rot_errs(ru))), 3),
-            # the tail: a photo registered from a handful of matches can be far off while
-            # the median stays low
+            # the tail: a tenth of the photos can be posed wrongly while the median stays
+            # low (statue_of_liberty, README "SfM at scale", fifteenth round)
             "rot_err_p90_deg": round(float(np.percentile(rerr, 90)), 3),
             "centre_err_p90_pct": round(float(np.percentile(cerr, 90)), 3),
             "off_10deg": int((rerr > 10.0).sum()),
@@ -341,10 +354,11 @@ def main() -> None:
     ap.add_argument("--only", choices=("before", "after"),
                     help="run one side only (with --cache: fill it ahead of the comparison)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="SfmConfig options for the after runs (VALUE as JSON), e.g. "
-                         "sift_first_octave=0: a lever measured before it is a default")
+                    help="SfmConfig options for the after runs (VALUE as JSON, else a "
+                         "string), e.g. sift_first_octave=0: a lever measured before it is a "
+                         "default")
     args = ap.parse_args()
-    after_opts = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    after_opts = parse_options(args.set)
     if args.cache:
         args.cache.mkdir(parents=True, exist_ok=True)
     if args.repeat:

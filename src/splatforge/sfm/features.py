@@ -5,9 +5,9 @@ Large sets are extracted at SIFT's octave 0 (``sfm.sift_first_octave``; ``--sift
 shares no verified matches with any other (statue_of_liberty at octave 0: one of 135, 888
 features) may still overlap the rest at octave -1, which doubles the image first and finds the
 finer features (Lowe, IJCV 2004, section 3.3); extracted again, that photo joined the view graph
-and all 135 were registered. :func:`replace_features` extracts such photos again with other options and puts
-the new keypoints and descriptors in place of the old, deleting the photos' matches, so that
-re-matching (``rematch_pairs``) matches them afresh.
+and all 135 were registered. :func:`replace_features` extracts such photos again with other
+options and puts the new keypoints and descriptors in place of the old, deleting the photos'
+matches, so that re-matching (``rematch_pairs``) matches them afresh.
 
 The rows are copied with SQL into COLMAP's documented database tables (``keypoints``,
 ``descriptors``, ``matches``, ``two_view_geometries``; pair ids are
