@@ -298,6 +298,45 @@ def test_retrieval_plan_is_repeatable_and_linear_in_n(sample_runs):
     assert hits > 0.5 * len(top), hits
 
 
+def test_query_expansion_pairs_photos_that_overlap_a_common_photo(sample_runs):
+    """On the sample's verified view graph, cut down to each photo's three strongest pairs:
+    expansion plans only unmatched neighbours of neighbours, most common neighbours first, at
+    most ``per_image`` per photo, the same plan every time, and its pairs verify in the full
+    graph far more often than the pairs retrieval would plan next."""
+    import pycolmap
+
+    from splatforge.sfm.retrieval import expansion_pairs, retrieval_pairs
+    from splatforge.sfm.viewgraph import ViewGraph
+
+    ws, _ = sample_runs[0]
+    db = ws / "database.db"
+    full = ViewGraph.from_database(pycolmap, db).neighbors  # exhaustive: the truth
+    _, ranked = retrieval_pairs(pycolmap, db, 6, seed=0)
+    part: dict[str, dict[str, int]] = {n: {} for n in full}
+    for n, nb in full.items():
+        for m, k in sorted(nb.items(), key=lambda x: -x[1])[:3]:
+            part[n][m] = part[m][n] = k
+    matched = {(min(a, b), max(a, b)) for a in part for b in part[a]}
+    plan = expansion_pairs(part, ranked, matched, per_image=2)
+    assert plan and plan == expansion_pairs(part, ranked, matched, per_image=2)
+    assert plan == sorted(set(plan)) and all(a < b for a, b in plan)
+    assert not set(plan) & matched
+    for a, c in plan:  # each pair shares a verified neighbour
+        assert set(part[a]) & set(part[c])
+    assert len(plan) <= 2 * len(part)  # at most two per photo
+    for a in part:  # a photo's own two picks have the most common neighbours
+        common = {c: len(set(part[a]) & set(part[c])) for c in part
+                  if c != a and (min(a, c), max(a, c)) not in matched}
+        own = [c for x, y in plan for c in ((y,) if x == a else (x,) if y == a else ())]
+        if common and max(common.values()) > 0:
+            assert max(common[c] for c in own) == max(common.values())
+    hit = sum(1 for a, c in plan if c in full[a]) / len(plan)
+    nxt = [(a, b) for a in ranked for b in ranked[a][:6] if (min(a, b), max(a, b))
+           not in matched]
+    base = sum(1 for a, b in nxt if b in full[a]) / len(nxt)
+    assert hit > base, (hit, base)
+
+
 def test_retrieval_matching_end_to_end(tmp_path):
     """Retrieval (k = 8) on 40 sample photos: far fewer pairs than exhaustive, all posed."""
     src = tmp_path / "photos"
@@ -313,10 +352,17 @@ def test_retrieval_matching_end_to_end(tmp_path):
     assert res.num_registered >= 38, res.left_out
     steps = {e.message for e in events if e.kind == "progress"}
     assert any("rank similar images" in m for m in steps)
-    # a sparse (retrieval) view graph: the first rung stops at its first model, which the
-    # extend rung grows when it is not complete
+    assert any("match neighbours of neighbours (1/2)" in m for m in steps)
+    assert any(e.data.get("expansion_pairs", 0) > 0 for e in events if e.data)
+    # a sparse (retrieval) view graph: the first rung stops at its first model; the photos it
+    # leaves out are re-matched and added with the default thresholds before relaxed ones
     attempts = json.loads((tmp_path / "ws" / "sfm.json").read_text())["attempts"]
     assert attempts[0]["method"] == "incremental"
     assert attempts[0]["multiple_models"] is False and attempts[0]["models"] == 1
+    assert attempts[0]["thresholds"] == "default"
     if attempts[0]["registered"] < 40:
-        assert attempts[1]["method"] == "extend" and attempts[1]["multiple_models"] is True
+        assert attempts[1]["method"] == "rematch+extend"
+        assert attempts[1]["thresholds"] == "default"
+        if attempts[1]["registered"] < 40:
+            assert attempts[2]["method"] == "extend"
+            assert attempts[2]["thresholds"] == "relaxed"

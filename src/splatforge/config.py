@@ -144,6 +144,18 @@ class SfmConfig(StageConfig):
         15, ge=2, le=1000,
         description="retrieval matching: most similar images matched per image (about "
                     "N x this many pairs instead of N^2 / 2).")
+    retrieval_expansion_rounds: int = Field(
+        2, ge=0, le=10,
+        description="retrieval matching: rounds of query expansion after the retrieval pairs "
+                    "are matched: each image is also matched with up to "
+                    "retrieval_expansion_neighbors images that its verified neighbours overlap "
+                    "(0 = none). Measured on statue_of_liberty (135 photos): the retrieval "
+                    "pairs find 472 of the 1362 pairs that exhaustive matching verifies, two "
+                    "rounds 876 for 849 more pairs, and the mapper then poses 119 photos with "
+                    "its default thresholds where it posed 3.")
+    retrieval_expansion_neighbors: int = Field(
+        5, ge=1, le=1000,
+        description="retrieval matching: new pairs per image in each expansion round.")
     sequential_overlap: int = Field(
         10, ge=1, le=1000, description="Sequential matching: neighbours matched per image.")
     quadratic_overlap: bool = Field(

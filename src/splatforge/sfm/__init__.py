@@ -43,7 +43,7 @@ from .mapping import RELAXED_MAPPER, map_complete, registered_names, resolve_map
 from .matching import match_pairs, plan_pairs, rematch_pairs, verification_options
 from .points import drop_guided_two_view_points
 from .priors import PosePrior, read_pose_priors, triangulate_with_priors
-from .retrieval import retrieval_pairs
+from .retrieval import expansion_pairs, retrieval_pairs
 from .rig import apply_view_rig, camera_params
 from .viewgraph import ViewGraph
 
@@ -481,7 +481,8 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
 
     # 2. Matching.
     match_key = f"match:{matching}:{guided}:{config.sequential_overlap}:" \
-                f"{config.quadratic_overlap}:{config.retrieval_neighbors}:{config.seed}"
+                f"{config.quadratic_overlap}:{config.retrieval_neighbors}:{config.seed}:" \
+                f"{config.retrieval_expansion_rounds}:{config.retrieval_expansion_neighbors}"
     if match_key in state["done"]:
         skipped.append("match")
     else:
@@ -510,7 +511,9 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
                      f"{num_images * (num_images - 1) // 2})", planned_pairs=len(pairs))
             match_pairs(pycolmap, db_path, pairs, mopts, work, events, verify)
             if ranked is not None:
-                _bridge_groups(pycolmap, config, db_path, ranked, {tuple(p) for p in pairs},
+                matched = _expand(pycolmap, config, db_path, ranked, {tuple(p) for p in pairs},
+                                  mopts, verify, work, events, rep)
+                _bridge_groups(pycolmap, config, db_path, ranked, matched,
                                mopts, verify, work, events, rep)
         with pycolmap.Database.open(db_path) as db:
             n_pairs = db.num_verified_image_pairs()
@@ -843,6 +846,27 @@ def _rematch_plan(left: set[str], ranked: dict[str, list[str]], per_image: int,
         for b in cands[:per_image]:
             pairs.add((min(a, b), max(a, b)))
     return sorted(pairs)
+
+
+def _expand(pycolmap: Any, config: SfmConfig, db_path: Path, ranked: dict[str, list[str]],
+            matched: set[tuple[str, str]], mopts: Any, verify: Any, work: Path,
+            events: EventCallback | None, rep: StageReporter) -> set[tuple[str, str]]:
+    """``config.retrieval_expansion_rounds`` rounds of query expansion over the verified view
+    graph (:func:`~.retrieval.expansion_pairs`); returns every pair matched so far."""
+    matched = set(matched)
+    rounds = config.retrieval_expansion_rounds
+    for r in range(rounds):
+        graph = ViewGraph.from_database(pycolmap, db_path)
+        plan = expansion_pairs(graph.neighbors, ranked, matched,
+                               config.retrieval_expansion_neighbors)
+        if not plan:
+            break
+        rep.info(f"query expansion, round {r + 1} of {rounds}: matching {len(plan)} pairs of "
+                 "photos that overlap a common photo", expansion_pairs=len(plan))
+        match_pairs(pycolmap, db_path, plan, mopts, work, events, verify,
+                    label=f"match neighbours of neighbours ({r + 1}/{rounds})")
+        matched.update(plan)
+    return matched
 
 
 def _bridge_groups(pycolmap: Any, config: SfmConfig, db_path: Path,

@@ -7,16 +7,21 @@ reprojection error). Each rung is recorded in ``attempts`` with its outcome, so 
 says what was tried, what won and what lost:
 
 1. ``incremental``: COLMAP's incremental mapper with its default thresholds, seeded. On a
-   sparse view graph (retrieval matching) it stops at its first model, which ``extend`` grows
-   (``first_model_only``).
+   sparse view graph (retrieval matching) it stops at its first model, and the ladder is
+   *guarded*: the photos that model leaves out are re-matched (rung 3, default thresholds)
+   before any relaxed threshold is tried.
 2. ``extend``: the mapper continues from the kept model with relaxed thresholds
    (:data:`RELAXED_MAPPER`, ``input_path``): the cheapest remedy, one pass over the rest.
 3. ``rematch+extend``: the left-over images are matched against more neighbours (their next
    most similar images by retrieval, with guided matching), then the mapper continues from
-   the kept model with relaxed thresholds (``input_path``): it registers what it can into
-   that model and bundle-adjusts. It comes before mapping from scratch because it costs a
-   pass over the few left-over photos, not a whole mapping (statue_of_liberty: 20 s against
-   67 s for the relaxed mapping, which registered 2 of the 7 left over).
+   the kept model (``input_path``): it registers what it can into that model and
+   bundle-adjusts. Unguarded it comes after ``extend``, with relaxed thresholds, and before
+   mapping from scratch because it costs a pass over the few left-over photos, not a whole
+   mapping (statue_of_liberty: 20 s against 67 s for the relaxed mapping, which registered 2
+   of the 7 left over). Guarded it comes before ``extend``, with the default thresholds: a
+   photo that 3 inliers suffice to pose can be posed wrongly, and once posed it is not
+   re-matched (statue_of_liberty, 135 photos against the dataset's poses: relaxed first, 28
+   photos more than 10 degrees off; re-matching first, 3; README "SfM at scale").
 4. ``relaxed``: the mapper from scratch with relaxed thresholds.
 5. ``global``: global mapping (GLOMAP, merged in COLMAP) over the same view graph.
 
@@ -69,7 +74,8 @@ class MapOutcome:
         num_models: models the winning rung produced.
         attempts: one dict per rung: ``method``, ``registered``, ``models``,
             ``reprojection_error`` (px), ``seconds``, ``multiple_models`` (False: the rung
-            stopped at its first model), ``kept``.
+            stopped at its first model), ``thresholds`` (``default`` or ``relaxed``),
+            ``kept``.
     """
 
     model: Any | None
@@ -236,13 +242,13 @@ def map_complete(pycolmap: Any, config: SfmConfig, db_path: Path, work: Path,
             when given.
         all_names: every image name; images outside ``target`` are re-matched too (a photo
             with no verified neighbour may gain one with guided matching).
-        first_model_only: an ``incremental`` first rung stops at its first model (the one
-            grown from the best initial pair with the default thresholds), and the ``extend``
-            rung grows it with relaxed thresholds. For sparse view graphs (retrieval
-            matching), where the default thresholds leave the first model small and the
-            mapper spends its time starting more models that ``extend`` does not use
-            (statue_of_liberty: 53 photos in 4 models, 120 s, against 3 photos in 1.3 s;
-            the extend rung then registered 130 of 135 either way, in 129-135 s).
+        first_model_only: the guarded ladder (module docstring): an ``incremental`` first
+            rung stops at its first model (the one grown from the best initial pair with the
+            default thresholds), the photos it leaves out are re-matched and the model is
+            extended with the default thresholds, and only then with relaxed ones. For
+            sparse view graphs (retrieval matching), where the mapper would spend its time
+            starting more models that the extension does not use (statue_of_liberty before
+            query expansion: 53 photos in 4 models, 120 s, against 3 photos in 1.3 s).
 
     Returns:
         The :class:`MapOutcome`; its ``model`` is None when no rung produced a model.
@@ -255,12 +261,14 @@ def map_complete(pycolmap: Any, config: SfmConfig, db_path: Path, work: Path,
     attempts: list[dict[str, Any]] = []
 
     def attempt(method: str, input_path: Path | None = None,
-                multiple_models: bool = True) -> Any | None:
+                multiple_models: bool = True, relaxed: bool | None = None) -> Any | None:
         nonlocal best, best_method, best_models
         t0 = time.monotonic()
+        if relaxed is None:
+            relaxed = method not in ("incremental", "global")
         recs = run_mapper(pycolmap, config, db_path, models / method.replace("+", "_"),
                           events, num_images, "global" if method == "global" else
-                          ("incremental" if method == "incremental" else "relaxed"),
+                          ("relaxed" if relaxed else "incremental"),
                           rig=rig, input_path=input_path, multiple_models=multiple_models)
         cand = max(recs.values(), key=model_size) if recs else None
         row = {"method": method, "registered": 0 if cand is None else cand.num_reg_images(),
@@ -268,6 +276,7 @@ def map_complete(pycolmap: Any, config: SfmConfig, db_path: Path, work: Path,
                "reprojection_error": None if cand is None else
                round(float(cand.compute_mean_reprojection_error()), 4),
                "seconds": round(time.monotonic() - t0, 3), "multiple_models": multiple_models,
+               "thresholds": "relaxed" if relaxed and method != "global" else "default",
                "kept": False}
         attempts.append(row)
         if cand is not None and _score(cand) > _score(best):
@@ -279,29 +288,40 @@ def map_complete(pycolmap: Any, config: SfmConfig, db_path: Path, work: Path,
     def missing() -> set[str]:
         return target - registered_names(best)
 
-    def extend(method: str) -> None:
+    def extend(method: str, relaxed: bool = True) -> None:
         seed_dir = models / f"kept_for_{method.replace('+', '_')}"
         shutil.rmtree(seed_dir, ignore_errors=True)
         seed_dir.mkdir(parents=True)
         best.write_binary(str(seed_dir))
-        attempt(method, input_path=seed_dir)
+        attempt(method, input_path=seed_dir, relaxed=relaxed)
+
+    def rematch_and_extend(relaxed: bool) -> None:
+        nonlocal target
+        left = (all_names or target) - registered_names(best)
+        n_new, target = rematch(left)
+        rep.info(f"{len(left)} images left out: matched them against more neighbours "
+                 f"({n_new} new pairs) and continued mapping from the kept model with "
+                 f"{'relaxed' if relaxed else 'the default'} thresholds")
+        extend("rematch+extend", relaxed=relaxed)
+
+    def can_rematch() -> bool:
+        return (rematch is not None and best is not None
+                and bool((all_names or target) - registered_names(best)))
 
     ladder = config.relaxed_retry
-    # Stopping at the first model pays only when the extend rung grows it.
-    attempt(mapping, multiple_models=not (first_model_only and ladder and not rig))
+    # On a sparse view graph: the first model, re-matching, then the default thresholds.
+    guarded = first_model_only and ladder and not rig
+    attempt(mapping, multiple_models=not guarded)
+    if guarded and can_rematch():
+        rematch_and_extend(relaxed=False)
     if ladder and missing() and best is not None and not rig:
         # Cheapest first: continue from the kept model with relaxed thresholds (registers
         # what it can of the rest, then bundle-adjusts) before mapping again from scratch.
         rep.info(f"{len(target - missing())}/{len(target)} poseable images registered: "
                  "registering the rest into the kept model with relaxed thresholds")
         extend("extend")
-    left_all = (all_names or target) - registered_names(best)
-    if ladder and left_all and rematch is not None and best is not None:
-        left = left_all
-        n_new, target = rematch(left)
-        rep.info(f"{len(left)} images left out: matched them against more "
-                 f"neighbours ({n_new} new pairs) and continued mapping from the kept model")
-        extend("rematch+extend")
+    if ladder and not guarded and can_rematch():
+        rematch_and_extend(relaxed=True)
     if ladder and missing():  # also after a global mapping that missed photos
         rep.info(f"{len(target - missing())}/{len(target)} poseable images registered: "
                  f"mapping again with relaxed thresholds {RELAXED_MAPPER}")

@@ -170,3 +170,47 @@ def retrieval_pairs(pycolmap: Any, db_path: Path, num_neighbors: int, seed: int 
     ranked = {names[i]: [names[int(j)] for j in np.argsort(-sim[i], kind="stable") if j != i]
               for i in range(n)}
     return pairs, ranked
+
+
+def expansion_pairs(neighbors: dict[str, dict[str, int]], ranked: dict[str, list[str]],
+                    matched: set[tuple[str, str]], per_image: int,
+                    max_degree: int | None = None) -> list[tuple[str, str]]:
+    """Query expansion over the verified view graph: pair every image with the images its
+    verified neighbours overlap (neighbours of neighbours) that it was not matched with.
+
+    Retrieval ranks by appearance, and a photo collection defeats it where many photos look
+    alike to one photo but few overlap it (video frames rank their own video first). Two
+    photos that overlap a common third are far likelier to overlap each other: on
+    statue_of_liberty (135 photos, k = 15), 53 % of such pairs verified against 36 % of the
+    retrieval pairs. The idea is the query expansion of Agarwal et al., "Building Rome in a
+    Day" (ICCV 2009, Sec. 4.2), there over retrieval results, here over verified pairs.
+
+    Args:
+        neighbors: image name -> {verified neighbour: inliers} (``ViewGraph.neighbors``).
+        ranked: image name -> all other names, most similar first (:func:`retrieval_pairs`).
+        matched: ``(a, b)`` pairs with ``a < b`` already matched; never planned again.
+        per_image: at most this many new pairs per image, those with the most common
+            neighbours first, ties by retrieval rank.
+        max_degree: only images with fewer verified neighbours than this plan pairs (None:
+            every image). Where retrieval already finds an image's overlaps (video frames
+            rank their neighbours first, and most of those pairs verify), expansion would
+            only add pairs to match.
+
+    Returns:
+        New ``(a, b)`` pairs, ``a < b``, sorted (the same plan in every run).
+    """
+    pairs: set[tuple[str, str]] = set()
+    for a in sorted(neighbors):
+        if max_degree is not None and len(neighbors[a]) >= max_degree:
+            continue
+        common: dict[str, int] = {}
+        for b in neighbors[a]:
+            for c in neighbors.get(b, {}):
+                if c != a and (min(a, c), max(a, c)) not in matched:
+                    common[c] = common.get(c, 0) + 1
+        if not common:
+            continue
+        rank = {c: i for i, c in enumerate(ranked.get(a, []))}
+        best = sorted(common, key=lambda c: (-common[c], rank.get(c, len(rank)), c))
+        pairs.update((min(a, c), max(a, c)) for c in best[:per_image])
+    return sorted(pairs)
