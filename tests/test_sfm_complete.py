@@ -317,8 +317,17 @@ def test_query_expansion_pairs_photos_that_overlap_a_common_photo(sample_runs):
         for m, k in sorted(nb.items(), key=lambda x: -x[1])[:3]:
             part[n][m] = part[m][n] = k
     matched = {(min(a, b), max(a, b)) for a in part for b in part[a]}
-    plan = expansion_pairs(part, ranked, matched, per_image=2)
-    assert plan and plan == expansion_pairs(part, ranked, matched, per_image=2)
+    # every matched pair verified: retrieval found each photo's overlaps, nothing to expand
+    assert expansion_pairs(part, ranked, matched, per_image=2) == []
+    # with the retrieval pairs matched too, a photo expands only when under 3/4 verified
+    tried = matched | {(min(a, b), max(a, b)) for a in ranked for b in ranked[a][:6]}
+    count = {n: sum(1 for p in tried if n in p) for n in part}
+    low = {n for n in part if len(part[n]) < 0.75 * count[n]}
+    some = expansion_pairs(part, ranked, tried, per_image=2)
+    assert some and all(a in low or c in low for a, c in some)
+    plan = expansion_pairs(part, ranked, matched, per_image=2, verified_fraction=None)
+    assert plan and plan == expansion_pairs(part, ranked, matched, per_image=2,
+                                            verified_fraction=None)
     assert plan == sorted(set(plan)) and all(a < b for a, b in plan)
     assert not set(plan) & matched
     for a, c in plan:  # each pair shares a verified neighbour
