@@ -218,7 +218,9 @@ class SfmConfig(StageConfig):
                     "again: relaxed thresholds (init_min_tri_angle 2, init_min_num_inliers 4, "
                     "abs_pose_min_num_inliers 3, abs_pose_max_error 8), then re-matching the "
                     "left-over images against more neighbours and extending the model, then "
-                    "global mapping; the model registering most is kept.")
+                    "global mapping; the model registering most is kept. On sets matched by "
+                    "retrieval the re-matching comes first, with the default thresholds, and "
+                    "the relaxed ones only after it.")
     allow_partial: bool = Field(
         False, description="Go on with a scene where fewer than half of the images could be "
                            "posed (otherwise SfM stops with the reasons, photo by photo).")
