@@ -115,8 +115,12 @@ def map_plan(exhaustive: Path, plan: set[Pair], ranked: dict[str, list[str]], k:
                 if key in plan:
                     continue
                 x, y = ids_[a], ids_[b]
-                if src.exists_two_view_geometry(x, y):
+                # a row still in the copy is the exhaustive one (pairs with no inliers are
+                # not always deleted above, and are the same either way)
+                if src.exists_matches(x, y) and not dst.exists_matches(x, y):
                     dst.write_matches(x, y, src.read_matches(x, y))
+                if (src.exists_two_view_geometry(x, y)
+                        and not dst.exists_two_view_geometry(x, y)):
                     dst.write_two_view_geometry(x, y, src.read_two_view_geometry(x, y))
                 plan.add(key)
                 n += 1
