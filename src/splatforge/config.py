@@ -151,8 +151,8 @@ class SfmConfig(StageConfig):
                     "retrieval_expansion_neighbors images that its verified neighbours overlap "
                     "(0 = none). Measured on statue_of_liberty (135 photos): the retrieval "
                     "pairs find 472 of the 1362 pairs that exhaustive matching verifies, two "
-                    "rounds 876 for 849 more pairs, and the mapper then poses 119 photos with "
-                    "its default thresholds where it posed 3.")
+                    "rounds 869 for 839 more pairs, and the mapper's first model then poses "
+                    "119 photos with its default thresholds where it posed 3.")
     retrieval_expansion_neighbors: int = Field(
         5, ge=1, le=1000,
         description="retrieval matching: new pairs per image in each expansion round.")
