@@ -25,7 +25,6 @@ reused; its matches are not)::
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import shutil
 import sys
@@ -38,7 +37,7 @@ import pycolmap
 from splatforge.config import SfmConfig
 from splatforge.sfm import _matching_options, _rematch_plan
 from splatforge.sfm.mapping import map_complete
-from splatforge.sfm.matching import match_pairs, verification_options
+from splatforge.sfm.matching import match_pairs, plan_pairs, verification_options
 from splatforge.sfm.retrieval import (EXPANSION_VERIFIED_FRACTION, expansion_pairs,
                                       retrieval_pairs)
 from splatforge.sfm.viewgraph import ViewGraph
@@ -56,8 +55,7 @@ def make_exhaustive(src: Path, dst: Path, config: SfmConfig) -> dict:
     with pycolmap.Database.open(dst) as db:
         db.clear_matches()
         db.clear_two_view_geometries()
-        names = sorted(im.name for im in db.read_all_images())
-    pairs = list(itertools.combinations(names, 2))
+    pairs = plan_pairs(pycolmap, "exhaustive", config, dst)
     t = time.monotonic()
     match_pairs(pycolmap, dst, pairs, _matching_options(pycolmap, config, False), dst.parent,
                 None, verification_options(pycolmap, config))

@@ -262,11 +262,9 @@ def map_complete(pycolmap: Any, config: SfmConfig, db_path: Path, work: Path,
     attempts: list[dict[str, Any]] = []
 
     def attempt(method: str, input_path: Path | None = None,
-                multiple_models: bool = True, relaxed: bool | None = None) -> Any | None:
+                multiple_models: bool = True, relaxed: bool = False) -> Any | None:
         nonlocal best, best_method, best_models
         t0 = time.monotonic()
-        if relaxed is None:
-            relaxed = method not in ("incremental", "global")
         recs = run_mapper(pycolmap, config, db_path, models / method.replace("+", "_"),
                           events, num_images, "global" if method == "global" else
                           ("relaxed" if relaxed else "incremental"),
@@ -277,7 +275,7 @@ def map_complete(pycolmap: Any, config: SfmConfig, db_path: Path, work: Path,
                "reprojection_error": None if cand is None else
                round(float(cand.compute_mean_reprojection_error()), 4),
                "seconds": round(time.monotonic() - t0, 3), "multiple_models": multiple_models,
-               "thresholds": "relaxed" if relaxed and method != "global" else "default",
+               "thresholds": "relaxed" if relaxed else "default",
                "kept": False}
         attempts.append(row)
         if cand is not None and _score(cand) > _score(best):
@@ -289,6 +287,9 @@ def map_complete(pycolmap: Any, config: SfmConfig, db_path: Path, work: Path,
     def missing() -> set[str]:
         return target - registered_names(best)
 
+    def left_over() -> set[str]:  # every image not registered, in target or not
+        return (all_names or target) - registered_names(best)
+
     def extend(method: str, relaxed: bool = True) -> None:
         seed_dir = models / f"kept_for_{method.replace('+', '_')}"
         shutil.rmtree(seed_dir, ignore_errors=True)
@@ -298,7 +299,7 @@ def map_complete(pycolmap: Any, config: SfmConfig, db_path: Path, work: Path,
 
     def rematch_and_extend(relaxed: bool) -> None:
         nonlocal target
-        left = (all_names or target) - registered_names(best)
+        left = left_over()
         n_new, target = rematch(left)
         rep.info(f"{len(left)} images left out: matched them against more neighbours "
                  f"({n_new} new pairs) and continued mapping from the kept model with "
@@ -306,8 +307,7 @@ def map_complete(pycolmap: Any, config: SfmConfig, db_path: Path, work: Path,
         extend("rematch+extend", relaxed=relaxed)
 
     def can_rematch() -> bool:
-        return (rematch is not None and best is not None
-                and bool((all_names or target) - registered_names(best)))
+        return rematch is not None and best is not None and bool(left_over())
 
     ladder = config.relaxed_retry
     # On a sparse view graph: the first model, re-matching, then the default thresholds.
@@ -326,7 +326,7 @@ def map_complete(pycolmap: Any, config: SfmConfig, db_path: Path, work: Path,
     if ladder and missing():  # also after a global mapping that missed photos
         rep.info(f"{len(target - missing())}/{len(target)} poseable images registered: "
                  f"mapping again with relaxed thresholds {RELAXED_MAPPER}")
-        attempt("relaxed")
+        attempt("relaxed", relaxed=True)
     if ladder and missing() and mapping != "global" and not rig:
         rep.info(f"{len(missing())} poseable images still left out: trying global mapping")
         attempt("global")
