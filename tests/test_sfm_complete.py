@@ -346,6 +346,57 @@ def test_query_expansion_pairs_photos_that_overlap_a_common_photo(sample_runs):
     assert hit > base, (hit, base)
 
 
+def test_capped_verification_keeps_the_pairs_that_overlap(sample_runs, tmp_path):
+    """Retrieval's RANSAC trial cap (2000 per model, not COLMAP's 10000): on 153 real pairs
+    of the sample, matched once with each, the same pairs verify with nearly the same inlier
+    counts, while a cap far too low (5 trials) loses some (3 of 18 when written), which shows
+    the check can fail.
+    A user's ``verification_max_trials`` wins over the default."""
+    import sqlite3
+
+    import pycolmap
+
+    from splatforge.sfm.matching import match_pairs, verification_options
+
+    cfg = SfmConfig(**PREVIEW_SFM, num_threads=1)
+    assert verification_options(pycolmap, cfg, matching="retrieval").ransac.max_num_trials \
+        == 2000
+    assert verification_options(pycolmap, cfg, matching="exhaustive").ransac.max_num_trials \
+        == pycolmap.TwoViewGeometryOptions().ransac.max_num_trials
+    mine = SfmConfig(**PREVIEW_SFM, verification_max_trials=500)
+    assert verification_options(pycolmap, mine, matching="retrieval").ransac.max_num_trials \
+        == 500
+    names = sorted(p.name for p in SAMPLE.iterdir())[:18]
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    ws, _ = sample_runs[0]
+
+    def verified(options) -> dict[int, int]:
+        db = tmp_path / f"db{len(list(tmp_path.iterdir()))}.db"
+        shutil.copy(ws / "database.db", db)
+        with pycolmap.Database.open(db) as d:
+            d.clear_matches()
+            d.clear_two_view_geometries()
+        mopts = pycolmap.FeatureMatchingOptions()
+        mopts.num_threads = 1
+        match_pairs(pycolmap, db, pairs, mopts, tmp_path, None, options)
+        con = sqlite3.connect(db)
+        rows = dict(con.execute("SELECT pair_id, rows FROM two_view_geometries "
+                                "WHERE config >= 2 AND rows >= 15").fetchall())
+        con.close()
+        return rows
+
+    full = verified(verification_options(pycolmap, cfg, matching="exhaustive"))
+    capped = verified(verification_options(pycolmap, cfg, matching="retrieval"))
+    low = verification_options(pycolmap, cfg, matching="retrieval")
+    low.ransac.min_num_trials, low.ransac.max_num_trials = 1, 5
+    starved = verified(low)
+    assert len(full) >= 12  # neighbouring photos of one walk-around overlap
+    assert len(set(full) ^ set(capped)) <= 1, (len(full), len(capped))
+    both = set(full) & set(capped)
+    assert sum(capped[p] for p in both) >= 0.98 * sum(full[p] for p in both)
+    assert len(starved) < len(full), (starved, full)  # the weakest pairs go first
+
+
 def test_retrieval_matching_end_to_end(tmp_path):
     """Retrieval (k = 8) on 40 sample photos: far fewer pairs than exhaustive, all posed."""
     src = tmp_path / "photos"

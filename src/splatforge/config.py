@@ -163,6 +163,15 @@ class SfmConfig(StageConfig):
     vocab_tree_path: Path | None = Field(
         None, description="vocab_tree matching: a local vocabulary-tree file (required; "
                           "splatforge never downloads one).")
+    verification_max_trials: int | None = Field(
+        None, ge=100, le=1_000_000,
+        description="Geometric verification: most RANSAC trials per pair and model (COLMAP's "
+                    "default 10000). A pair of photos that overlap reaches RANSAC's confidence "
+                    "long before; a pair that does not runs every trial, and such pairs are "
+                    "most of what retrieval plans. Default: 2000 with retrieval matching "
+                    "(measured on 400 statue_of_liberty pairs, 2 cores: 11.1 s against 21.3 s "
+                    "with the same 136 pairs verified and 10383 against 10387 inliers), "
+                    "COLMAP's 10000 otherwise.")
     guided_matching: bool | None = Field(
         None, description="Re-match pairs with their estimated two-view geometry (more "
                           "matches, about 1.6x the matching time per pair). Default: on for "

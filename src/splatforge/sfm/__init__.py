@@ -40,7 +40,8 @@ from ..util import atomic_write_text
 from .downscale import downscale_images, restore_full_size
 from .features import replace_features
 from .mapping import RELAXED_MAPPER, map_complete, registered_names, resolve_mapping
-from .matching import match_pairs, plan_pairs, rematch_pairs, verification_options
+from .matching import (match_pairs, plan_pairs, rematch_pairs, verification_max_trials,
+                       verification_options)
 from .points import drop_guided_two_view_points
 from .priors import PosePrior, read_pose_priors, triangulate_with_priors
 from .retrieval import expansion_pairs, retrieval_pairs
@@ -482,7 +483,8 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
     # 2. Matching.
     match_key = f"match:{matching}:{guided}:{config.sequential_overlap}:" \
                 f"{config.quadratic_overlap}:{config.retrieval_neighbors}:{config.seed}:" \
-                f"{config.retrieval_expansion_rounds}:{config.retrieval_expansion_neighbors}"
+                f"{config.retrieval_expansion_rounds}:{config.retrieval_expansion_neighbors}:" \
+                f"{verification_max_trials(config, matching)}"
     if match_key in state["done"]:
         skipped.append("match")
     else:
@@ -492,7 +494,7 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
             db.clear_two_view_geometries()
             n_priors = sum(1 for pp in db.read_all_pose_priors() if pp.has_position())
         mopts = _matching_options(pycolmap, config, guided)
-        verify = verification_options(pycolmap, config)
+        verify = verification_options(pycolmap, config, matching=matching)
         rep.info(f"matching: {matching}")
         if matching == "spatial" and n_priors == 0:
             raise SfmError(
@@ -557,7 +559,8 @@ def run_sfm(config: SfmConfig, media: Path, workspace: Path,
             more = _rematch_plan(left, ranked, 3 * config.retrieval_neighbors,
                                  prefer=set(graph.largest))
             n = rematch_pairs(pycolmap, db_path, more, _matching_options(pycolmap, config, True),
-                              verification_options(pycolmap, config), work, events)
+                              verification_options(pycolmap, config, matching=matching),
+                              work, events)
             graph = ViewGraph.from_database(pycolmap, db_path)
             return n, set(graph.largest)
 

@@ -1,0 +1,104 @@
+"""Geometric verification's cost against its RANSAC trial cap, on real pairs of one database.
+
+Takes the first ``--pairs`` image pairs that a finished SfM workspace's database matched (for
+statue_of_liberty with the default retrieval matching: retrieval pairs, most of which do not
+overlap), and matches them again in a scratch copy of the database once per setting: descriptor
+matching alone (``skip``, no verification), then verification with each ``--trials`` cap
+(``TwoViewGeometryOptions.ransac.max_num_trials``; COLMAP's default is 10000). Per setting it
+prints the seconds, the pairs verified (at least 15 inliers, COLMAP's ``min_num_inliers``) and
+their inliers in all, so the cap's saving and what it costs in pairs and inliers are read side
+by side. One process, all cores, RANSAC seeded.
+
+Usage (repository root; WS a finished workspace, e.g. from ``benchmarks/sfm.py --work W``)::
+
+    .venv/bin/python benchmarks/verification_trials.py WS/database.db --pairs 400 \\
+        --trials 10000 2000 1000 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+import splatforge  # noqa: F401  (import-order guard before pycolmap)
+
+#: COLMAP's pair id: image_id1 * MAX + image_id2 (src/colmap/scene/database.h)
+MAX_IMAGE_ID = 2147483647
+
+
+def matched_pairs(db: Path, limit: int) -> list[tuple[str, str]]:
+    """The first ``limit`` pairs with a row in the database's ``matches`` table, by name."""
+    con = sqlite3.connect(db)
+    names = dict(con.execute("SELECT image_id, name FROM images").fetchall())
+    rows = con.execute("SELECT pair_id FROM matches ORDER BY rowid LIMIT ?", (limit,)).fetchall()
+    con.close()
+    out = []
+    for (pid,) in rows:
+        b = pid % MAX_IMAGE_ID
+        a = (pid - b) // MAX_IMAGE_ID
+        out.append((names[a], names[b]))
+    return out
+
+
+def run(db: Path, pairs: list[tuple[str, str]], setting: str, work: Path) -> dict:
+    """Match ``pairs`` in a copy of ``db`` with one setting (``skip`` or a trial cap)."""
+    import pycolmap
+
+    copy = work / "db.db"
+    shutil.copy(db, copy)
+    with pycolmap.Database.open(copy) as d:
+        d.clear_matches()
+        d.clear_two_view_geometries()
+    lst = work / "pairs.txt"
+    lst.write_text("".join(f"{a} {b}\n" for a, b in pairs), encoding="utf-8")
+    mopts = pycolmap.FeatureMatchingOptions()
+    verify = pycolmap.TwoViewGeometryOptions()
+    verify.ransac.random_seed = 0
+    if setting == "skip":
+        mopts.skip_geometric_verification = True
+    else:
+        verify.ransac.max_num_trials = int(setting)
+    popts = pycolmap.ImportedPairingOptions()
+    popts.match_list_path = lst
+    popts.block_size = len(pairs)
+    t0 = time.monotonic()
+    pycolmap.match_image_pairs(copy, matching_options=mopts, pairing_options=popts,
+                               verification_options=verify)
+    seconds = time.monotonic() - t0
+    con = sqlite3.connect(copy)
+    rows = [r for (r,) in con.execute(
+        "SELECT rows FROM two_view_geometries WHERE config >= 2").fetchall() if r >= 15]
+    con.close()
+    return {"setting": setting, "seconds": round(seconds, 2), "verified": len(rows),
+            "inliers": sum(rows)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("db", type=Path, help="a matched COLMAP database (not modified)")
+    ap.add_argument("--pairs", type=int, default=400)
+    ap.add_argument("--trials", type=int, nargs="+", default=[10000, 2000, 1000, 500])
+    ap.add_argument("--no-skip", action="store_true", help="leave out the unverified row")
+    a = ap.parse_args()
+    import pycolmap
+
+    pycolmap.logging.minloglevel = pycolmap.logging.ERROR
+    pairs = matched_pairs(a.db, a.pairs)
+    settings = ([] if a.no_skip else ["skip"]) + [str(t) for t in a.trials]
+    print(f"{len(pairs)} pairs of {a.db}")
+    print("| max RANSAC trials | seconds | pairs verified | inliers |")
+    print("|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for s in settings:
+            r = run(a.db, pairs, s, Path(tmp))
+            label = "none (descriptor matching only)" if s == "skip" else s
+            print(f"| {label} | {r['seconds']} | {r['verified'] if s != 'skip' else ''} | "
+                  f"{r['inliers'] if s != 'skip' else ''} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
