@@ -2,7 +2,8 @@
 
 Takes the first ``--pairs`` image pairs that a finished SfM workspace's database matched (for
 statue_of_liberty with the default retrieval matching: retrieval pairs, most of which do not
-overlap), and matches them again in a scratch copy of the database once per setting: descriptor
+overlap), and matches them again in a scratch copy of the database once per setting, in the
+pipeline's chunks (``splatforge.sfm.matching.match_pairs``): descriptor
 matching alone (``skip``, no verification), then verification with each ``--trials`` cap
 (``TwoViewGeometryOptions.ransac.max_num_trials``; COLMAP's default is 10000). Per setting it
 prints the seconds, the pairs verified (at least 15 inliers, COLMAP's ``min_num_inliers``) and
@@ -25,23 +26,18 @@ import time
 from pathlib import Path
 
 import splatforge  # noqa: F401  (import-order guard before pycolmap)
-
-#: COLMAP's pair id: image_id1 * MAX + image_id2 (src/colmap/scene/database.h)
-MAX_IMAGE_ID = 2147483647
-
+from splatforge.config import SfmConfig
+from splatforge.sfm.matching import match_pairs, verification_options
 
 def matched_pairs(db: Path, limit: int) -> list[tuple[str, str]]:
     """The first ``limit`` pairs with a row in the database's ``matches`` table, by name."""
+    import pycolmap
+
     con = sqlite3.connect(db)
     names = dict(con.execute("SELECT image_id, name FROM images").fetchall())
     rows = con.execute("SELECT pair_id FROM matches ORDER BY rowid LIMIT ?", (limit,)).fetchall()
     con.close()
-    out = []
-    for (pid,) in rows:
-        b = pid % MAX_IMAGE_ID
-        a = (pid - b) // MAX_IMAGE_ID
-        out.append((names[a], names[b]))
-    return out
+    return [tuple(names[i] for i in pycolmap.pair_id_to_image_pair(pid)) for (pid,) in rows]
 
 
 def run(db: Path, pairs: list[tuple[str, str]], setting: str, work: Path) -> dict:
@@ -53,21 +49,14 @@ def run(db: Path, pairs: list[tuple[str, str]], setting: str, work: Path) -> dic
     with pycolmap.Database.open(copy) as d:
         d.clear_matches()
         d.clear_two_view_geometries()
-    lst = work / "pairs.txt"
-    lst.write_text("".join(f"{a} {b}\n" for a, b in pairs), encoding="utf-8")
     mopts = pycolmap.FeatureMatchingOptions()
-    verify = pycolmap.TwoViewGeometryOptions()
-    verify.ransac.random_seed = 0
+    verify = verification_options(pycolmap, SfmConfig())  # seeded, COLMAP's 10000 trials
     if setting == "skip":
         mopts.skip_geometric_verification = True
     else:
         verify.ransac.max_num_trials = int(setting)
-    popts = pycolmap.ImportedPairingOptions()
-    popts.match_list_path = lst
-    popts.block_size = len(pairs)
     t0 = time.monotonic()
-    pycolmap.match_image_pairs(copy, matching_options=mopts, pairing_options=popts,
-                               verification_options=verify)
+    match_pairs(pycolmap, copy, pairs, mopts, work, None, verify)  # the pipeline's chunks
     seconds = time.monotonic() - t0
     con = sqlite3.connect(copy)
     rows = [r for (r,) in con.execute(
