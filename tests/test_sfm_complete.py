@@ -397,6 +397,58 @@ def test_capped_verification_keeps_the_pairs_that_overlap(sample_runs, tmp_path)
     assert len(starved) < len(full), (starved, full)  # the weakest pairs go first
 
 
+def test_matching_in_several_calls_verifies_the_same_pairs(sample_runs, tmp_path,
+                                                          monkeypatch):
+    """The pairs are matched in calls sized by time (few and long, since each call reloads
+    descriptors); 153 real sample pairs matched in one call and in calls of 16 give the same
+    verified pairs with the same inlier counts, and progress counts up to every pair."""
+    import sqlite3
+
+    import pycolmap
+
+    from splatforge.sfm import matching
+
+    assert matching.next_chunk_size(128, 128 / 10.0) == int(10.0 * matching.CHUNK_SECONDS)
+    assert matching.next_chunk_size(128, 1e6) == matching.MIN_CHUNK  # a slow machine
+    assert matching.next_chunk_size(128, 0.0) == matching.MAX_CHUNK
+
+    cfg = SfmConfig(**PREVIEW_SFM, num_threads=1)
+    names = sorted(p.name for p in SAMPLE.iterdir())[:18]
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    ws, _ = sample_runs[0]
+
+    def verified(tag: str) -> tuple[dict[int, int], list]:
+        db = tmp_path / f"{tag}.db"
+        shutil.copy(ws / "database.db", db)
+        with pycolmap.Database.open(db) as d:
+            d.clear_matches()
+            d.clear_two_view_geometries()
+        mopts = pycolmap.FeatureMatchingOptions()
+        mopts.num_threads = 1
+        events: list = []
+        matching.match_pairs(pycolmap, db, pairs, mopts, tmp_path, events.append,
+                             matching.verification_options(pycolmap, cfg,
+                                                           matching="retrieval"))
+        con = sqlite3.connect(db)
+        rows = dict(con.execute("SELECT pair_id, rows FROM two_view_geometries "
+                                "WHERE config >= 2").fetchall())
+        con.close()
+        return rows, [e.step for e in events if e.kind == "progress"]
+
+    monkeypatch.setattr(matching, "MIN_CHUNK", len(pairs))
+    one, one_steps = verified("one")
+    monkeypatch.setattr(matching, "MIN_CHUNK", 16)
+    monkeypatch.setattr(matching, "MAX_CHUNK", 16)
+    split, split_steps = verified("split")
+    assert len(one) >= 12
+    assert split == one
+    for steps in (one_steps, split_steps):
+        assert steps[0] == 0 and steps[-1] == len(pairs)
+        assert steps == sorted(steps)
+    assert one_steps == [0, len(pairs)]  # 153 pairs: one call, one update at its end
+    assert split_steps == [16 * k for k in range(len(pairs) // 16 + 1)] + [len(pairs)]
+
+
 def test_retrieval_matching_end_to_end(tmp_path):
     """Retrieval (k = 8) on 40 sample photos: far fewer pairs than exhaustive, all posed."""
     src = tmp_path / "photos"

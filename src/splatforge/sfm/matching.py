@@ -1,32 +1,40 @@
-"""Feature matching with a step count: pairs are planned first, then matched in chunks.
+"""Feature matching with a step count: pairs are planned first, then matched in calls.
 
 pycolmap's ``match_exhaustive`` / ``match_sequential`` / ``match_spatial`` run for minutes on a
 large set without a word. Here the same pair generators (``ExhaustivePairGenerator``,
 ``SequentialPairGenerator``, ``SpatialPairGenerator``; COLMAP
 ``src/colmap/feature/pairing.cc``) plan every pair up front, and the pairs are matched and
 geometrically verified by ``pycolmap.match_image_pairs`` (COLMAP's imported-pairs matcher, the
-same matcher and verification) one chunk at a time, so progress reads "pairs matched k of n"
-with an ETA. Chunks keep the generator's order, so the feature cache sees the same locality
-as the one-call matcher; the overhead measured on 16 plush_dog photos (120 pairs, chunks of 30)
-was 0.1 s.
+same matcher and verification) a part at a time, so progress reads "pairs matched k of n" with
+an ETA after each call.
+
+Each call re-opens the database and rebuilds the descriptor index of every image it touches,
+so calls are few and long: the first takes :data:`MIN_CHUNK` pairs, each later one about
+:data:`CHUNK_SECONDS` at the rate measured so far (``benchmarks/matching_calls.py``; on
+statue_of_liberty's 2628 retrieval pairs, 2 cores, one call took 153.7 s and calls of 128
+pairs 222.4 s, with the same verified pairs and inliers). Progress is not read from the
+database during a call: COLMAP's matcher does not tolerate another connection to its
+database (measured: a reader polling every 5 ms aborted the matcher in
+``FeatureMatcherCache::GetDescriptors``, and one polling every second lost a pair).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
 from ..config import SfmConfig
 from ..events import EventCallback, StageReporter
 
-#: Fewest pairs per match_image_pairs call (each call re-opens the database and reloads
-#: descriptors: 2279 pairs took 10.2 s in chunks of 64 and 9.1 s in one call, 2 cores).
+#: Pairs in the first match_image_pairs call (it measures the rate that sizes the next ones).
 MIN_CHUNK = 128
-#: Most pairs per call.
+#: Most pairs per call (COLMAP caches the descriptors of up to this many images in a call).
 MAX_CHUNK = 2000
-#: Progress updates aimed for over the whole matching step.
-TARGET_UPDATES = 100
+#: Seconds each call after the first is sized to last: the time between two progress updates,
+#: and the longest wait for a cancel or an interrupt, which take effect between calls.
+CHUNK_SECONDS = 30.0
 
 
 def plan_pairs(pycolmap: Any, matching: str, config: SfmConfig, db_path: Path
@@ -67,9 +75,11 @@ def plan_pairs(pycolmap: Any, matching: str, config: SfmConfig, db_path: Path
     return out
 
 
-def chunk_size(num_pairs: int) -> int:
-    """Pairs per chunk: about :data:`TARGET_UPDATES` updates, within [MIN_CHUNK, MAX_CHUNK]."""
-    return max(MIN_CHUNK, min(MAX_CHUNK, math.ceil(num_pairs / TARGET_UPDATES)))
+def next_chunk_size(done: int, seconds: float) -> int:
+    """Pairs for the next call after ``done`` pairs took ``seconds``: about
+    :data:`CHUNK_SECONDS` at that rate, within [MIN_CHUNK, MAX_CHUNK]."""
+    rate = done / max(seconds, 1e-3)
+    return max(MIN_CHUNK, min(MAX_CHUNK, math.floor(rate * CHUNK_SECONDS)))
 
 
 #: RANSAC trials per pair and model in verification after retrieval matching (COLMAP: 10000).
@@ -131,14 +141,19 @@ def rematch_pairs(pycolmap: Any, db_path: Path, pairs: list[tuple[str, str]], op
 def match_pairs(pycolmap: Any, db_path: Path, pairs: list[tuple[str, str]],
                 options: Any, work: Path, events: EventCallback | None,
                 verification: Any | None = None, label: str = "match image pairs") -> None:
-    """Match and verify ``pairs`` in chunks, reporting "match image pairs" k of n.
+    """Match and verify ``pairs``, reporting ``label`` k of n after each call.
+
+    Pairs are matched in the planned order in calls of :data:`MIN_CHUNK`, then about
+    :data:`CHUNK_SECONDS`, pairs (:func:`next_chunk_size`). Which pairs verify does not
+    depend on the split (RANSAC is seeded per pair; statue_of_liberty: the same 882 pairs and
+    inliers in one call or in 21).
 
     Args:
         pycolmap: the imported module.
         db_path: the COLMAP database (features extracted).
         pairs: ``(name1, name2)`` pairs (from :func:`plan_pairs`).
         options: ``pycolmap.FeatureMatchingOptions``.
-        work: a folder for the chunk's pair list (``pairs.txt``).
+        work: a folder for the call's pair list (``pairs.txt``).
         events: progress callback (stage ``sfm``).
         verification: ``pycolmap.TwoViewGeometryOptions`` (seeded: see
             :func:`verification_options`); COLMAP's defaults when None.
@@ -148,15 +163,17 @@ def match_pairs(pycolmap: Any, db_path: Path, pairs: list[tuple[str, str]],
     n = len(pairs)
     rep.start_steps(label, n)
     kw = {} if verification is None else {"verification_options": verification}
-    size = chunk_size(n)
     lst = work / "pairs.txt"
-    for i in range(0, n, size):
-        chunk = pairs[i:i + size]
+    done, size, t0 = 0, MIN_CHUNK, time.monotonic()
+    while done < n:
+        chunk = pairs[done:done + size]
         lst.write_text("".join(f"{a} {b}\n" for a, b in chunk), encoding="utf-8")
         popts = pycolmap.ImportedPairingOptions()
         popts.match_list_path = lst
         popts.block_size = max(len(chunk), 1)
         pycolmap.match_image_pairs(db_path, matching_options=options, pairing_options=popts,
                                    **kw)
-        rep.step(min(i + size, n))
+        done += len(chunk)
+        rep.step(done)
+        size = next_chunk_size(done, time.monotonic() - t0)
     lst.unlink(missing_ok=True)
