@@ -23,9 +23,9 @@ Usage (repository root; WS a finished workspace, e.g. from ``benchmarks/sfm.py -
 from __future__ import annotations
 
 import argparse
-import shutil
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,29 +34,15 @@ import splatforge  # noqa: F401  (import-order guard before pycolmap)
 from splatforge.config import SfmConfig
 from splatforge.sfm import matching
 
-
-def matched_pairs(db: Path, limit: int) -> list[tuple[str, str]]:
-    """The first ``limit`` pairs with a row in the database's ``matches`` table, by name."""
-    import pycolmap
-
-    con = sqlite3.connect(db)
-    names = dict(con.execute("SELECT image_id, name FROM images").fetchall())
-    rows = con.execute("SELECT pair_id FROM matches ORDER BY rowid LIMIT ?", (limit,)).fetchall()
-    con.close()
-    return [tuple(names[i] for i in pycolmap.pair_id_to_image_pair(pid)) for (pid,) in rows]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from verification_trials import matched_pairs, unmatched_copy  # noqa: E402
 
 
 def run(db: Path, pairs: list[tuple[str, str]], setting: str, work: Path) -> dict:
     """Match ``pairs`` in a copy of ``db`` with one setting."""
     import pycolmap
 
-    copy = work / "db.db"
-    for p in (copy, Path(f"{copy}-wal"), Path(f"{copy}-shm")):
-        p.unlink(missing_ok=True)
-    shutil.copy(db, copy)
-    with pycolmap.Database.open(copy) as d:
-        d.clear_matches()
-        d.clear_two_view_geometries()
+    copy = unmatched_copy(db, work)
     saved = matching.MIN_CHUNK, matching.MAX_CHUNK
     calls = []
     real = pycolmap.match_image_pairs

@@ -40,15 +40,25 @@ def matched_pairs(db: Path, limit: int) -> list[tuple[str, str]]:
     return [tuple(names[i] for i in pycolmap.pair_id_to_image_pair(pid)) for (pid,) in rows]
 
 
-def run(db: Path, pairs: list[tuple[str, str]], setting: str, work: Path) -> dict:
-    """Match ``pairs`` in a copy of ``db`` with one setting (``skip`` or a trial cap)."""
+def unmatched_copy(db: Path, work: Path) -> Path:
+    """``work/db.db``: a copy of ``db`` with its matches and two-view geometries cleared."""
     import pycolmap
 
     copy = work / "db.db"
+    for p in (copy, Path(f"{copy}-wal"), Path(f"{copy}-shm")):
+        p.unlink(missing_ok=True)
     shutil.copy(db, copy)
     with pycolmap.Database.open(copy) as d:
         d.clear_matches()
         d.clear_two_view_geometries()
+    return copy
+
+
+def run(db: Path, pairs: list[tuple[str, str]], setting: str, work: Path) -> dict:
+    """Match ``pairs`` in a copy of ``db`` with one setting (``skip`` or a trial cap)."""
+    import pycolmap
+
+    copy = unmatched_copy(db, work)
     mopts = pycolmap.FeatureMatchingOptions()
     verify = verification_options(pycolmap, SfmConfig())  # seeded, COLMAP's 10000 trials
     if setting == "skip":
@@ -56,7 +66,7 @@ def run(db: Path, pairs: list[tuple[str, str]], setting: str, work: Path) -> dic
     else:
         verify.ransac.max_num_trials = int(setting)
     t0 = time.monotonic()
-    match_pairs(pycolmap, copy, pairs, mopts, work, None, verify)  # the pipeline's chunks
+    match_pairs(pycolmap, copy, pairs, mopts, work, None, verify)  # the pipeline's calls
     seconds = time.monotonic() - t0
     con = sqlite3.connect(copy)
     rows = [r for (r,) in con.execute(

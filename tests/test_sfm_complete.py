@@ -346,17 +346,40 @@ def test_query_expansion_pairs_photos_that_overlap_a_common_photo(sample_runs):
     assert hit > base, (hit, base)
 
 
+def _match_again(ws: Path, db: Path, pairs: list[tuple[str, str]], verification,
+                 events=None) -> dict[int, int]:
+    """Match ``pairs`` of the sample again, on one thread, in ``db`` (a copy of ``ws``'s
+    database with its matches cleared); returns ``{pair_id: inliers}`` of every verified
+    pair."""
+    import sqlite3
+
+    import pycolmap
+
+    from splatforge.sfm.matching import match_pairs
+
+    shutil.copy(ws / "database.db", db)
+    with pycolmap.Database.open(db) as d:
+        d.clear_matches()
+        d.clear_two_view_geometries()
+    mopts = pycolmap.FeatureMatchingOptions()
+    mopts.num_threads = 1
+    match_pairs(pycolmap, db, pairs, mopts, db.parent, events, verification)
+    con = sqlite3.connect(db)
+    rows = dict(con.execute("SELECT pair_id, rows FROM two_view_geometries "
+                            "WHERE config >= 2 AND rows >= 15").fetchall())
+    con.close()
+    return rows
+
+
 def test_capped_verification_keeps_the_pairs_that_overlap(sample_runs, tmp_path):
     """Retrieval's RANSAC trial cap (2000 per model, not COLMAP's 10000): on 153 real pairs
     of the sample, matched once with each, the same pairs verify with nearly the same inlier
     counts, while a cap far too low (5 trials) loses some (3 of 18 when written), which shows
     the check can fail.
     A user's ``verification_max_trials`` wins over the default."""
-    import sqlite3
-
     import pycolmap
 
-    from splatforge.sfm.matching import match_pairs, verification_options
+    from splatforge.sfm.matching import verification_options
 
     cfg = SfmConfig(**PREVIEW_SFM, num_threads=1)
     assert verification_options(pycolmap, cfg, matching="retrieval").ransac.max_num_trials \
@@ -372,18 +395,7 @@ def test_capped_verification_keeps_the_pairs_that_overlap(sample_runs, tmp_path)
 
     def verified(options) -> dict[int, int]:
         db = tmp_path / f"db{len(list(tmp_path.iterdir()))}.db"
-        shutil.copy(ws / "database.db", db)
-        with pycolmap.Database.open(db) as d:
-            d.clear_matches()
-            d.clear_two_view_geometries()
-        mopts = pycolmap.FeatureMatchingOptions()
-        mopts.num_threads = 1
-        match_pairs(pycolmap, db, pairs, mopts, tmp_path, None, options)
-        con = sqlite3.connect(db)
-        rows = dict(con.execute("SELECT pair_id, rows FROM two_view_geometries "
-                                "WHERE config >= 2 AND rows >= 15").fetchall())
-        con.close()
-        return rows
+        return _match_again(ws, db, pairs, options)
 
     full = verified(verification_options(pycolmap, cfg, matching="exhaustive"))
     capped = verified(verification_options(pycolmap, cfg, matching="retrieval"))
@@ -402,8 +414,6 @@ def test_matching_in_several_calls_verifies_the_same_pairs(sample_runs, tmp_path
     """The pairs are matched in calls sized by time (few and long, since each call reloads
     descriptors); 153 real sample pairs matched in one call and in calls of 16 give the same
     verified pairs with the same inlier counts, and progress counts up to every pair."""
-    import sqlite3
-
     import pycolmap
 
     from splatforge.sfm import matching
@@ -418,21 +428,10 @@ def test_matching_in_several_calls_verifies_the_same_pairs(sample_runs, tmp_path
     ws, _ = sample_runs[0]
 
     def verified(tag: str) -> tuple[dict[int, int], list]:
-        db = tmp_path / f"{tag}.db"
-        shutil.copy(ws / "database.db", db)
-        with pycolmap.Database.open(db) as d:
-            d.clear_matches()
-            d.clear_two_view_geometries()
-        mopts = pycolmap.FeatureMatchingOptions()
-        mopts.num_threads = 1
         events: list = []
-        matching.match_pairs(pycolmap, db, pairs, mopts, tmp_path, events.append,
-                             matching.verification_options(pycolmap, cfg,
-                                                           matching="retrieval"))
-        con = sqlite3.connect(db)
-        rows = dict(con.execute("SELECT pair_id, rows FROM two_view_geometries "
-                                "WHERE config >= 2").fetchall())
-        con.close()
+        rows = _match_again(ws, tmp_path / f"{tag}.db", pairs,
+                            matching.verification_options(pycolmap, cfg, matching="retrieval"),
+                            events.append)
         return rows, [e.step for e in events if e.kind == "progress"]
 
     monkeypatch.setattr(matching, "MIN_CHUNK", len(pairs))
