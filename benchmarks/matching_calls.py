@@ -1,12 +1,13 @@
 """Matching time against the number of ``match_image_pairs`` calls, on real pairs of one
 database.
 
-Each call re-opens the database and rebuilds every image's descriptor index, so the pairs of
-one matching step were once matched in calls of 128 (about 100 progress updates) and are now
-matched in calls of about CHUNK_SECONDS each (``splatforge.sfm.matching.match_pairs``). This script takes the first ``--pairs`` image pairs
-a finished SfM workspace's database matched (for statue_of_liberty with the default
-retrieval matching: its retrieval pairs) and matches them again in a scratch copy of the
-database, once per setting and ``--repeat`` times in turn:
+Each call re-opens the database and rebuilds every image's descriptor index. The pairs of one
+matching step were once matched in calls of 128 (about 100 progress updates) and are now
+matched in calls of about CHUNK_SECONDS each (``splatforge.sfm.matching.match_pairs``). This
+script takes the first ``--pairs`` image pairs a finished SfM workspace's database matched
+(for statue_of_liberty with the default retrieval matching: its retrieval pairs) and matches
+them again in a scratch copy of the database, once per setting and ``--repeat`` times in
+turn:
 
 * ``calls of 128``: the earlier split (MIN_CHUNK = MAX_CHUNK = 128);
 * ``default``: the pipeline's split (first call 128 pairs, then about CHUNK_SECONDS each).
@@ -23,7 +24,6 @@ Usage (repository root; WS a finished workspace, e.g. from ``benchmarks/sfm.py -
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -35,7 +35,7 @@ from splatforge.config import SfmConfig
 from splatforge.sfm import matching
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from verification_trials import matched_pairs, unmatched_copy  # noqa: E402
+from verification_trials import matched_pairs, unmatched_copy, verified  # noqa: E402
 
 
 def run(db: Path, pairs: list[tuple[str, str]], setting: str, work: Path) -> dict:
@@ -64,13 +64,8 @@ def run(db: Path, pairs: list[tuple[str, str]], setting: str, work: Path) -> dic
     finally:
         matching.MIN_CHUNK, matching.MAX_CHUNK = saved
         pycolmap.match_image_pairs = real
-    con = sqlite3.connect(copy)
-    rows = [r for (r,) in con.execute(
-        "SELECT rows FROM two_view_geometries WHERE config >= 2").fetchall() if r >= 15]
-    con.close()
     return {"seconds": seconds, "calls": len(calls),
-            "updates": sum(1 for e in events if e.kind == "progress") - 1,
-            "verified": len(rows), "inliers": sum(rows)}
+            "updates": sum(1 for e in events if e.kind == "progress") - 1, **verified(copy)}
 
 
 def main() -> None:

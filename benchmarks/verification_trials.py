@@ -3,8 +3,8 @@
 Takes the first ``--pairs`` image pairs that a finished SfM workspace's database matched (for
 statue_of_liberty with the default retrieval matching: retrieval pairs, most of which do not
 overlap), and matches them again in a scratch copy of the database once per setting, in the
-pipeline's chunks (``splatforge.sfm.matching.match_pairs``): descriptor
-matching alone (``skip``, no verification), then verification with each ``--trials`` cap
+pipeline's calls (``splatforge.sfm.matching.match_pairs``): descriptor matching alone
+(``skip``, no verification), then verification with each ``--trials`` cap
 (``TwoViewGeometryOptions.ransac.max_num_trials``; COLMAP's default is 10000). Per setting it
 prints the seconds, the pairs verified (at least 15 inliers, COLMAP's ``min_num_inliers``) and
 their inliers in all, so the cap's saving and what it costs in pairs and inliers are read side
@@ -68,12 +68,16 @@ def run(db: Path, pairs: list[tuple[str, str]], setting: str, work: Path) -> dic
     t0 = time.monotonic()
     match_pairs(pycolmap, copy, pairs, mopts, work, None, verify)  # the pipeline's calls
     seconds = time.monotonic() - t0
-    con = sqlite3.connect(copy)
+    return {"setting": setting, "seconds": round(seconds, 2), **verified(copy)}
+
+
+def verified(db: Path) -> dict[str, int]:
+    """The pairs ``db`` verified (at least 15 inliers) and their inliers in all."""
+    con = sqlite3.connect(db)
     rows = [r for (r,) in con.execute(
         "SELECT rows FROM two_view_geometries WHERE config >= 2").fetchall() if r >= 15]
     con.close()
-    return {"setting": setting, "seconds": round(seconds, 2), "verified": len(rows),
-            "inliers": sum(rows)}
+    return {"verified": len(rows), "inliers": sum(rows)}
 
 
 def main() -> None:
