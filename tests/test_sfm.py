@@ -647,8 +647,12 @@ def test_two_view_points_only_guided_matching_backs_are_left_out_where_their_dep
     assert len(gone) == res.dropped_points
     assert set(ids) - set(rec.points3D) == gone
     assert len(ids) > res.dropped_points
-    # the default (no ratio) leaves out every one of them
-    assert SfmConfig().guided_two_view_max_depth_ratio is None
+    # the default ratio (2) keeps more of them than 1.1 does, no ratio leaves out every one
+    default = SfmConfig().guided_two_view_max_depth_ratio
+    assert default is not None and default > ratio
+    wide = pycolmap.Reconstruction(str(kept / "sparse/0"))
+    n_wide = drop_guided_two_view_points(pycolmap, wide, kept / "database.db", default)
+    assert n_wide == sum(d > np.log(default) for d in dis.values()) < len(gone)
     assert drop_guided_two_view_points(pycolmap, rec2, kept / "database.db") == len(ids)
     assert not guided_two_view_point_ids(pycolmap, rec2, kept / "database.db")
 
