@@ -2,7 +2,7 @@
 
 From a workspace written by ``splatforge sfm --no-drop-guided-two-view-points`` (``images/``,
 ``sparse/0``, ``database.db``), writes ``<out>/<case>_drop`` (every guided-only two-view point
-left out, today's default) and ``<out>/<case>_<R>`` for each ``--ratio R`` (only those whose depth
+left out, the default until the nineteenth round; now the default is ratio 2) and ``<out>/<case>_<R>`` for each ``--ratio R`` (only those whose depth
 disagrees with their neighbours by more than R, :func:`splatforge.sfm.points.depth_disagreement`).
 The poses are the same in every variant, so their held-out PSNR tells what the points alone do:
 ``--train-steps N --seeds S`` trains the kept workspace and each variant with the issue's short
@@ -48,15 +48,15 @@ def main() -> None:
              "points": pycolmap.Reconstruction(str(a.keep / "sparse" / "0")).num_points3D(),
              "left_out": 0}]
     for label, ratio in [("drop", None)] + [(f"{r:g}".replace(".", "p"), r) for r in a.ratio]:
-        rec = pycolmap.Reconstruction(str(a.keep / "sparse" / "0"))
-        n0 = rec.num_points3D()
+        rec = pycolmap.Reconstruction(str(a.keep / "sparse" / "0"))  # drop changes it in place
         n = drop_guided_two_view_points(pycolmap, rec, db, ratio)
         dst = a.out / f"{a.case}_{label}"
         shutil.rmtree(dst, ignore_errors=True)
         (dst / "sparse" / "0").mkdir(parents=True)
         rec.write(str(dst / "sparse" / "0"))
         os.symlink((a.keep / "images").resolve(), dst / "images")
-        rows.append({"variant": dst.name, "ws": dst, "points": n0 - n, "left_out": n})
+        rows.append({"variant": dst.name, "ws": dst, "points": rows[0]["points"] - n,
+                     "left_out": n})
     for r in rows:
         ws = r.pop("ws")
         if a.train_steps:

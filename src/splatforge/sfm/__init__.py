@@ -99,7 +99,9 @@ class SfmResult:
         peak_threshold: the SIFT peak threshold used.
         first_octave: the first octave of SIFT's scale space (-1: the image doubled first).
         dropped_points: two-view points left out because only guided matching backed them
-            (``SfmConfig.drop_guided_two_view_points``; not counted in ``num_points``).
+            and, with ``SfmConfig.guided_two_view_max_depth_ratio`` (2 by default), their
+            depth disagreed with their neighbours' (``SfmConfig.drop_guided_two_view_points``;
+            not counted in ``num_points``).
         seconds: wall-clock seconds per step (``ingest``, ``extract``, ``match``, ``map``,
             ``undistort``); a step skipped on resume has no entry.
         skipped_steps: steps reused from an earlier run of the same workspace.

@@ -13,10 +13,12 @@ against 35.52, four seeds, its photos' transparency kept (sfm_issue22_psnr11_h10
 baseline's poses: 34.44). Dropping only the 850 of beer_phone's that lie beyond twice the
 cameras' orbit radius gave 22.83 dB: the near ones are what lowers it.
 
-:func:`drop_guided_two_view_points` removes exactly those points: seen in two photos, through a
+:func:`drop_guided_two_view_points` removes those points: seen in two photos, through a
 correspondence that is not among the pair's descriptor matches (COLMAP's ``matches`` table,
-written before verification). Points seen in three or more photos, and two-view points backed by
-a descriptor match, stay; the poses do not change.
+written before verification); all of them, or with a depth ratio (the pipeline's default, 2) only
+those whose depth disagrees with their neighbours' (:func:`depth_disagreement`). Points seen in
+three or more photos, and two-view points backed by a descriptor match, stay; the poses do not
+change.
 """
 
 from __future__ import annotations
