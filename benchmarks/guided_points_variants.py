@@ -2,8 +2,9 @@
 
 From a workspace written by ``splatforge sfm --no-drop-guided-two-view-points`` (``images/``,
 ``sparse/0``, ``database.db``), writes ``<out>/<case>_drop`` (every guided-only two-view point
-left out, the default until the nineteenth round; now the default is ratio 2) and ``<out>/<case>_<R>`` for each ``--ratio R`` (only those whose depth
-disagrees with their neighbours by more than R, :func:`splatforge.sfm.points.depth_disagreement`).
+left out, the default until the nineteenth round; the default is now ratio 2) and
+``<out>/<case>_<R>`` for each ``--ratio R`` (only those whose depth disagrees with their
+neighbours by more than R, :func:`splatforge.sfm.points.depth_disagreement`).
 The poses are the same in every variant, so their held-out PSNR tells what the points alone do:
 ``--train-steps N --seeds S`` trains the kept workspace and each variant with the issue's short
 CPU recipe (``benchmarks/sfm.py``'s ``train_psnr``: the preview preset at about 200 px, seeds
