@@ -49,9 +49,14 @@ ws, out, steps, seed, factor = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.arg
 bg = tuple(float(v) for v in sys.argv[6].split(","))
 save = [steps] if sys.argv[7] == "1" else []
 sc = SceneConfig(data_factor=factor, cache_dir=out / "cache", background=bg)
+if sys.argv[8] == "short":  # benchmarks/sfm.py's short CPU training
+    sys.path.insert(0, sys.argv[9])
+    from sfm import short_train_config
+    cfg = short_train_config(steps, seed).model_copy(update={"save_steps": save})
+else:
+    cfg = TrainConfig(max_steps=steps, seed=seed, save_steps=save)
 t0 = time.monotonic()
-res = run_train(TrainConfig(max_steps=steps, seed=seed, save_steps=save), load_scene(ws, sc),
-                out / "model", scene_config=sc)
+res = run_train(cfg, load_scene(ws, sc), out / "model", scene_config=sc)
 test = res.metrics.get("test") or {}
 print("RESULT " + json.dumps({"psnr": test.get("psnr"), "ssim": test.get("ssim"),
                                "gaussians": res.num_gaussians,
@@ -61,11 +66,13 @@ print("RESULT " + json.dumps({"psnr": test.get("psnr"), "ssim": test.get("ssim")
 
 def train_one(ws: Path, out: Path, steps: int, seed: int, factor: int,
               background: tuple[float, float, float] = (1.0, 1.0, 1.0),
-              save: bool = False) -> dict:
-    """One training in a fresh process; its result row (``error`` when it failed)."""
+              save: bool = False, recipe: str = "default") -> dict:
+    """One training in a fresh process; its result row (``error`` when it failed).
+    ``recipe``: ``default`` (the library's) or ``short`` (``sfm.short_train_config``)."""
     out.mkdir(parents=True, exist_ok=True)
     p = subprocess.run([sys.executable, "-c", _ONE, str(ws), str(out), str(steps), str(seed),
-                        str(factor), ",".join(map(str, background)), "1" if save else "0"],
+                        str(factor), ",".join(map(str, background)), "1" if save else "0",
+                        recipe, str(Path(__file__).resolve().parent)],
                        capture_output=True, text=True)
     (out / "log.txt").write_text(p.stdout + p.stderr)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -145,6 +152,10 @@ def main() -> None:
     ap.add_argument("--data-factor", nargs="*", default=[],
                     help="case=factor pairs (default 1), e.g. beer_phone=2")
     ap.add_argument("--jobs", type=int, default=1, help="trainings at a time")
+    ap.add_argument("--recipe", choices=("default", "short"), default="default",
+                    help="short: benchmarks/sfm.py's short CPU training (the preview preset's "
+                         "recipe on the CPU; pack at the preview data factor, e.g. "
+                         "sceaux_castle=8, and set OMP_NUM_THREADS for several jobs)")
     ap.add_argument("--background", type=float, nargs=3, default=(1.0, 1.0, 1.0),
                     help="SceneConfig.background: the colour RGBA photos are composited on "
                          "and the trainer renders on (default white)")
@@ -175,7 +186,7 @@ def main() -> None:
         name, ws, seed = task
         case = name.rsplit("_", 1)[0]
         r = train_one(ws, args.out / f"{name}_seed{seed}", args.steps, seed,
-                      factors.get(case, 1), tuple(args.background), args.save)
+                      factors.get(case, 1), tuple(args.background), args.save, args.recipe)
         r.update(name=name, case=case, seed=seed)
         print(json.dumps(r), flush=True)
         return r
