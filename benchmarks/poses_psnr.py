@@ -52,7 +52,7 @@ sc = SceneConfig(data_factor=factor, cache_dir=out / "cache", background=bg)
 if sys.argv[8] == "short":  # benchmarks/sfm.py's short CPU training
     sys.path.insert(0, sys.argv[9])
     from sfm import short_train_config
-    cfg = short_train_config(steps, seed).model_copy(update={"save_steps": save})
+    cfg = short_train_config(steps, seed, save_steps=save)
 else:
     cfg = TrainConfig(max_steps=steps, seed=seed, save_steps=save)
 t0 = time.monotonic()

@@ -44,10 +44,14 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 import splatforge  # noqa: F401  (import-order guard before pycolmap)
+
+if TYPE_CHECKING:
+    from splatforge.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("SPLATFORGE_DATASETS", ROOT.parent / "shared" / "datasets"))
@@ -275,14 +279,15 @@ def pose_errors(ws: Path, ref: Path) -> dict:
             "compared": len(names)}
 
 
-def short_train_config(steps: int, seed: int = 0):
+def short_train_config(steps: int, seed: int = 0, **extra) -> TrainConfig:
     """The issue's short CPU training: the preview preset's recipe for ``steps`` steps on the
-    CPU with the pure-PyTorch rasterizer, densification stopping at 80 % of the steps."""
+    CPU with the pure-PyTorch rasterizer, densification stopping at 80 % of the steps;
+    ``extra``: further ``TrainConfig`` fields (e.g. ``save_steps``), validated like the rest."""
     from splatforge.config import TrainConfig
     from splatforge.presets import PRESETS
 
     kw = PRESETS["preview"].train.model_dump(exclude_unset=True)
-    kw.update(max_steps=steps, device="cpu", backend="torch", seed=seed)
+    kw.update(max_steps=steps, device="cpu", backend="torch", seed=seed, **extra)
     kw["densify_until_iter"] = min(kw["densify_until_iter"], int(steps * 0.8))
     return TrainConfig(**kw)
 
